@@ -1,0 +1,135 @@
+"""trio-grains: virtual actors (grains) for Trio, in the spirit of Microsoft Orleans.
+
+A grain is addressed by a logical id (``type/key``), always exists, and is activated on
+demand inside a silo that you embed in your Trio program::
+
+    class HelloGrain(Grain):
+        async def say_hello(self, greeting: str) -> str:
+            return f"You said {greeting!r}, I say: Hello!"
+
+    async with open_silo(grains=[HelloGrain]) as silo:
+        print(await silo.get_grain(HelloGrain, 0).say_hello("Good morning!"))
+"""
+
+from ._activation import GrainTimer as GrainTimer
+from ._config import PluginsConfig as PluginsConfig
+from ._config import ProviderConfig as ProviderConfig
+from ._config import SiloConfig as SiloConfig
+from ._exceptions import ConfigError as ConfigError
+from ._exceptions import GrainCallError as GrainCallError
+from ._exceptions import GrainCallTimeoutError as GrainCallTimeoutError
+from ._exceptions import GrainIdError as GrainIdError
+from ._exceptions import GrainKeyKindError as GrainKeyKindError
+from ._exceptions import GrainMethodError as GrainMethodError
+from ._exceptions import GrainsError as GrainsError
+from ._exceptions import GrainTypeError as GrainTypeError
+from ._exceptions import InternalError as InternalError
+from ._exceptions import PluginError as PluginError
+from ._exceptions import RemoteGrainError as RemoteGrainError
+from ._exceptions import SerializationError as SerializationError
+from ._exceptions import SiloUnavailableError as SiloUnavailableError
+from ._grain import Grain as Grain
+from ._grain import GrainClassRegistry as GrainClassRegistry
+from ._grain import GrainInterface as GrainInterface
+from ._grain import always_interleave as always_interleave
+from ._grain import collection_age as collection_age
+from ._grain import grain_type as grain_type
+from ._grain import one_way as one_way
+from ._grain import read_only as read_only
+from ._grain import reentrant as reentrant
+from ._grain import stateless_worker as stateless_worker
+from ._ids import SINGLETON_KEY as SINGLETON_KEY
+from ._ids import GrainId as GrainId
+from ._ids import GrainKey as GrainKey
+from ._ids import GrainType as GrainType
+from ._ids import escape_token as escape_token
+from ._ids import unescape_token as unescape_token
+from ._placement import ActivationCountPlacement as ActivationCountPlacement
+from ._placement import HashBasedPlacement as HashBasedPlacement
+from ._placement import PlacementDirector as PlacementDirector
+from ._placement import PlacementRegistry as PlacementRegistry
+from ._placement import PlacementStrategy as PlacementStrategy
+from ._placement import PlacementTarget as PlacementTarget
+from ._placement import PreferLocalPlacement as PreferLocalPlacement
+from ._placement import RandomPlacement as RandomPlacement
+from ._placement import SiloInfo as SiloInfo
+from ._placement import SiloRolePlacement as SiloRolePlacement
+from ._placement import placement as placement
+from ._reference import GrainReference as GrainReference
+from ._registry import ProviderContext as ProviderContext
+from ._registry import ProviderRegistry as ProviderRegistry
+from ._silo import Silo as Silo
+from ._silo import SiloStatistics as SiloStatistics
+from ._silo import open_silo as open_silo
+from .hookspecs import hookimpl as hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SINGLETON_KEY",
+    "ActivationCountPlacement",
+    "ConfigError",
+    "Grain",
+    "GrainCallError",
+    "GrainCallTimeoutError",
+    "GrainClassRegistry",
+    "GrainId",
+    "GrainIdError",
+    "GrainInterface",
+    "GrainKey",
+    "GrainKeyKindError",
+    "GrainMethodError",
+    "GrainReference",
+    "GrainTimer",
+    "GrainType",
+    "GrainTypeError",
+    "GrainsError",
+    "HashBasedPlacement",
+    "InternalError",
+    "PlacementDirector",
+    "PlacementRegistry",
+    "PlacementStrategy",
+    "PlacementTarget",
+    "PluginError",
+    "PluginsConfig",
+    "PreferLocalPlacement",
+    "ProviderConfig",
+    "ProviderContext",
+    "ProviderRegistry",
+    "RandomPlacement",
+    "RemoteGrainError",
+    "SerializationError",
+    "Silo",
+    "SiloConfig",
+    "SiloInfo",
+    "SiloRolePlacement",
+    "SiloStatistics",
+    "SiloUnavailableError",
+    "always_interleave",
+    "collection_age",
+    "escape_token",
+    "grain_type",
+    "hookimpl",
+    "one_way",
+    "open_silo",
+    "placement",
+    "read_only",
+    "reentrant",
+    "stateless_worker",
+    "unescape_token",
+]
+
+
+def _fix_module_names() -> None:
+    """Show public names as ``trio_grains.X`` in reprs and tracebacks, as trio does."""
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("trio_grains._"):
+            try:
+                obj.__module__ = __name__
+            except (AttributeError, TypeError):
+                pass
+
+
+_fix_module_names()
+del _fix_module_names

@@ -1,0 +1,458 @@
+"""One activation: a grain object, its mailbox, its turns, its timers and its nursery.
+
+Turn rules (Orleans'): a call may start when the activation is idle; an ``always_interleave``
+call may start at any time; every call to a ``reentrant`` grain may start at any time; a
+``read_only`` call may start while only read-only turns run. Others wait in the mailbox, in
+order.
+
+Where a turn runs: a caller whose call may start at once runs the turn in its *own* task
+("turn stealing": no mailbox hop, no reply hop; the caller's cancel scopes apply to the turn
+directly). Calls that must wait, one-way calls and timer ticks go through the mailbox, a
+Trio memory channel drained by the activation's own task. That task, and the activation's
+nursery that holds it, the timers and ``Grain.start_soon`` tasks, is started the first time
+the activation needs it, so an idle activation costs no task at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import outcome
+import trio
+
+from ._messaging import (
+    ABANDONED,
+    EXCLUSIVE,
+    INTERLEAVE,
+    READ_ONLY,
+    RUNNING,
+    Call,
+    log_one_way_outcome,
+)
+
+from ._grain import Grain
+
+if TYPE_CHECKING:
+    from ._catalog import Catalog
+    from ._grain import GrainClassInfo, MethodInfo
+    from ._ids import GrainId
+
+__all__ = ["ACTIVATING", "ACTIVE", "DEACTIVATING", "DEAD", "Activation", "GrainTimer"]
+
+log = logging.getLogger("trio_grains.activation")
+
+ACTIVATING, ACTIVE, DEACTIVATING, DEAD = 0, 1, 2, 3
+_STATE_NAMES = ("activating", "active", "deactivating", "dead")
+
+
+@attrs.define(eq=False)
+class GrainTimer:
+    """Handle of a grain timer: ``cancel()`` stops it."""
+
+    name: str
+    _cancelled: bool = attrs.field(default=False, init=False)
+    _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+class Activation:
+    """The runtime's side of one activation of a grain."""
+
+    __slots__ = (
+        "_dead_event",
+        "_held",
+        "_lot",
+        "_nursery",
+        "_pending_spawns",
+        "_recv",
+        "_send",
+        "_worker_done",
+        "activation_claimed",
+        "deactivate_reason",
+        "grain",
+        "grain_id",
+        "idle_since",
+        "info",
+        "keep_alive_until",
+        "methods",
+        "queued",
+        "running",
+        "runtime",
+        "state",
+        "touched",
+        "writers",
+    )
+
+    def __init__(self, runtime: Catalog, grain_id: GrainId, info: GrainClassInfo) -> None:
+        self.runtime = runtime
+        self.grain_id = grain_id
+        self.info = info
+        self.methods = info.methods
+        self.grain: Grain | None = None
+        self.state = ACTIVATING
+        self.activation_claimed = False
+        self.running = 0  # turns running now
+        self.writers = 0  # of which not read-only
+        self.queued = 0  # calls in the mailbox or held by the worker, not yet started
+        self.touched = True
+        self.idle_since = 0.0
+        self.keep_alive_until = -math.inf
+        self.deactivate_reason: str | None = None
+        self._send: trio.MemorySendChannel[Call] | None = None
+        self._recv: trio.MemoryReceiveChannel[Call] | None = None
+        self._held: Call | None = None
+        self._lot: trio.lowlevel.ParkingLot | None = None
+        self._nursery: trio.Nursery | None = None
+        self._pending_spawns: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = []
+        self._worker_done: trio.Event | None = None
+        self._dead_event: trio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Activation {self.grain_id} {_STATE_NAMES[self.state]}>"
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def may_start(self, kind: int) -> bool:
+        """May a call of *kind* that is not behind anything in the mailbox start now?"""
+        if self.state != ACTIVE:
+            return False
+        if kind == EXCLUSIVE:
+            return self.running == 0
+        if kind == READ_ONLY:
+            return self.writers == 0
+        return True
+
+    def begin_turn(self, kind: int) -> None:
+        self.running += 1
+        if kind != READ_ONLY:
+            self.writers += 1
+        self.touched = True
+
+    def end_turn(self, kind: int) -> None:
+        self.running -= 1
+        if kind != READ_ONLY:
+            self.writers -= 1
+        if self.running == 0 and self.deactivate_reason is not None and self.state == ACTIVE:
+            self.runtime.deactivate_soon(self, self.deactivate_reason)
+        if self._lot is not None:
+            self._lot.unpark_all()
+
+    def post(self, call: Call) -> None:
+        """Put *call* in the mailbox (starting the activation's task if need be)."""
+        if self._send is None:
+            self._send, self._recv = trio.open_memory_channel[Call](math.inf)
+        self.queued += 1
+        self._send.send_nowait(call)
+        self._ensure_worker()
+
+    def _ensure_worker(self) -> None:
+        if self._worker_done is None:
+            self._worker_done = trio.Event()
+            self._lot = trio.lowlevel.ParkingLot()
+            self.runtime.nursery.start_soon(self._worker, name=f"grain {self.grain_id}")
+
+    # -- activation ---------------------------------------------------------------------------
+
+    async def activate(self) -> None:
+        """Create the grain object and run ``on_activate``, holding an exclusive turn.
+
+        On success the caller still holds the turn and must ``end_turn(EXCLUSIVE)``. On
+        failure the activation is dead and gone, and the exception propagates.
+        """
+        self.activation_claimed = True
+        self.begin_turn(EXCLUSIVE)
+        try:
+            cls = self.info.cls
+            grain = cls.__new__(cls)
+            grain._activation = self
+            grain.__init__()
+            self.grain = grain
+            if type(grain).on_activate is not _BASE_ON_ACTIVATE:
+                await grain.on_activate()
+        except BaseException:
+            self.running = self.writers = 0
+            self.state = DEAD
+            self.runtime.forget(self)
+            self._cancel_nursery()
+            self._redispatch_pending()
+            raise
+        self.state = ACTIVE
+
+    # -- the activation's own task ------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        assert self._worker_done is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for fn, args in self._pending_spawns:
+                    nursery.start_soon(fn, *args)
+                self._pending_spawns.clear()
+                await self._drain_mailbox(nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self._worker_done.set()
+
+    async def _next_call(self) -> Call | None:
+        if self._held is not None:
+            return self._held
+        if self._recv is None:
+            if self.state >= DEACTIVATING:
+                return None
+            await trio.sleep_forever()  # timers only: wait to be cancelled at deactivation
+        assert self._recv is not None
+        try:
+            call = self._recv.receive_nowait()
+        except trio.WouldBlock:
+            try:
+                call = await self._recv.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return None
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+        self._held = call
+        return call
+
+    async def _drain_mailbox(self, nursery: trio.Nursery) -> None:
+        assert self._lot is not None
+        while True:
+            with trio.CancelScope() as scope:
+                while not scope.cancel_called:
+                    if self.state >= DEACTIVATING:
+                        return
+                    call = await self._next_call()
+                    if call is None:
+                        return
+                    if call.state == ABANDONED:
+                        self._held = None
+                        self.queued -= 1
+                        continue
+                    if self.state == ACTIVATING and not self.activation_claimed:
+                        await self._activate_for(call, scope)
+                        continue
+                    if call.method is not None:
+                        call.kind = call.method.kind
+                    while not self.may_start(call.kind):
+                        if self.state >= DEACTIVATING or call.state == ABANDONED:
+                            break
+                        await self._lot.park()
+                    if self.state >= DEACTIVATING:
+                        return
+                    self._held = None
+                    self.queued -= 1
+                    if call.state == ABANDONED:
+                        continue
+                    self.begin_turn(call.kind)
+                    if call.kind == EXCLUSIVE:
+                        call.scope = scope
+                        await self.run_turn(call)
+                    else:
+                        nursery.start_soon(self._run_turn_in_own_scope, call)
+
+    async def _activate_for(self, call: Call, scope: trio.CancelScope) -> None:
+        """Nobody is activating and the first call came through the mailbox."""
+        self._held = None
+        self.queued -= 1
+        try:
+            await self.activate()
+        except Exception as exc:
+            call.fail(exc)  # the activation is dead; the drain loop sees it and ends
+            return
+        # ``activate`` left us holding an exclusive turn: run this call inside it.
+        call.kind = EXCLUSIVE
+        call.scope = scope
+        await self.run_turn(call)
+
+    async def _run_turn_in_own_scope(self, call: Call) -> None:
+        with trio.CancelScope() as scope:
+            call.scope = scope
+            await self.run_turn(call)
+
+    async def run_turn(self, call: Call) -> None:
+        """Run *call* as a turn (its turn already counted) and deliver the outcome."""
+        if call.state == ABANDONED:
+            self.end_turn(call.kind)
+            return
+        call.state = RUNNING
+        result: outcome.Outcome[Any]
+        try:
+            if call.method is not None:
+                value = await call.method.func(self.grain, *call.args, **call.kwargs)
+            else:
+                assert call.fn is not None
+                value = await call.fn(*call.args)
+        except Exception as exc:
+            result = outcome.Error(exc)
+        else:
+            result = outcome.Value(value)
+        finally:
+            call.scope = None
+            self.end_turn(call.kind)
+        call.finish(result)
+
+    # -- timers and background tasks ----------------------------------------------------------
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self.state >= DEACTIVATING:
+            raise RuntimeError(f"{self.grain_id} is deactivating: it cannot start new tasks")
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+        else:
+            self._pending_spawns.append((fn, args))
+            self._ensure_worker()
+
+    def register_timer(
+        self,
+        callback: Callable[[], Awaitable[Any]],
+        *,
+        due: float,
+        period: float,
+        interleave: bool,
+        keep_alive: bool,
+        name: str | None,
+    ) -> GrainTimer:
+        if due < 0 or not period > 0:
+            raise ValueError(f"timer needs due >= 0 and period > 0, got due={due}, period={period}")
+        timer = GrainTimer(name or getattr(callback, "__qualname__", "timer"))
+        self.start_soon(self._run_timer, timer, callback, due, period, interleave, keep_alive)
+        return timer
+
+    async def _run_timer(
+        self,
+        timer: GrainTimer,
+        callback: Callable[[], Awaitable[Any]],
+        due: float,
+        period: float,
+        interleave: bool,
+        keep_alive: bool,
+    ) -> None:
+        with trio.CancelScope() as scope:
+            timer._scope = scope
+            if timer.cancelled:
+                return
+            await trio.sleep(due)
+            while not timer.cancelled and self.state == ACTIVE:
+                done = trio.Event()
+                result: list[outcome.Outcome[Any]] = []
+
+                def on_done(res: outcome.Outcome[Any], _d: trio.Event = done) -> None:
+                    result.append(res)
+                    _d.set()
+
+                tick = Call(None, (), {}, fn=callback, label=f"{self.grain_id} timer {timer.name}")
+                tick.kind = INTERLEAVE if interleave else EXCLUSIVE
+                tick.on_done = on_done
+                touched = self.touched
+                self.post(tick)
+                await done.wait()
+                if not keep_alive:
+                    self.touched = touched
+                if result and isinstance(result[0], outcome.Error):
+                    log.error(
+                        "timer %r of %s raised; the timer goes on",
+                        timer.name,
+                        self.grain_id,
+                        exc_info=result[0].error,
+                    )
+                if period == math.inf:
+                    break
+                await trio.sleep(period)
+
+    def post_one_way(self, call: Call) -> None:
+        call.on_done = log_one_way_outcome(call.label)
+        self.post(call)
+
+    # -- deactivation -------------------------------------------------------------------------
+
+    def request_deactivation(self, reason: str) -> None:
+        """Deactivate once no turn runs (now, if none does)."""
+        if self.deactivate_reason is None:
+            self.deactivate_reason = reason
+        if self.running == 0 and self.state == ACTIVE:
+            self.runtime.deactivate_soon(self, reason)
+
+    def delay_deactivation(self, seconds: float) -> None:
+        now = trio.current_time()
+        self.keep_alive_until = now + seconds if seconds > 0 else -math.inf
+
+    async def deactivate(self, reason: str, timeout: float) -> None:
+        """Wait for running turns, run ``on_deactivate``, stop the nursery, hand off queued calls.
+
+        Runs in a task of the silo (never inside a turn of this activation).
+        """
+        if self.state != ACTIVE:
+            return
+        self.state = DEACTIVATING
+        if self._lot is not None:
+            self._lot.unpark_all()
+        while self.running:
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
+            await self._lot.park()
+        self.begin_turn(EXCLUSIVE)
+        try:
+            with trio.move_on_after(timeout) as scope:
+                assert self.grain is not None
+                await self.grain.on_deactivate(reason)
+            if scope.cancelled_caught:
+                log.warning("on_deactivate of %s took longer than %s s", self.grain_id, timeout)
+        except Exception:
+            log.exception("on_deactivate of %s raised", self.grain_id)
+        finally:
+            self.end_turn(EXCLUSIVE)
+            self.state = DEAD
+            self.runtime.forget(self)
+            self._cancel_nursery()
+            if self._worker_done is not None:
+                with trio.CancelScope(shield=True):
+                    await self._worker_done.wait()
+            self._redispatch_pending()
+            if self._dead_event is not None:
+                self._dead_event.set()
+
+    def _cancel_nursery(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        self._pending_spawns.clear()
+        if self._lot is not None:
+            self._lot.unpark_all()
+
+    def _redispatch_pending(self) -> None:
+        """Send calls that never started here to the grain's next activation."""
+        pending: list[Call] = []
+        if self._held is not None:
+            pending.append(self._held)
+            self._held = None
+        if self._recv is not None:
+            while True:
+                try:
+                    pending.append(self._recv.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+        self.queued = 0
+        for call in pending:
+            if call.state != ABANDONED and call.method is not None:
+                self.runtime.redispatch(self.grain_id, self.info, call)
+
+    async def wait_dead(self) -> None:
+        if self.state == DEAD:
+            return
+        if self._dead_event is None:
+            self._dead_event = trio.Event()
+        await self._dead_event.wait()
+
+
+_BASE_ON_ACTIVATE = Grain.on_activate

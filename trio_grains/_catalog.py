@@ -1,0 +1,330 @@
+"""The silo's activations and the call path from a reference to a turn.
+
+:meth:`Catalog.invoke` is the hot path. A call to an idle local activation runs the grain
+method right in the caller's task, with two counters guarding the one-turn-at-a-time rule;
+everything else (a busy grain, activation, one-way calls, isolated calls) takes
+:meth:`Catalog._invoke_slow`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import outcome
+import trio
+
+from ._activation import ACTIVATING, ACTIVE, DEAD, Activation
+from ._exceptions import (
+    GrainCallTimeoutError,
+    GrainMethodError,
+    GrainTypeError,
+    SiloUnavailableError,
+)
+from ._grain import GrainClassInfo, GrainClassRegistry, GrainInterface, MethodInfo, class_info
+from ._ids import GrainId, GrainKey
+from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY, Call, TimeoutWheel, wait_reply
+from ._reference import GrainReference, reference_class
+
+if TYPE_CHECKING:
+    from ._config import SiloConfig
+    from ._serialization import Codec
+
+__all__ = ["Catalog"]
+
+log = logging.getLogger("trio_grains.catalog")
+
+G = TypeVar("G", bound=GrainInterface)
+
+
+def _timeout_error(call: Call, timeout: float) -> Exception:
+    return GrainCallTimeoutError(
+        f"no reply from {call.label} within {timeout} s (response_timeout): the grain is busy "
+        "or deadlocked in a call cycle (A calls B calls A); make it @reentrant or the method "
+        "@always_interleave, or raise SiloConfig.response_timeout"
+    )
+
+
+class Catalog:
+    """Activations by grain id, and the runtime references call into."""
+
+    def __init__(self, config: SiloConfig, registry: GrainClassRegistry, codec: Codec) -> None:
+        self.config = config
+        self.registry = registry
+        self.codec = codec
+        self.isolate = config.isolate_local_calls
+        self.accepting = False
+        self._nursery: trio.Nursery | None = None
+        self._activations: dict[GrainId, Activation] = {}
+        self._workers: dict[GrainId, list[Activation]] = {}
+        self.wheel = TimeoutWheel(config.response_timeout, _timeout_error)
+        self.activations_created = 0
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise SiloUnavailableError("the silo is not running: use 'async with open_silo()'")
+        return self._nursery
+
+    # -- references ---------------------------------------------------------------------------
+
+    def get_grain(self, grain_class: type[G], key: GrainKey, *, key_ext: str | None = None) -> G:
+        info = class_info(grain_class)
+        grain_id = GrainId.create(info.grain_type, key, key_ext)
+        return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
+
+    def reference(self, grain_class: type[G], grain_id: GrainId | str) -> G:
+        if isinstance(grain_id, str):
+            grain_id = GrainId.parse(grain_id)
+        info = class_info(grain_class)
+        if grain_id.type != info.grain_type:
+            raise GrainTypeError(
+                f"grain id '{grain_id}' is of type '{grain_id.type}', but "
+                f"{grain_class.__qualname__} is '{info.grain_type}'"
+            )
+        return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
+
+    # -- the call path ------------------------------------------------------------------------
+
+    async def invoke(
+        self, ref: GrainReference, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        act = ref._act
+        if act is None or act.state != ACTIVE:
+            act = self._find(ref)
+        method = act.methods.get(name)
+        if method is None:
+            raise self._no_method(act.info, ref, name)
+        kind = method.kind
+        if (
+            act.state == ACTIVE
+            and not method.one_way
+            and not self.isolate
+            and (
+                kind == INTERLEAVE
+                or (act.queued == 0 and (act.running == 0 or (kind == READ_ONLY and act.writers == 0)))
+            )
+        ):
+            # Turn stealing: the turn runs in this task, nothing is queued or replied.
+            act.running += 1
+            if kind != READ_ONLY:
+                act.writers += 1
+            act.touched = True
+            try:
+                return await method.func(act.grain, *args, **kwargs)
+            finally:
+                act.end_turn(kind)
+        return await self._invoke_slow(ref, act, method, args, kwargs)
+
+    async def _invoke_slow(
+        self,
+        ref: GrainReference,
+        act: Activation,
+        method: MethodInfo,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if not self.accepting:
+            raise SiloUnavailableError(f"the silo is shutting down: cannot call {ref.grain_id}")
+        if self.isolate:
+            kwargs = self.codec.copy_call(method, args, kwargs)
+            args = ()
+        call = Call(method, args, kwargs, label=f"{act.grain_id}.{method.name}()")
+        call.kind = method.kind
+        if method.one_way:
+            act.post_one_way(call)
+            return None
+        if act.state == ACTIVATING and not act.activation_claimed:
+            await act.activate()  # raises (and leaves nothing behind) if activation fails
+            try:
+                result = await outcome.acapture(method.func, act.grain, *args, **kwargs)
+            finally:
+                act.end_turn(EXCLUSIVE)
+        elif act.state == ACTIVE and act.may_start(method.kind) and (
+            act.queued == 0 or method.kind == INTERLEAVE
+        ):
+            act.begin_turn(method.kind)
+            try:
+                result = await outcome.acapture(method.func, act.grain, *args, **kwargs)
+            finally:
+                act.end_turn(method.kind)
+        else:
+            act.post(call)
+            self.wheel.add(call)
+            if not self.isolate:
+                return await wait_reply(call)
+            result = await outcome.acapture(wait_reply, call)
+        if self.isolate:
+            result = self._copy_outcome(method, result)
+        return result.unwrap()
+
+    def _copy_outcome(self, method: MethodInfo, result: outcome.Outcome[Any]) -> outcome.Outcome[Any]:
+        if isinstance(result, outcome.Value):
+            return outcome.Value(self.codec.decode_result(method, self.codec.encode_result(method, result.value)))
+        assert isinstance(result, outcome.Error)
+        exc = result.error
+        if not isinstance(exc, Exception):
+            return result
+        return outcome.Error(self.codec.decode_exception(self.codec.encode_exception(exc)))
+
+    def _no_method(self, info: GrainClassInfo, ref: GrainReference, name: str) -> GrainMethodError:
+        names = ", ".join(sorted(info.methods)) or "(none)"
+        return GrainMethodError(
+            f"{info.describe()} has no grain method {name!r} (called through "
+            f"{ref.interface.__qualname__} on {ref.grain_id}); its methods: {names}"
+        )
+
+    # -- activations --------------------------------------------------------------------------
+
+    def _implementation(self, grain_id: GrainId, iface: type | None) -> GrainClassInfo:
+        info = self.registry.get(grain_id.type)
+        if info is not None:
+            return info
+        hint = ""
+        if iface is not None:
+            impls = [
+                f"{i.cls.__qualname__} ('{i.grain_type}')"
+                for t in self.registry.types()
+                if (i := self.registry.get(t)) is not None and issubclass(i.cls, iface)
+            ]
+            if impls:
+                hint = (
+                    f"; this silo has implementations of {iface.__qualname__} with other type "
+                    f"names: {', '.join(impls)}: give the interface and the class the same "
+                    "@grain_type"
+                )
+        raise GrainTypeError(
+            f"this silo hosts no grain class for grain type '{grain_id.type}' (called as "
+            f"{grain_id}){hint}; register the class: open_silo(grains=[...]) or "
+            "SiloConfig(grains=['module:Class'])"
+        )
+
+    def _find(self, ref: GrainReference) -> Activation:
+        grain_id = ref._grain_id
+        act = self._activations.get(grain_id)
+        if act is not None and act.state != DEAD:
+            if act.state == ACTIVE:
+                ref._act = act
+            return act
+        info = self._implementation(grain_id, ref.interface)
+        if info.max_local_workers is not None:
+            return self._pick_worker(grain_id, info)
+        return self._new_activation(grain_id, info)
+
+    def _new_activation(self, grain_id: GrainId, info: GrainClassInfo) -> Activation:
+        if not self.accepting:
+            raise SiloUnavailableError(f"the silo is not running: cannot activate {grain_id}")
+        act = Activation(self, grain_id, info)
+        act.idle_since = trio.current_time()
+        self.activations_created += 1
+        if info.max_local_workers is None:
+            self._activations[grain_id] = act
+        else:
+            self._workers.setdefault(grain_id, []).append(act)
+        return act
+
+    def _pick_worker(self, grain_id: GrainId, info: GrainClassInfo) -> Activation:
+        pool = self._workers.get(grain_id, [])
+        live = [a for a in pool if a.state <= ACTIVE]
+        for act in live:
+            if act.state == ACTIVE and act.running == 0 and act.queued == 0:
+                return act
+        assert info.max_local_workers is not None
+        if len(live) < info.max_local_workers:
+            return self._new_activation(grain_id, info)
+        return min(live, key=lambda a: a.queued + a.running)
+
+    def redispatch(self, grain_id: GrainId, info: GrainClassInfo, call: Call) -> None:
+        """Hand a call that never started on a dead activation to a new one."""
+        if not self.accepting:
+            call.fail(SiloUnavailableError(f"the silo is shutting down: {call.label} was not run"))
+            return
+        act = self._activations.get(grain_id)
+        if act is None or act.state == DEAD:
+            if info.max_local_workers is not None:
+                act = self._pick_worker(grain_id, info)
+            else:
+                act = self._new_activation(grain_id, info)
+        act.post(call)
+
+    def forget(self, act: Activation) -> None:
+        if self._activations.get(act.grain_id) is act:
+            del self._activations[act.grain_id]
+        pool = self._workers.get(act.grain_id)
+        if pool is not None and act in pool:
+            pool.remove(act)
+            if not pool:
+                del self._workers[act.grain_id]
+
+    def deactivate_soon(self, act: Activation, reason: str) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(act.deactivate, reason, self.config.deactivation_timeout)
+
+    def activations(self) -> list[Activation]:
+        acts = list(self._activations.values())
+        for pool in self._workers.values():
+            acts.extend(pool)
+        return acts
+
+    def count_by_type(self) -> Counter[str]:
+        return Counter(str(a.grain_id.type) for a in self.activations())
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled: response timeouts and idle collection."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.accepting = True
+            nursery.start_soon(self.wheel.run)
+            nursery.start_soon(self._collect_idle)
+            task_status.started()
+
+    async def _collect_idle(self) -> None:
+        quantum = self.config.collection_quantum
+        while True:
+            await trio.sleep(quantum)
+            self.collect_idle(trio.current_time())
+
+    def collect_idle(self, now: float) -> int:
+        """Deactivate activations idle for longer than their collection age."""
+        default_age = self.config.collection_age
+        started = 0
+        for act in self.activations():
+            if act.state != ACTIVE or act.running or act.queued:
+                continue
+            if act.touched:
+                act.touched = False
+                act.idle_since = now
+                continue
+            if now < act.keep_alive_until:
+                continue
+            age = act.info.collection_age or default_age
+            if now - act.idle_since >= age:
+                self.deactivate_soon(act, "idle")
+                started += 1
+        return started
+
+    async def shutdown(self) -> None:
+        """Stop accepting calls and deactivate everything (bounded by the deactivation timeout)."""
+        self.accepting = False
+        timeout = self.config.deactivation_timeout
+        with trio.move_on_after(timeout + 1):
+            async with trio.open_nursery() as nursery:
+                for act in self.activations():
+                    nursery.start_soon(act.deactivate, "silo shutting down", timeout)
+        self.wheel.fail_all(
+            lambda call: SiloUnavailableError(f"the silo shut down before {call.label} replied")
+        )
+        # Calls queued on activations that never became active die with the silo.
+        for act in self.activations():
+            act.state = DEAD
+            act._redispatch_pending()
+        self._activations.clear()
+        self._workers.clear()
+
+    def pending_calls(self) -> int:
+        return self.wheel.pending()
+
+

@@ -1,0 +1,110 @@
+"""Silo configuration: frozen attrs values, structured from plain data (TOML, dicts) by cattrs.
+
+``SiloConfig.from_dict(data)`` turns a mapping (e.g. parsed TOML) into a config and reports
+every problem at once, naming each key and what it should be.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import cattrs
+
+from ._exceptions import ConfigError
+
+__all__ = ["PluginsConfig", "ProviderConfig", "SiloConfig"]
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
+
+
+def _default_silo_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@attrs.frozen(kw_only=True)
+class ProviderConfig:
+    """A provider chosen by name, with the options that name's factory understands.
+
+    In TOML::
+
+        [storage.default]
+        provider = "sqlite"
+        options = { path = "grains.db" }
+    """
+
+    provider: str
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class PluginsConfig:
+    """Which plugins the silo's plugin manager loads.
+
+    ``load_entry_points``: load every installed distribution's ``trio_grains`` entry point.
+    ``block``: plugin names never to load (also ``TRIO_GRAINS_BLOCK_PLUGINS=a,b`` in the
+    environment). Built-in plugins marked essential cannot be blocked.
+    """
+
+    load_entry_points: bool = True
+    block: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class SiloConfig:
+    """Everything a silo needs to know; every field has a working default.
+
+    Times are in seconds.
+
+    * ``name``: this silo's name (default: ``<hostname>-<pid>``).
+    * ``cluster_id``: the cluster this silo belongs to.
+    * ``response_timeout``: how long a caller waits for a reply before
+      :class:`~trio_grains.GrainCallTimeoutError` (Orleans' default, 30 s). A turn that runs
+      in the caller's own task (an idle local grain) is bounded by the caller's own cancel
+      scopes instead; see the concurrency docs.
+    * ``collection_age``: an activation idle this long is deactivated (Orleans' default,
+      15 minutes); per grain class with ``@collection_age``.
+    * ``collection_quantum``: how often idle activations are looked for.
+    * ``deactivation_timeout``: how long ``on_deactivate`` may run at shutdown.
+    * ``isolate_local_calls``: copy arguments and results of in-process calls through the
+      converter, as a remote call would (catches unserializable arguments in tests).
+    * ``default_placement``: the placement strategy name for grain classes that declare none.
+    * ``storage`` / ``streams``: named providers; ``grains``: ``"module:Class"`` paths of
+      grain classes to host, in addition to those passed to ``open_silo(grains=...)``.
+    """
+
+    name: str = attrs.field(factory=_default_silo_name)
+    cluster_id: str = "dev"
+    response_timeout: float = attrs.field(default=30.0, validator=_positive)
+    collection_age: float = attrs.field(default=15 * 60.0, validator=_positive)
+    collection_quantum: float = attrs.field(default=60.0, validator=_positive)
+    deactivation_timeout: float = attrs.field(default=30.0, validator=_positive)
+    isolate_local_calls: bool = False
+    default_placement: str = "random"
+    storage: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
+    streams: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
+    grains: tuple[str, ...] = ()
+    plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SiloConfig:
+        """Structure *data* (e.g. parsed TOML) into a config.
+
+        Raises :class:`~trio_grains.ConfigError` listing every bad or unknown key.
+        """
+        converter = cattrs.Converter(forbid_extra_keys=True)
+        try:
+            return converter.structure(dict(data), cls)
+        except cattrs.BaseValidationError as exc:
+            problems = "\n  ".join(cattrs.transform_error(exc, path="config"))
+            raise ConfigError(f"invalid silo configuration:\n  {problems}") from exc
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid silo configuration: {exc}") from exc

@@ -1,0 +1,115 @@
+"""The exception tree of trio-grains.
+
+Every error the runtime raises on purpose derives from :class:`GrainsError`::
+
+    GrainsError
+    ├── GrainIdError (ValueError)          a type name or key that cannot name a grain
+    ├── GrainKeyKindError (TypeError)      asked for an int key of a string-keyed grain, ...
+    ├── GrainTypeError (TypeError)         a class that cannot be a grain, duplicate type names,
+    │                                      a type the silo does not host
+    ├── GrainMethodError (AttributeError)  calling something that is not a grain method
+    ├── GrainCallError                     a call did not produce the grain's own result
+    │   ├── GrainCallTimeoutError (TimeoutError)   no reply within the response timeout
+    │   ├── RemoteGrainError               the grain raised an exception whose type could not
+    │   │                                  be rebuilt here: carries type name, message, traceback
+    │   └── SiloUnavailableError           the silo is shutting down or is not running
+    ├── ConfigError (ValueError)           bad configuration: says which key and how to fix it
+    ├── PluginError                        duplicate or unknown provider names, bad plugins
+    ├── SerializationError                 a value the silo's converter cannot encode or decode
+    └── InternalError                      a bug in trio-grains: please report it
+
+An exception raised by a grain method reaches the caller as itself (same type), not
+wrapped: ``except KeyError`` around a grain call works as it would around a plain call.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "GrainCallError",
+    "GrainCallTimeoutError",
+    "GrainIdError",
+    "GrainKeyKindError",
+    "GrainMethodError",
+    "GrainTypeError",
+    "GrainsError",
+    "InternalError",
+    "PluginError",
+    "RemoteGrainError",
+    "SerializationError",
+    "SiloUnavailableError",
+]
+
+
+class GrainsError(Exception):
+    """Root of every error trio-grains raises on purpose."""
+
+
+class GrainIdError(GrainsError, ValueError):
+    """A grain type name or key that cannot name a grain."""
+
+
+class GrainKeyKindError(GrainsError, TypeError):
+    """A key was read as a kind it is not (e.g. ``primary_key_int`` of a string key)."""
+
+
+class GrainTypeError(GrainsError, TypeError):
+    """A class cannot serve as a grain, or a grain type is unknown or claimed twice."""
+
+
+class GrainMethodError(GrainsError, AttributeError):
+    """The name called on a grain reference is not a callable grain method."""
+
+
+class GrainCallError(GrainsError):
+    """A grain call ended without the grain's own result or exception."""
+
+
+class GrainCallTimeoutError(GrainCallError, TimeoutError):
+    """No reply arrived within the silo's response timeout.
+
+    Raise the limit with ``SiloConfig(response_timeout=...)``, or wrap the call in your own
+    ``trio.move_on_after`` / ``trio.fail_after`` to choose per call.
+    """
+
+
+class RemoteGrainError(GrainCallError):
+    """A grain raised an exception whose type cannot be rebuilt in this process.
+
+    Attributes:
+        type_name: ``module.QualName`` of the original exception type.
+        message: ``str()`` of the original exception.
+        traceback_text: the formatted traceback where it was raised.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[type[RemoteGrainError], tuple[str, str, str]]:
+        return (type(self), (self.type_name, self.message, self.traceback_text))
+
+
+class SiloUnavailableError(GrainCallError):
+    """The silo is not running (not yet started, shutting down, or closed)."""
+
+
+class ConfigError(GrainsError, ValueError):
+    """Configuration that cannot be used. The message names the key and the fix."""
+
+
+class PluginError(GrainsError):
+    """A plugin or provider problem: duplicate names, unknown names, broken plugins."""
+
+
+class SerializationError(GrainsError):
+    """A value the silo's converter cannot encode or decode."""
+
+
+class InternalError(GrainsError):
+    """A bug in trio-grains itself.
+
+    Please report it at the project's issue tracker with the traceback.
+    """

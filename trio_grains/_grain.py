@@ -1,0 +1,391 @@
+"""Grain classes: the ``Grain`` base, interfaces, decorators and method tables.
+
+A *grain interface* is a class deriving from :class:`GrainInterface` whose public
+``async def`` methods are the calls a grain accepts. A *grain class* derives from
+:class:`Grain` (itself an interface) and implements them. Callers that only have the
+interface can call the grain as long as both carry the same grain type name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import attrs
+
+from ._exceptions import GrainKeyKindError, GrainTypeError
+from ._ids import GrainId, GrainKey, GrainType
+from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY
+
+if TYPE_CHECKING:
+    import uuid
+
+    from ._activation import Activation, GrainTimer
+    from ._placement import PlacementStrategy
+
+__all__ = [
+    "Grain",
+    "GrainClassInfo",
+    "GrainClassRegistry",
+    "GrainInterface",
+    "MethodInfo",
+    "always_interleave",
+    "class_info",
+    "collection_age",
+    "grain_type",
+    "one_way",
+    "read_only",
+    "reentrant",
+    "stateless_worker",
+]
+
+C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+G = TypeVar("G", bound="GrainInterface")
+
+
+# --- decorators ---------------------------------------------------------------------------
+
+
+def grain_type(name: str) -> Callable[[C], C]:
+    """Give a grain class or interface an explicit type name instead of the derived one."""
+    GrainType(name)  # validate now, at the decorator, with a clear message
+
+    def decorate(cls: C) -> C:
+        cls.__grain_type_name__ = name  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def reentrant(cls: C) -> C:
+    """Let every call to this grain interleave with every other (Orleans' ``[Reentrant]``)."""
+    cls.__grain_reentrant__ = True  # type: ignore[attr-defined]
+    return cls
+
+
+def stateless_worker(max_local: int | None = None) -> Callable[[C], C]:
+    """Allow up to *max_local* activations of one grain id per silo (default: 1 per CPU).
+
+    Calls go to an idle activation, or to a new one while fewer than *max_local* exist;
+    each activation still runs one turn at a time.
+    """
+    if max_local is not None and max_local < 1:
+        raise ValueError(f"stateless_worker(max_local=...) must be >= 1, got {max_local}")
+
+    def decorate(cls: C) -> C:
+        import os
+
+        cls.__grain_stateless_worker__ = max_local or os.cpu_count() or 1  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def collection_age(seconds: float) -> Callable[[C], C]:
+    """Deactivate activations of this class after *seconds* without calls."""
+    if not seconds > 0:
+        raise ValueError(f"collection_age must be a positive number of seconds, got {seconds}")
+
+    def decorate(cls: C) -> C:
+        cls.__grain_collection_age__ = float(seconds)  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def always_interleave(fn: F) -> F:
+    """This method may run while any other turn of the grain is running."""
+    fn.__grain_always_interleave__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def read_only(fn: F) -> F:
+    """This method does not change the grain: it may interleave with other read-only calls."""
+    fn.__grain_read_only__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def one_way(fn: F) -> F:
+    """Callers do not wait for this method: it returns ``None`` at once, errors are logged."""
+    fn.__grain_one_way__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+# --- method tables ------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class MethodInfo:
+    """One callable grain method, as seen by callers and by the runtime."""
+
+    name: str
+    func: Callable[..., Awaitable[Any]]
+    always_interleave: bool = False
+    read_only: bool = False
+    one_way: bool = False
+    #: how calls interleave on the implementing class (``_messaging.EXCLUSIVE`` ...)
+    kind: int = 0
+
+
+@attrs.frozen(eq=False)
+class GrainClassInfo:
+    """What the runtime knows about a grain class or interface, computed once per class."""
+
+    cls: type
+    grain_type: GrainType
+    is_implementation: bool
+    methods: dict[str, MethodInfo]
+    reentrant: bool = False
+    max_local_workers: int | None = None
+    collection_age: float | None = None
+    placement: PlacementStrategy | None = None
+
+    @property
+    def class_name(self) -> str:
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+    def describe(self) -> str:
+        return f"grain type '{self.grain_type}' ({self.cls.__qualname__})"
+
+
+def _reserved_names() -> frozenset[str]:
+    return frozenset(name for name in dir(Grain) if not name.startswith("_"))
+
+
+def _flag(name: str, attr: str, mro: Iterable[type]) -> bool:
+    return any(getattr(klass.__dict__.get(name), attr, False) for klass in mro)
+
+
+def _build_info(cls: type) -> GrainClassInfo:
+    if not (isinstance(cls, type) and issubclass(cls, GrainInterface)):
+        raise GrainTypeError(
+            f"{cls!r} is not a grain class: derive it from trio_grains.Grain "
+            "(or trio_grains.GrainInterface for an interface)"
+        )
+    if cls is Grain or cls is GrainInterface:
+        raise GrainTypeError(f"{cls.__name__} itself is not a grain: derive a class from it")
+    explicit = cls.__dict__.get("__grain_type_name__")
+    gtype = GrainType.for_class(cls, explicit)
+    reserved = _reserved_names()
+    mro = [k for k in cls.__mro__ if issubclass(k, GrainInterface) and k not in (Grain, GrainInterface)]
+    methods: dict[str, MethodInfo] = {}
+    is_reentrant = bool(getattr(cls, "__grain_reentrant__", False))
+    for klass in mro:
+        for name, value in vars(klass).items():
+            if name.startswith("_") or name in methods or name in reserved:
+                continue
+            func = getattr(cls, name)
+            if not inspect.iscoroutinefunction(func):
+                if callable(value) and not isinstance(value, (type, staticmethod, classmethod)):
+                    if issubclass(cls, Grain):
+                        continue  # a plain helper method: callable locally, not by callers
+                    raise GrainTypeError(
+                        f"{cls.__qualname__}.{name} must be 'async def': grain methods are "
+                        "awaited by callers (prefix the name with _ to keep it private)"
+                    )
+                continue
+            interleave = _flag(name, "__grain_always_interleave__", mro)
+            ro = _flag(name, "__grain_read_only__", mro)
+            methods[name] = MethodInfo(
+                name=name,
+                func=func,
+                always_interleave=interleave,
+                read_only=ro,
+                one_way=_flag(name, "__grain_one_way__", mro),
+                kind=INTERLEAVE if interleave or is_reentrant else READ_ONLY if ro else EXCLUSIVE,
+            )
+    if issubclass(cls, Grain):
+        for name in reserved & set(vars(cls)):
+            if name not in Grain._overridable:
+                raise GrainTypeError(
+                    f"{cls.__qualname__}.{name} hides Grain.{name}, which the runtime uses: "
+                    "rename the method"
+                )
+    return GrainClassInfo(
+        cls=cls,
+        grain_type=gtype,
+        is_implementation=issubclass(cls, Grain),
+        methods=methods,
+        reentrant=is_reentrant,
+        max_local_workers=getattr(cls, "__grain_stateless_worker__", None),
+        collection_age=getattr(cls, "__grain_collection_age__", None),
+        placement=getattr(cls, "__grain_placement__", None),
+    )
+
+
+def class_info(cls: type) -> GrainClassInfo:
+    """The (cached) :class:`GrainClassInfo` of a grain class or interface."""
+    info = cls.__dict__.get("__grain_info__")
+    if info is None:
+        info = _build_info(cls)
+        cls.__grain_info__ = info  # type: ignore[attr-defined]
+    return info  # type: ignore[no-any-return]
+
+
+@attrs.define(eq=False)
+class GrainClassRegistry:
+    """The grain classes one silo hosts, by grain type name.
+
+    Passed to the ``grains_register_grain_classes`` hook; ``open_silo(grains=[...])`` and
+    ``SiloConfig.grains`` fill it too.
+    """
+
+    _by_type: dict[GrainType, GrainClassInfo] = attrs.field(factory=dict, init=False)
+
+    def register(self, cls: type) -> None:
+        """Host *cls*. A second class claiming the same type name is an error."""
+        info = class_info(cls)
+        if not info.is_implementation:
+            raise GrainTypeError(
+                f"{cls.__qualname__} is an interface (no implementation): register the grain "
+                "class that derives from trio_grains.Grain and implements it"
+            )
+        other = self._by_type.get(info.grain_type)
+        if other is not None and other.cls is not cls:
+            raise GrainTypeError(
+                f"grain type '{info.grain_type}' is claimed by both {other.class_name} and "
+                f"{info.class_name}: give one of them another name with @grain_type(\"...\")"
+            )
+        self._by_type[info.grain_type] = info
+
+    def get(self, grain_type: GrainType) -> GrainClassInfo | None:
+        return self._by_type.get(grain_type)
+
+    def types(self) -> list[GrainType]:
+        return sorted(self._by_type)
+
+    def __contains__(self, grain_type: object) -> bool:
+        return grain_type in self._by_type
+
+    def __len__(self) -> int:
+        return len(self._by_type)
+
+
+# --- the base classes ---------------------------------------------------------------------
+
+
+class GrainInterface:
+    """Base of grain interfaces: public ``async def`` methods are the calls a grain accepts.
+
+    An interface may carry only signatures (bodies of ``...``); callers that have only the
+    interface can call the grain with ``get_grain(Interface, key)`` when the interface and
+    the grain class share the grain type name (by convention or ``@grain_type``).
+    """
+
+    __slots__ = ()
+
+
+class Grain(GrainInterface):
+    """Base class of grains: virtual actors addressed by a :class:`GrainId`.
+
+    Subclass it and write ``async def`` methods. The runtime creates the object when the
+    grain is activated; ``__init__`` must take no arguments besides ``self`` and may already
+    use ``self.grain_id``. Override :meth:`on_activate` / :meth:`on_deactivate` for set-up
+    and tear-down that awaits.
+    """
+
+    _overridable: ClassVar[frozenset[str]] = frozenset({"on_activate", "on_deactivate"})
+    _activation: Activation
+
+    # -- identity -------------------------------------------------------------------------
+
+    @property
+    def grain_id(self) -> GrainId:
+        """This grain's id (``type/key``)."""
+        return self._activation.grain_id
+
+    @property
+    def primary_key(self) -> str:
+        """The key as a string, whatever kind it was created from (with any extension)."""
+        return self._activation.grain_id.key
+
+    @property
+    def primary_key_int(self) -> int:
+        """The integer key; :class:`GrainKeyKindError` if the key is not an integer key."""
+        return self._activation.grain_id.key_as_int()[0]
+
+    @property
+    def primary_key_uuid(self) -> uuid.UUID:
+        """The UUID key; :class:`GrainKeyKindError` if the key is not a UUID key."""
+        return self._activation.grain_id.key_as_uuid()[0]
+
+    @property
+    def key_extension(self) -> str | None:
+        """The extension of a compound (int or UUID + string) key, or ``None``."""
+        gid = self._activation.grain_id
+        try:
+            return gid.key_as_int()[1]
+        except GrainKeyKindError:
+            pass
+        try:
+            return gid.key_as_uuid()[1]
+        except GrainKeyKindError:
+            raise GrainKeyKindError(
+                f"grain '{gid}' has a string key: only integer and UUID keys carry an "
+                "extension (get_grain(cls, 7, key_ext='eu'))"
+            ) from None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def on_activate(self) -> None:
+        """Called before the first call of an activation. Raising fails that call."""
+
+    async def on_deactivate(self, reason: str) -> None:
+        """Called once when the activation is deactivated (idle, requested, or shutdown)."""
+
+    def deactivate_on_idle(self) -> None:
+        """Deactivate this activation as soon as the current turn ends."""
+        self._activation.request_deactivation("requested by the grain")
+
+    def delay_deactivation(self, seconds: float) -> None:
+        """Keep this activation alive for at least *seconds* (negative: cancel the delay)."""
+        self._activation.delay_deactivation(seconds)
+
+    def register_timer(
+        self,
+        callback: Callable[[], Awaitable[Any]],
+        *,
+        due: float,
+        period: float = math.inf,
+        interleave: bool = False,
+        keep_alive: bool = False,
+        name: str | None = None,
+    ) -> GrainTimer:
+        """Call *callback* as a turn after *due* seconds, then every *period* seconds.
+
+        Ticks never overlap: the next period starts when the callback has finished. An
+        exception from the callback is logged and the timer goes on. Timers die with the
+        activation; ``keep_alive=True`` makes ticks count as activity for idle collection.
+        Returns a handle whose ``cancel()`` stops the timer.
+        """
+        return self._activation.register_timer(
+            callback,
+            due=due,
+            period=period,
+            interleave=interleave,
+            keep_alive=keep_alive,
+            name=name,
+        )
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task in this activation's nursery.
+
+        The task is not a turn: it must not touch grain state without care. It is cancelled
+        when the activation is deactivated.
+        """
+        self._activation.start_soon(fn, *args)
+
+    # -- calling other grains --------------------------------------------------------------
+
+    def get_grain(self, grain_class: type[G], key: GrainKey, *, key_ext: str | None = None) -> G:
+        """A reference to another grain, as ``Silo.get_grain`` gives."""
+        return self._activation.runtime.get_grain(grain_class, key, key_ext=key_ext)
+
+    def __repr__(self) -> str:
+        try:
+            return f"<{type(self).__qualname__} {self._activation.grain_id}>"
+        except AttributeError:
+            return f"<{type(self).__qualname__} (not activated)>"

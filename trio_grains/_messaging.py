@@ -1,0 +1,184 @@
+"""Calls in flight: the message a mailbox holds, the caller's wait, and response timeouts.
+
+A caller whose call cannot run at once (the grain is busy) puts a :class:`Call` in the
+activation's mailbox and parks its task with ``wait_task_rescheduled``; whoever runs the
+turn reschedules it with the outcome. Cancelling the caller abandons the call: a queued
+call is skipped, a running turn is cancelled.
+
+Response timeouts do not cost a cancel scope per call: :class:`TimeoutWheel` keeps waiting
+calls in buckets by deadline and one task expires whole buckets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import outcome
+import trio
+
+if TYPE_CHECKING:
+    from ._grain import MethodInfo
+
+__all__ = ["ABANDONED", "DONE", "RUNNING", "WAITING", "Call", "TimeoutWheel", "wait_reply"]
+
+log = logging.getLogger("trio_grains.calls")
+
+WAITING, RUNNING, DONE, ABANDONED = 0, 1, 2, 3
+
+# How a call may interleave with the turns already running on its activation.
+EXCLUSIVE, READ_ONLY, INTERLEAVE = 0, 1, 2
+
+
+class Call:
+    """One call (or timer tick) on its way to, or inside, an activation."""
+
+    __slots__ = (
+        "args",
+        "bucket",
+        "fn",
+        "kind",
+        "kwargs",
+        "label",
+        "method",
+        "on_done",
+        "scope",
+        "state",
+        "task",
+        "wheel",
+    )
+
+    def __init__(
+        self,
+        method: MethodInfo | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        fn: Callable[..., Any] | None = None,
+        label: str = "",
+    ) -> None:
+        self.method = method
+        self.fn = fn  # for timer ticks: a callable taking no grain argument
+        self.args = args
+        self.kwargs = kwargs
+        self.kind = EXCLUSIVE
+        self.state = WAITING
+        self.task: trio.lowlevel.Task | None = None
+        self.scope: trio.CancelScope | None = None
+        self.on_done: Callable[[outcome.Outcome[Any]], None] | None = None
+        self.wheel: TimeoutWheel | None = None
+        self.bucket = 0
+        self.label = label
+
+    def finish(self, result: outcome.Outcome[Any]) -> None:
+        """Deliver the outcome to whoever waits, unless the caller gave up."""
+        if self.state == ABANDONED:
+            return
+        self.state = DONE
+        if self.wheel is not None:
+            self.wheel.discard(self)
+        if self.task is not None:
+            task, self.task = self.task, None
+            trio.lowlevel.reschedule(task, result)
+        elif self.on_done is not None:
+            self.on_done(result)
+
+    def abandon(self) -> None:
+        """The caller stopped waiting: skip the call, or cancel its running turn."""
+        if self.state in (DONE, ABANDONED):
+            return
+        was_running = self.state == RUNNING
+        self.state = ABANDONED
+        self.task = None
+        if self.wheel is not None:
+            self.wheel.discard(self)
+        if was_running and self.scope is not None:
+            self.scope.cancel()
+
+    def fail(self, exc: BaseException) -> None:
+        """Wake the waiting caller with *exc* and abandon the call."""
+        task = self.task
+        self.abandon()
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Error(exc))
+        elif self.on_done is not None:
+            self.on_done(outcome.Error(exc))
+
+
+async def wait_reply(call: Call) -> Any:
+    """Park the current task until *call* is finished; cancellation abandons the call."""
+    call.task = trio.lowlevel.current_task()
+
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        call.abandon()
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def log_one_way_outcome(label: str) -> Callable[[outcome.Outcome[Any]], None]:
+    def done(result: outcome.Outcome[Any]) -> None:
+        if isinstance(result, outcome.Error):
+            log.error("one-way call %s raised", label, exc_info=result.error)
+
+    return done
+
+
+class TimeoutWheel:
+    """Expires calls whose reply did not come within *timeout* seconds.
+
+    Deadlines are rounded up to buckets of ``timeout / 16`` (at most 1 s), so a timeout
+    fires at most one bucket late; adding and removing a call is a set operation.
+    """
+
+    def __init__(self, timeout: float, make_error: Callable[[Call, float], Exception]) -> None:
+        self._timeout = timeout
+        self._granularity = min(1.0, max(timeout / 16, 1e-3))
+        self._buckets: dict[int, set[Call]] = {}
+        self._make_error = make_error
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def add(self, call: Call) -> None:
+        key = math.ceil((trio.current_time() + self._timeout) / self._granularity)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = set()
+            self._lot.unpark_all()
+        bucket.add(call)
+        call.bucket = key
+        call.wheel = self
+
+    def discard(self, call: Call) -> None:
+        call.wheel = None
+        bucket = self._buckets.get(call.bucket)
+        if bucket is not None:
+            bucket.discard(call)
+            if not bucket:
+                del self._buckets[call.bucket]
+
+    def pending(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+    def fail_all(self, exc_factory: Callable[[Call], Exception]) -> None:
+        """Wake every waiting caller with an error (used when the silo stops)."""
+        buckets, self._buckets = self._buckets, {}
+        for bucket in buckets.values():
+            for call in list(bucket):
+                call.wheel = None
+                call.fail(exc_factory(call))
+
+    async def run(self) -> None:
+        while True:
+            if not self._buckets:
+                await self._lot.park()
+                continue
+            first = min(self._buckets)
+            deadline = first * self._granularity
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)
+                continue
+            for call in list(self._buckets.pop(first, ())):
+                call.wheel = None
+                call.fail(self._make_error(call, self._timeout))

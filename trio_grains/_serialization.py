@@ -1,0 +1,198 @@
+"""The silo's converter and codec: cattrs over msgpack. Never pickle.
+
+One :class:`cattrs.Converter` per silo, made by :func:`make_converter` and extended by
+plugins through the ``grains_configure_converter`` hook. It knows grain ids (as their text
+form) and grain references (as their text id, rebuilt against the silo that decodes them).
+
+Call arguments and results are encoded with the *annotations* of the grain method, so an
+attrs class annotated as a parameter arrives as that class. Exceptions travel as their type
+name, arguments, message and traceback text; the receiving side rebuilds the original type
+only when that class is already imported there (no module is imported because a message
+said so), and otherwise raises :class:`~trio_grains.RemoteGrainError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import traceback
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import cattrs
+import msgpack
+from cattrs.preconf.msgpack import make_converter as _make_msgpack_converter
+
+from ._exceptions import RemoteGrainError, SerializationError
+from ._grain import GrainInterface, MethodInfo
+from ._ids import GrainId, GrainType
+from ._reference import GrainReference
+
+if TYPE_CHECKING:
+    from ._grain import GrainClassInfo
+
+__all__ = ["Codec", "make_converter"]
+
+ReferenceFactory = Callable[[type, GrainId], GrainReference]
+
+
+def _is_interface(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, GrainInterface)
+
+
+def _is_reference(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, GrainReference)
+
+
+def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Converter:
+    """A converter for msgpack-able data that also knows grain ids and references.
+
+    *make_reference* rebuilds a reference from its interface and id; without it, references
+    can be encoded but not decoded.
+    """
+    conv = _make_msgpack_converter()
+    conv.register_unstructure_hook(GrainId, str)
+    conv.register_structure_hook(GrainId, lambda v, _: GrainId.parse(v))
+    conv.register_unstructure_hook(GrainType, str)
+    conv.register_structure_hook(GrainType, lambda v, _: GrainType(v))
+    conv.register_unstructure_hook_func(_is_reference, lambda ref: str(ref.grain_id))
+
+    def structure_ref(value: Any, t: type) -> Any:
+        if make_reference is None:
+            raise SerializationError(
+                "this converter cannot rebuild grain references: use the silo's converter"
+            )
+        iface = t._info.cls if _is_reference(t) and t is not GrainReference else t
+        if iface is GrainReference:
+            raise SerializationError(
+                "annotate reference fields with the grain class or interface "
+                "(e.g. friend: CartGrain), not GrainReference, so they can be rebuilt"
+            )
+        return make_reference(iface, GrainId.parse(value))
+
+    conv.register_structure_hook_func(_is_interface, structure_ref)
+    conv.register_structure_hook_func(_is_reference, structure_ref)
+    # A field annotated with a grain interface holds a reference: encode it as its id.
+    conv.register_unstructure_hook_func(_is_interface, lambda ref: str(ref.grain_id))
+    return conv
+
+
+@attrs.define(eq=False)
+class Codec:
+    """Bytes in and out through one converter and msgpack."""
+
+    converter: cattrs.Converter
+    _hints: dict[Callable[..., Any], tuple[inspect.Signature, dict[str, Any]]] = attrs.field(
+        factory=dict, init=False
+    )
+
+    def dumps(self, value: Any, type_: Any = Any) -> bytes:
+        try:
+            return msgpack.packb(self.converter.unstructure(value, type_))  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise SerializationError(f"cannot encode {type(value).__qualname__}: {exc}") from exc
+
+    def loads(self, data: bytes, type_: Any = Any) -> Any:
+        try:
+            return self.converter.structure(msgpack.unpackb(data), type_)
+        except Exception as exc:
+            raise SerializationError(f"cannot decode a {type_!r}: {exc}") from exc
+
+    def _signature(self, func: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, Any]]:
+        entry = self._hints.get(func)
+        if entry is None:
+            try:
+                hints = typing.get_type_hints(func)
+            except Exception:
+                hints = {}
+            entry = (inspect.signature(func), hints)
+            self._hints[func] = entry
+        return entry
+
+    def encode_call(self, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """Encode arguments by the method's parameter annotations (unannotated: as they are)."""
+        sig, hints = self._signature(method.func)
+        try:
+            bound = sig.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{method.name}(): {exc}") from None
+        payload = {
+            name: self.converter.unstructure(value, hints.get(name, Any))
+            for name, value in list(bound.arguments.items())[1:]
+        }
+        try:
+            return msgpack.packb(payload)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise SerializationError(f"cannot encode the arguments of {method.name}(): {exc}") from exc
+
+    def decode_call(self, method: MethodInfo, data: bytes) -> dict[str, Any]:
+        sig, hints = self._signature(method.func)
+        raw = msgpack.unpackb(data)
+        return {name: self.converter.structure(value, hints.get(name, Any)) for name, value in raw.items()}
+
+    def encode_result(self, method: MethodInfo, value: Any) -> bytes:
+        _, hints = self._signature(method.func)
+        return self.dumps(value, hints.get("return", Any))
+
+    def decode_result(self, method: MethodInfo, data: bytes) -> Any:
+        _, hints = self._signature(method.func)
+        return self.loads(data, hints.get("return", Any))
+
+    def encode_exception(self, exc: BaseException) -> bytes:
+        cls = type(exc)
+        args: list[Any] = []
+        for arg in exc.args:
+            try:
+                msgpack.packb(arg)
+                args.append(arg)
+            except Exception:
+                args.append(repr(arg))
+        return msgpack.packb(  # type: ignore[no-any-return]
+            {
+                "type": f"{cls.__module__}:{cls.__qualname__}",
+                "args": args,
+                "message": str(exc),
+                "traceback": "".join(traceback.format_exception(exc)),
+            }
+        )
+
+    def decode_exception(self, data: bytes) -> BaseException:
+        raw = msgpack.unpackb(data)
+        type_name, message, tb = raw["type"], raw["message"], raw.get("traceback", "")
+        cls = _find_exception_class(type_name)
+        if cls is not None:
+            try:
+                exc = cls(*raw.get("args", ()))
+            except Exception:
+                exc = None
+            if exc is not None:
+                if tb:
+                    exc.add_note(f"raised by the grain; its traceback there:\n{tb}")
+                return exc
+        return RemoteGrainError(type_name.replace(":", "."), message, tb)
+
+    def copy_call(
+        self, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.decode_call(method, self.encode_call(method, args, kwargs))
+
+
+def _find_exception_class(type_name: str) -> type[BaseException] | None:
+    """The exception class named *type_name*, only if its module is already imported."""
+    module_name, _, qualname = type_name.partition(":")
+    obj: Any = sys.modules.get(module_name)
+    if obj is None:
+        return None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return obj
+    return None
+
+
+def method_of(info: GrainClassInfo, name: str) -> MethodInfo | None:
+    return info.methods.get(name)

@@ -1,0 +1,199 @@
+"""The silo: the composition root that hosts grains inside a Trio program.
+
+``async with open_silo(config, grains=[...]) as silo:`` loads the plugins, opens the
+configured providers, starts the catalog in a nursery of its own, and on the way out
+deactivates every activation (running ``on_deactivate``) and closes the providers in reverse
+order. Nothing it started outlives the block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import trio
+
+from ._catalog import Catalog
+from ._config import ProviderConfig, SiloConfig
+from ._exceptions import ConfigError
+from ._grain import GrainClassRegistry, GrainInterface
+from ._ids import GrainId, GrainKey
+from ._plugins import Plugins, load_plugins
+from ._registry import ProviderContext, ProviderRegistry
+from ._serialization import Codec, make_converter
+
+__all__ = ["Silo", "SiloStatistics", "open_silo"]
+
+G = TypeVar("G", bound=GrainInterface)
+
+
+@attrs.frozen
+class SiloStatistics:
+    """A snapshot of what a silo is doing, from :meth:`Silo.statistics`."""
+
+    name: str
+    activations: int
+    activations_by_type: Mapping[str, int]
+    activations_created: int
+    queued_calls: int
+    waiting_callers: int
+
+
+def _import_grain_class(path: str) -> type:
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"grains entry {path!r} must look like 'package.module:ClassName'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"grains entry {path!r} cannot be imported: {exc}") from exc
+    if not isinstance(obj, type):
+        raise ConfigError(f"grains entry {path!r} is not a class")
+    return obj
+
+
+class Silo:
+    """A running silo. Get one from :func:`open_silo`; do not instantiate it directly."""
+
+    def __init__(self, config: SiloConfig, plugins: Plugins, registry: GrainClassRegistry) -> None:
+        self._config = config
+        self._plugins = plugins
+        self._registry = registry
+        self._converter = make_converter(self._reference_from_id)
+        plugins.configure_converter(self._converter)
+        self._codec = Codec(self._converter)
+        self._catalog = Catalog(config, registry, self._codec)
+        self._providers: dict[tuple[str, str], Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def config(self) -> SiloConfig:
+        return self._config
+
+    @property
+    def converter(self) -> cattrs.Converter:
+        """This silo's converter (extended by plugins): use it to store grain data."""
+        return self._converter
+
+    @property
+    def plugins(self) -> Plugins:
+        return self._plugins
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    def get_grain(self, grain_class: type[G], key: GrainKey, *, key_ext: str | None = None) -> G:
+        """A reference to grain ``(type of grain_class, key)``. No I/O; nothing is activated.
+
+        *grain_class* may be the grain class or an interface with the same type name.
+        ``key_ext`` makes a compound key with an int or UUID *key*.
+        """
+        return self._catalog.get_grain(grain_class, key, key_ext=key_ext)
+
+    def get_grain_by_id(self, grain_class: type[G], grain_id: GrainId | str) -> G:
+        """A reference from a stored id (``GrainId`` or its text form ``"cart/bob65"``)."""
+        return self._catalog.reference(grain_class, grain_id)
+
+    def _reference_from_id(self, iface: type, grain_id: GrainId) -> Any:
+        return self._catalog.reference(iface, grain_id)
+
+    def provider(self, kind: str, name: str) -> Any:
+        """The opened provider *name* of *kind* (``"storage"`` or ``"streams"``)."""
+        try:
+            return self._providers[(kind, name)]
+        except KeyError:
+            configured = sorted(n for k, n in self._providers if k == kind) or ["(none)"]
+            raise ConfigError(
+                f"no {kind} provider named {name!r} is configured; configured: "
+                f"{', '.join(configured)}. Add it under [{kind}.{name}] in the silo config"
+            ) from None
+
+    def statistics(self) -> SiloStatistics:
+        catalog = self._catalog
+        acts = catalog.activations()
+        return SiloStatistics(
+            name=self.name,
+            activations=len(acts),
+            activations_by_type=dict(catalog.count_by_type()),
+            activations_created=catalog.activations_created,
+            queued_calls=sum(a.queued for a in acts),
+            waiting_callers=catalog.pending_calls(),
+        )
+
+    def __repr__(self) -> str:
+        return f"<Silo {self.name!r} cluster={self._config.cluster_id!r}>"
+
+    async def _open_providers(self, stack: contextlib.AsyncExitStack) -> None:
+        kinds: list[tuple[str, Mapping[str, ProviderConfig], ProviderRegistry[Any]]] = [
+            ("storage", self._config.storage, self._plugins.storage),
+            ("streams", self._config.streams, self._plugins.streams),
+        ]
+        factories = []
+        for kind, configured, registry in kinds:
+            for name, pconf in configured.items():
+                factories.append((kind, name, pconf, registry.get(pconf.provider)))
+        for kind, name, pconf, factory in factories:
+            ctx = ProviderContext(
+                name=name,
+                silo_name=self.name,
+                cluster_id=self._config.cluster_id,
+                converter=self._converter,
+            )
+            self._providers[(kind, name)] = await stack.enter_async_context(
+                factory(ctx, dict(pconf.options))
+            )
+
+
+@contextlib.asynccontextmanager
+async def open_silo(
+    config: SiloConfig | None = None,
+    *,
+    grains: Iterable[type] = (),
+    plugins: Sequence[object] = (),
+) -> AsyncIterator[Silo]:
+    """Run a silo for the duration of an ``async with`` block.
+
+    *grains* are the grain classes this silo hosts (also ``config.grains`` and the
+    ``grains_register_grain_classes`` hook); *plugins* are extra plugin objects or modules
+    with ``@hookimpl`` functions, registered after the installed ones.
+    """
+    config = config or SiloConfig()
+    loaded = load_plugins(config.plugins, extra=plugins)
+    registry = GrainClassRegistry()
+    loaded.register_grain_classes(registry)
+    for path in config.grains:
+        registry.register(_import_grain_class(path))
+    for cls in grains:
+        registry.register(cls)
+    loaded.placement.get(config.default_placement)  # an unknown name fails here, listing all
+    silo = Silo(config, loaded, registry)
+    body_error: BaseException | None = None
+    try:
+        async with contextlib.AsyncExitStack() as providers, trio.open_nursery() as nursery:
+            await silo._open_providers(providers)
+            await nursery.start(silo._catalog.run)
+            try:
+                yield silo
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                with trio.CancelScope(shield=True):
+                    await silo._catalog.shutdown()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The block's own exception comes back wrapped by the silo's nursery: unwrap it, so
+        # ``except KeyError`` around ``async with open_silo()`` works as users expect.
+        if body_error is not None and list(group.exceptions) == [body_error]:
+            raise body_error from None
+        raise
