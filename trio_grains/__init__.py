@@ -121,10 +121,21 @@ __all__ = [
 
 
 def _fix_module_names() -> None:
-    """Show public names as ``trio_grains.X`` in reprs and tracebacks, as trio does."""
+    """Show public names as ``trio_grains.X`` in reprs and tracebacks, as trio does.
+
+    attrs classes get their string annotations resolved first: once ``__module__`` changes,
+    ``typing.get_type_hints`` (used by cattrs) would look them up in the wrong module.
+    """
+    import attrs
+
     for name in __all__:
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("trio_grains._"):
+            if attrs.has(obj):
+                try:
+                    attrs.resolve_types(obj)
+                except NameError:
+                    continue  # annotations name TYPE_CHECKING-only imports: keep the module
             try:
                 obj.__module__ = __name__
             except (AttributeError, TypeError):

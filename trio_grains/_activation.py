@@ -151,14 +151,14 @@ class Activation:
 
     def post(self, call: Call) -> None:
         """Put *call* in the mailbox (starting the activation's task if need be)."""
-        if self._send is None:
-            self._send, self._recv = trio.open_memory_channel[Call](math.inf)
+        self._ensure_worker()
+        assert self._send is not None
         self.queued += 1
         self._send.send_nowait(call)
-        self._ensure_worker()
 
     def _ensure_worker(self) -> None:
         if self._worker_done is None:
+            self._send, self._recv = trio.open_memory_channel[Call](math.inf)
             self._worker_done = trio.Event()
             self._lot = trio.lowlevel.ParkingLot()
             self.runtime.nursery.start_soon(self._worker, name=f"grain {self.grain_id}")
@@ -209,10 +209,6 @@ class Activation:
     async def _next_call(self) -> Call | None:
         if self._held is not None:
             return self._held
-        if self._recv is None:
-            if self.state >= DEACTIVATING:
-                return None
-            await trio.sleep_forever()  # timers only: wait to be cancelled at deactivation
         assert self._recv is not None
         try:
             call = self._recv.receive_nowait()

@@ -135,7 +135,7 @@ class Catalog:
         if method.one_way:
             act.post_one_way(call)
             return None
-        if act.state == ACTIVATING and not act.activation_claimed:
+        if act.state == ACTIVATING and not act.activation_claimed and act.queued == 0:
             await act.activate()  # raises (and leaves nothing behind) if activation fails
             try:
                 result = await outcome.acapture(method.func, act.grain, *args, **kwargs)

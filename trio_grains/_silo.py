@@ -133,7 +133,8 @@ class Silo:
     def __repr__(self) -> str:
         return f"<Silo {self.name!r} cluster={self._config.cluster_id!r}>"
 
-    async def _open_providers(self, stack: contextlib.AsyncExitStack) -> None:
+    def _resolve_providers(self) -> list[tuple[str, str, ProviderConfig, Any]]:
+        """Look every configured provider up by name (unknown names fail here, listing all)."""
         kinds: list[tuple[str, Mapping[str, ProviderConfig], ProviderRegistry[Any]]] = [
             ("storage", self._config.storage, self._plugins.storage),
             ("streams", self._config.streams, self._plugins.streams),
@@ -142,7 +143,10 @@ class Silo:
         for kind, configured, registry in kinds:
             for name, pconf in configured.items():
                 factories.append((kind, name, pconf, registry.get(pconf.provider)))
-        for kind, name, pconf, factory in factories:
+        return factories
+
+    async def _open_providers(self, stack: contextlib.AsyncExitStack) -> None:
+        for kind, name, pconf, factory in self._resolve_providers():
             ctx = ProviderContext(
                 name=name,
                 silo_name=self.name,
@@ -177,20 +181,22 @@ async def open_silo(
         registry.register(cls)
     loaded.placement.get(config.default_placement)  # an unknown name fails here, listing all
     silo = Silo(config, loaded, registry)
+    silo._resolve_providers()
     body_error: BaseException | None = None
     try:
-        async with contextlib.AsyncExitStack() as providers, trio.open_nursery() as nursery:
-            await silo._open_providers(providers)
-            await nursery.start(silo._catalog.run)
-            try:
-                yield silo
-            except BaseException as exc:
-                body_error = exc
-                raise
-            finally:
-                with trio.CancelScope(shield=True):
-                    await silo._catalog.shutdown()
-                nursery.cancel_scope.cancel()
+        async with contextlib.AsyncExitStack() as providers:
+            await silo._open_providers(providers)  # outside the nursery: errors stay unwrapped
+            async with trio.open_nursery() as nursery:
+                await nursery.start(silo._catalog.run)
+                try:
+                    yield silo
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await silo._catalog.shutdown()
+                    nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The block's own exception comes back wrapped by the silo's nursery: unwrap it, so
         # ``except KeyError`` around ``async with open_silo()`` works as users expect.
