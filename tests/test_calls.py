@@ -148,9 +148,9 @@ def test_interfaces_must_be_async() -> None:
     class BadInterface(GrainInterface):
         def sync(self) -> None: ...
 
-    with pytest.raises(GrainTypeError, match="must be 'async def'"):
-        from trio_grains._grain import class_info
+    from trio_grains._grain import class_info
 
+    with pytest.raises(GrainTypeError, match="must be 'async def'"):
         class_info(BadInterface)
 
 
@@ -170,7 +170,7 @@ async def test_grain_class_hiding_runtime_names_is_rejected() -> None:
         async def deactivate_on_idle(self) -> None:  # type: ignore[override]
             pass
 
-    with pytest.raises(GrainTypeError, match="hides Grain.deactivate_on_idle"):
+    with pytest.raises(GrainTypeError, match=r"hides Grain\.deactivate_on_idle"):
         async with open_silo(grains=[Bad]):
             pass
 

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from trio_grains import (
@@ -30,11 +31,11 @@ class LifeGrain(Grain):
         self.calls = 0
 
     async def on_activate(self) -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         EVENTS.append(f"activate {self.primary_key}")
 
     async def on_deactivate(self, reason: str) -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         EVENTS.append(f"deactivate {self.primary_key} ({reason})")
 
     async def touch(self) -> int:
@@ -63,7 +64,7 @@ class FailingGrain(Grain):
 
     async def on_activate(self) -> None:
         type(self).attempts += 1
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         if type(self).attempts == 1:
             raise RuntimeError("database is down")
 

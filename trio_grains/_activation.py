@@ -24,6 +24,7 @@ import attrs
 import outcome
 import trio
 
+from ._grain import Grain
 from ._messaging import (
     ABANDONED,
     EXCLUSIVE,
@@ -34,11 +35,9 @@ from ._messaging import (
     log_one_way_outcome,
 )
 
-from ._grain import Grain
-
 if TYPE_CHECKING:
     from ._catalog import Catalog
-    from ._grain import GrainClassInfo, MethodInfo
+    from ._grain import GrainClassInfo
     from ._ids import GrainId
 
 __all__ = ["ACTIVATING", "ACTIVE", "DEACTIVATING", "DEAD", "Activation", "GrainTimer"]
@@ -174,10 +173,10 @@ class Activation:
         self.activation_claimed = True
         self.begin_turn(EXCLUSIVE)
         try:
-            cls = self.info.cls
+            cls: type[Grain] = self.info.cls
             grain = cls.__new__(cls)
             grain._activation = self
-            grain.__init__()
+            cls.__init__(grain)
             self.grain = grain
             if type(grain).on_activate is not _BASE_ON_ACTIVATE:
                 await grain.on_activate()
@@ -322,7 +321,7 @@ class Activation:
     ) -> GrainTimer:
         if due < 0 or not period > 0:
             raise ValueError(f"timer needs due >= 0 and period > 0, got due={due}, period={period}")
-        timer = GrainTimer(name or getattr(callback, "__qualname__", "timer"))
+        timer = GrainTimer(name or str(getattr(callback, "__qualname__", "timer")))
         self.start_soon(self._run_timer, timer, callback, due, period, interleave, keep_alive)
         return timer
 
@@ -344,8 +343,12 @@ class Activation:
                 done = trio.Event()
                 result: list[outcome.Outcome[Any]] = []
 
-                def on_done(res: outcome.Outcome[Any], _d: trio.Event = done) -> None:
-                    result.append(res)
+                def on_done(
+                    res: outcome.Outcome[Any],
+                    _d: trio.Event = done,
+                    _r: list[outcome.Outcome[Any]] = result,
+                ) -> None:
+                    _r.append(res)
                     _d.set()
 
                 tick = Call(None, (), {}, fn=callback, label=f"{self.grain_id} timer {timer.name}")
@@ -384,7 +387,7 @@ class Activation:
         now = trio.current_time()
         self.keep_alive_until = now + seconds if seconds > 0 else -math.inf
 
-    async def deactivate(self, reason: str, timeout: float) -> None:
+    async def deactivate(self, reason: str) -> None:
         """Wait for running turns, run ``on_deactivate``, stop the nursery, hand off queued calls.
 
         Runs in a task of the silo (never inside a turn of this activation).
@@ -400,6 +403,7 @@ class Activation:
             await self._lot.park()
         self.begin_turn(EXCLUSIVE)
         try:
+            timeout = self.runtime.config.deactivation_timeout
             with trio.move_on_after(timeout) as scope:
                 assert self.grain is not None
                 await self.grain.on_deactivate(reason)

@@ -103,7 +103,10 @@ class Catalog:
             and not self.isolate
             and (
                 kind == INTERLEAVE
-                or (act.queued == 0 and (act.running == 0 or (kind == READ_ONLY and act.writers == 0)))
+                or (
+                    act.queued == 0
+                    and (act.running == 0 or (kind == READ_ONLY and act.writers == 0))
+                )
             )
         ):
             # Turn stealing: the turn runs in this task, nothing is queued or replied.
@@ -141,8 +144,10 @@ class Catalog:
                 result = await outcome.acapture(method.func, act.grain, *args, **kwargs)
             finally:
                 act.end_turn(EXCLUSIVE)
-        elif act.state == ACTIVE and act.may_start(method.kind) and (
-            act.queued == 0 or method.kind == INTERLEAVE
+        elif (
+            act.state == ACTIVE
+            and act.may_start(method.kind)
+            and (act.queued == 0 or method.kind == INTERLEAVE)
         ):
             act.begin_turn(method.kind)
             try:
@@ -159,9 +164,13 @@ class Catalog:
             result = self._copy_outcome(method, result)
         return result.unwrap()
 
-    def _copy_outcome(self, method: MethodInfo, result: outcome.Outcome[Any]) -> outcome.Outcome[Any]:
+    def _copy_outcome(
+        self, method: MethodInfo, result: outcome.Outcome[Any]
+    ) -> outcome.Outcome[Any]:
         if isinstance(result, outcome.Value):
-            return outcome.Value(self.codec.decode_result(method, self.codec.encode_result(method, result.value)))
+            return outcome.Value(
+                self.codec.decode_result(method, self.codec.encode_result(method, result.value))
+            )
         assert isinstance(result, outcome.Error)
         exc = result.error
         if not isinstance(exc, Exception):
@@ -259,7 +268,7 @@ class Catalog:
 
     def deactivate_soon(self, act: Activation, reason: str) -> None:
         if self._nursery is not None:
-            self._nursery.start_soon(act.deactivate, reason, self.config.deactivation_timeout)
+            self._nursery.start_soon(act.deactivate, reason)
 
     def activations(self) -> list[Activation]:
         acts = list(self._activations.values())
@@ -313,7 +322,7 @@ class Catalog:
         with trio.move_on_after(timeout + 1):
             async with trio.open_nursery() as nursery:
                 for act in self.activations():
-                    nursery.start_soon(act.deactivate, "silo shutting down", timeout)
+                    nursery.start_soon(act.deactivate, "silo shutting down")
         self.wheel.fail_all(
             lambda call: SiloUnavailableError(f"the silo shut down before {call.label} replied")
         )
@@ -326,5 +335,3 @@ class Catalog:
 
     def pending_calls(self) -> int:
         return self.wheel.pending()
-
-

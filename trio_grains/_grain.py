@@ -170,7 +170,9 @@ def _build_info(cls: type) -> GrainClassInfo:
     explicit = cls.__dict__.get("__grain_type_name__")
     gtype = GrainType.for_class(cls, explicit)
     reserved = _reserved_names()
-    mro = [k for k in cls.__mro__ if issubclass(k, GrainInterface) and k not in (Grain, GrainInterface)]
+    mro = [
+        k for k in cls.__mro__ if issubclass(k, GrainInterface) and k not in (Grain, GrainInterface)
+    ]
     methods: dict[str, MethodInfo] = {}
     is_reentrant = bool(getattr(cls, "__grain_reentrant__", False))
     for klass in mro:
@@ -218,11 +220,11 @@ def _build_info(cls: type) -> GrainClassInfo:
 
 def class_info(cls: type) -> GrainClassInfo:
     """The (cached) :class:`GrainClassInfo` of a grain class or interface."""
-    info = cls.__dict__.get("__grain_info__")
+    info: GrainClassInfo | None = cls.__dict__.get("__grain_info__")
     if info is None:
         info = _build_info(cls)
         cls.__grain_info__ = info  # type: ignore[attr-defined]
-    return info  # type: ignore[no-any-return]
+    return info
 
 
 @attrs.define(eq=False)
@@ -247,7 +249,7 @@ class GrainClassRegistry:
         if other is not None and other.cls is not cls:
             raise GrainTypeError(
                 f"grain type '{info.grain_type}' is claimed by both {other.class_name} and "
-                f"{info.class_name}: give one of them another name with @grain_type(\"...\")"
+                f'{info.class_name}: give one of them another name with @grain_type("...")'
             )
         self._by_type[info.grain_type] = info
 

@@ -10,7 +10,7 @@ converter, and resolves to the same grain in any process.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
 
 from ._exceptions import GrainMethodError
 from ._grain import GrainClassInfo, MethodInfo, class_info
@@ -33,8 +33,8 @@ class GrainRuntime(Protocol):
 class GrainReference:
     """Base of generated reference classes. Compare and hash by grain id."""
 
-    __slots__ = ("_act", "_grain_id", "_info", "_runtime")
-    _info: GrainClassInfo
+    __slots__ = ("_act", "_grain_id", "_runtime")
+    _info: ClassVar[GrainClassInfo]  # set on each generated class
 
     def __init__(self, runtime: GrainRuntime, grain_id: GrainId) -> None:
         self._runtime = runtime
@@ -88,7 +88,7 @@ def _make_method(name: str, method: MethodInfo) -> Any:
         return await self._runtime.invoke(self, name, args, kwargs)
 
     functools.update_wrapper(call, method.func)
-    del call.__wrapped__  # keep inspect.signature from showing ``self`` of the grain
+    delattr(call, "__wrapped__")  # keep inspect.signature from showing ``self`` of the grain
     return call
 
 

@@ -64,7 +64,7 @@ def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Con
             raise SerializationError(
                 "this converter cannot rebuild grain references: use the silo's converter"
             )
-        iface = t._info.cls if _is_reference(t) and t is not GrainReference else t
+        iface = t._info.cls if _is_reference(t) and t is not GrainReference else t  # type: ignore[attr-defined]
         if iface is GrainReference:
             raise SerializationError(
                 "annotate reference fields with the grain class or interface "
@@ -111,7 +111,9 @@ class Codec:
             self._hints[func] = entry
         return entry
 
-    def encode_call(self, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    def encode_call(
+        self, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes:
         """Encode arguments by the method's parameter annotations (unannotated: as they are)."""
         sig, hints = self._signature(method.func)
         try:
@@ -125,12 +127,17 @@ class Codec:
         try:
             return msgpack.packb(payload)  # type: ignore[no-any-return]
         except Exception as exc:
-            raise SerializationError(f"cannot encode the arguments of {method.name}(): {exc}") from exc
+            raise SerializationError(
+                f"cannot encode the arguments of {method.name}(): {exc}"
+            ) from exc
 
     def decode_call(self, method: MethodInfo, data: bytes) -> dict[str, Any]:
-        sig, hints = self._signature(method.func)
+        _, hints = self._signature(method.func)
         raw = msgpack.unpackb(data)
-        return {name: self.converter.structure(value, hints.get(name, Any)) for name, value in raw.items()}
+        return {
+            name: self.converter.structure(value, hints.get(name, Any))
+            for name, value in raw.items()
+        }
 
     def encode_result(self, method: MethodInfo, value: Any) -> bytes:
         _, hints = self._signature(method.func)
