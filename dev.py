@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Project tasks that work on a fresh machine with only Python 3.11+.
+
+    python3 dev.py demo    run the example application
+    python3 dev.py test    lint, type-check and run the whole test suite
+    python3 dev.py bench NAME [args]   run a benchmark (see benchmarks/README.md)
+
+The first run creates ``.venv`` and installs the project with its dev dependencies; later
+runs reinstall only when ``pyproject.toml`` changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".dev-stamp"
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for path in [ROOT / "pyproject.toml", *sorted(ROOT.glob("plugins/*/pyproject.toml"))]:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _run(*args: object) -> None:
+    result = subprocess.run([str(a) for a in args], cwd=ROOT)
+    if result.returncode:
+        sys.exit(result.returncode)
+
+
+def ensure_env() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"trio-grains needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        print("creating .venv ...", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    fingerprint = _fingerprint()
+    if STAMP.exists() and STAMP.read_text() == fingerprint:
+        return
+    print("installing trio-grains and its dev dependencies into .venv ...", file=sys.stderr)
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    editable = ["-e", f"{ROOT}[dev]"]
+    for plugin in sorted(ROOT.glob("plugins/*/pyproject.toml")):
+        editable += ["-e", str(plugin.parent)]
+    _run(PYTHON, "-m", "pip", "install", "--quiet", *editable)
+    STAMP.write_text(fingerprint)
+
+
+def demo(args: list[str]) -> None:
+    _run(PYTHON, ROOT / "examples" / "hello.py", *args)
+
+
+def test(args: list[str]) -> None:
+    _run(PYTHON, "-m", "ruff", "check", "trio_grains", "tests", "benchmarks", "examples")
+    _run(PYTHON, "-m", "mypy")
+    _run(PYTHON, "-m", "pytest", *args)
+
+
+def bench(args: list[str]) -> None:
+    _run(PYTHON, ROOT / "benchmarks" / "run.py", *args)
+
+
+TASKS = {"demo": demo, "test": test, "bench": bench}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
+        sys.exit(f"usage: python3 dev.py {{{','.join(TASKS)}}} [args...]")
+    ensure_env()
+    TASKS[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
