@@ -39,7 +39,7 @@ def _run(*args: object) -> None:
 
 
 def ensure_env() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on any python3
         sys.exit(f"trio-grains needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print("creating .venv ...", file=sys.stderr)
@@ -61,7 +61,9 @@ def demo(args: list[str]) -> None:
 
 
 def test(args: list[str]) -> None:
-    _run(PYTHON, "-m", "ruff", "check", "trio_grains", "tests", "benchmarks", "examples")
+    dirs = ("trio_grains", "plugins", "tests", "benchmarks", "examples")
+    lint = [d for d in dirs if (ROOT / d).exists()]
+    _run(PYTHON, "-m", "ruff", "check", *lint)
     _run(PYTHON, "-m", "mypy")
     _run(PYTHON, "-m", "pytest", *args)
 

@@ -6,6 +6,7 @@ Run it with ``python3 dev.py demo`` (or ``python examples/hello.py`` in the venv
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 
 from trio_grains import Grain, open_silo, read_only
 
@@ -17,7 +18,7 @@ class CartGrain(Grain):
         self.items: dict[str, int] = {}
 
     async def add(self, item: str, quantity: int = 1) -> int:
-        await trio.sleep(0)  # a turn may await: no other turn of this cart runs meanwhile
+        await trio.lowlevel.checkpoint()  # a turn may await; no other turn of this cart runs
         self.items[item] = self.items.get(item, 0) + quantity
         return sum(self.items.values())
 

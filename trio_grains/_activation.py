@@ -24,6 +24,7 @@ import attrs
 import outcome
 import trio
 
+from ._exceptions import InternalError
 from ._grain import Grain
 from ._messaging import (
     ABANDONED,
@@ -201,9 +202,27 @@ class Activation:
                 self._pending_spawns.clear()
                 await self._drain_mailbox(nursery)
                 nursery.cancel_scope.cancel()
+        except Exception as exc:
+            # Grain code cannot get here (turns capture their exceptions, background tasks
+            # log theirs): this is a bug in trio-grains. Contain it to this activation.
+            log.critical(
+                "internal error in the activation of %s: it is discarded and its pending "
+                "calls fail. Please report this bug to trio-grains with this traceback.",
+                self.grain_id,
+                exc_info=exc,
+            )
+            self._discard(InternalError(f"internal error in the activation of {self.grain_id}"))
         finally:
             self._nursery = None
             self._worker_done.set()
+
+    def _discard(self, error: InternalError) -> None:
+        self.state = DEAD
+        self.runtime.forget(self)
+        for call in self._take_pending():
+            call.fail(error)
+        if self._dead_event is not None:
+            self._dead_event.set()
 
     async def _next_call(self) -> Call | None:
         if self._held is not None:
@@ -304,10 +323,19 @@ class Activation:
         if self.state >= DEACTIVATING:
             raise RuntimeError(f"{self.grain_id} is deactivating: it cannot start new tasks")
         if self._nursery is not None:
-            self._nursery.start_soon(fn, *args)
+            self._nursery.start_soon(self._guarded, fn, *args)
         else:
-            self._pending_spawns.append((fn, args))
+            self._pending_spawns.append((self._guarded, (fn, *args)))
             self._ensure_worker()
+
+    async def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a background task of the grain; its exception is logged, not fatal."""
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception(
+                "background task %s of %s raised", getattr(fn, "__qualname__", fn), self.grain_id
+            )
 
     def register_timer(
         self,
@@ -430,20 +458,21 @@ class Activation:
         if self._lot is not None:
             self._lot.unpark_all()
 
+    def _take_pending(self) -> list[Call]:
+        """Empty the mailbox (and the call the task holds): calls that never started here."""
+        pending = [self._held] if self._held is not None else []
+        self._held = None
+        while self._recv is not None:
+            try:
+                pending.append(self._recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self.queued = 0
+        return pending
+
     def _redispatch_pending(self) -> None:
         """Send calls that never started here to the grain's next activation."""
-        pending: list[Call] = []
-        if self._held is not None:
-            pending.append(self._held)
-            self._held = None
-        if self._recv is not None:
-            while True:
-                try:
-                    pending.append(self._recv.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-        self.queued = 0
-        for call in pending:
+        for call in self._take_pending():
             if call.state != ABANDONED and call.method is not None:
                 self.runtime.redispatch(self.grain_id, self.info, call)
 
