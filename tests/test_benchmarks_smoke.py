@@ -1,0 +1,62 @@
+"""Smoke test of benchmarks/run.py: it runs and prints well-formed lines. No timing asserts.
+
+Timings on shared CI machines are noise; the numbers are checked by people, with the
+full run (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+REQUIRED = ["benchmark", "mode", "ours", "floor", "ratio"]
+LOCAL_MODES = {"sequential", "concurrent", "contended", "idle-memory", "activation-rate"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(RUNNER), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_local_calls_quick_prints_one_json_line_per_mode() -> None:
+    proc = _run("local-calls", "--quick")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    modes = []
+    for text in lines:
+        line = json.loads(text)
+        assert list(line)[:5] == REQUIRED, line
+        assert line["benchmark"] == "local-calls"
+        for key in ("ours", "floor", "ratio"):
+            value = line[key]
+            assert isinstance(value, (int, float)), line
+            assert not isinstance(value, bool), line
+            assert math.isfinite(value), line
+            assert value > 0, line
+        assert math.isclose(line["ratio"], line["ours"] / line["floor"], rel_tol=1e-2), line
+        modes.append(line["mode"])
+    assert sorted(modes) == sorted(LOCAL_MODES)
+    memory = next(json.loads(t) for t in lines if json.loads(t)["mode"] == "idle-memory")
+    assert memory["unit"] == "bytes"
+    assert "beyond_grain_object" in memory
+
+
+def test_list_names_local_calls() -> None:
+    proc = _run("--list")
+    assert proc.returncode == 0, proc.stderr
+    assert "local-calls" in proc.stdout
+
+
+def test_unknown_benchmark_is_an_error() -> None:
+    proc = _run("no-such-benchmark")
+    assert proc.returncode != 0
+    assert "local-calls" in proc.stderr
