@@ -47,6 +47,7 @@ log = logging.getLogger("trio_grains.activation")
 
 ACTIVATING, ACTIVE, DEACTIVATING, DEAD = 0, 1, 2, 3
 _STATE_NAMES = ("activating", "active", "deactivating", "dead")
+_NO_DELAY = -math.inf  # one float shared by every activation that has no keep-alive
 
 
 @attrs.define(eq=False)
@@ -108,14 +109,15 @@ class Activation:
         self.queued = 0  # calls in the mailbox or held by the worker, not yet started
         self.touched = True
         self.idle_since = 0.0
-        self.keep_alive_until = -math.inf
+        self.keep_alive_until = _NO_DELAY
         self.deactivate_reason: str | None = None
         self._send: trio.MemorySendChannel[Call] | None = None
         self._recv: trio.MemoryReceiveChannel[Call] | None = None
         self._held: Call | None = None
         self._lot: trio.lowlevel.ParkingLot | None = None
         self._nursery: trio.Nursery | None = None
-        self._pending_spawns: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = []
+        self._pending_spawns: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None
+        self._pending_spawns = None  # only while tasks wait for the activation's nursery
         self._worker_done: trio.Event | None = None
         self._dead_event: trio.Event | None = None
 
@@ -197,9 +199,9 @@ class Activation:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for fn, args in self._pending_spawns:
+                for fn, args in self._pending_spawns or ():
                     nursery.start_soon(fn, *args)
-                self._pending_spawns.clear()
+                self._pending_spawns = None
                 await self._drain_mailbox(nursery)
                 nursery.cancel_scope.cancel()
         except Exception as exc:
@@ -325,6 +327,8 @@ class Activation:
         if self._nursery is not None:
             self._nursery.start_soon(self._guarded, fn, *args)
         else:
+            if self._pending_spawns is None:
+                self._pending_spawns = []
             self._pending_spawns.append((self._guarded, (fn, *args)))
             self._ensure_worker()
 
@@ -399,7 +403,7 @@ class Activation:
                 await trio.sleep(period)
 
     def post_one_way(self, call: Call) -> None:
-        call.on_done = log_one_way_outcome(call.label)
+        call.on_done = log_one_way_outcome(call.describe())
         self.post(call)
 
     # -- deactivation -------------------------------------------------------------------------
@@ -413,7 +417,16 @@ class Activation:
 
     def delay_deactivation(self, seconds: float) -> None:
         now = trio.current_time()
-        self.keep_alive_until = now + seconds if seconds > 0 else -math.inf
+        self.keep_alive_until = now + seconds if seconds > 0 else _NO_DELAY
+
+    def is_quiet(self) -> bool:
+        """Idle, without a task of its own, and with no ``on_deactivate`` to run."""
+        return (
+            self.state == ACTIVE
+            and self.running == 0
+            and self._worker_done is None
+            and type(self.grain).on_deactivate is _BASE_ON_DEACTIVATE
+        )
 
     async def deactivate(self, reason: str) -> None:
         """Wait for running turns, run ``on_deactivate``, stop the nursery, hand off queued calls.
@@ -454,7 +467,7 @@ class Activation:
     def _cancel_nursery(self) -> None:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
-        self._pending_spawns.clear()
+        self._pending_spawns = None
         if self._lot is not None:
             self._lot.unpark_all()
 
@@ -485,3 +498,4 @@ class Activation:
 
 
 _BASE_ON_ACTIVATE = Grain.on_activate
+_BASE_ON_DEACTIVATE = Grain.on_deactivate

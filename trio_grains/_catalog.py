@@ -40,7 +40,7 @@ G = TypeVar("G", bound=GrainInterface)
 
 def _timeout_error(call: Call, timeout: float) -> Exception:
     return GrainCallTimeoutError(
-        f"no reply from {call.label} within {timeout} s (response_timeout): the grain is busy "
+        f"no reply from {call.describe()} within {timeout} s (response_timeout): the grain is busy "
         "or deadlocked in a call cycle (A calls B calls A); make it @reentrant or the method "
         "@always_interleave, or raise SiloConfig.response_timeout"
     )
@@ -130,39 +130,37 @@ class Catalog:
     ) -> Any:
         if not self.accepting:
             raise SiloUnavailableError(f"the silo is shutting down: cannot call {ref.grain_id}")
-        if self.isolate:
-            kwargs = self.codec.copy_call(method, args, kwargs)
-            args = ()
-        call = Call(method, args, kwargs, label=f"{act.grain_id}.{method.name}()")
-        call.kind = method.kind
+        if not self.isolate:
+            return await self._deliver(act, method, args, kwargs)
+        kwargs = self.codec.copy_call(method, args, kwargs)
+        result = await outcome.acapture(self._deliver, act, method, (), kwargs)
+        return self._copy_outcome(method, result).unwrap()
+
+    async def _deliver(
+        self, act: Activation, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run the call now in this task if the rules allow, else queue it and wait."""
+        kind = method.kind
         if method.one_way:
-            act.post_one_way(call)
+            act.post_one_way(Call(method, args, kwargs, target=act.grain_id))
             return None
         if act.state == ACTIVATING and not act.activation_claimed and act.queued == 0:
             await act.activate()  # raises (and leaves nothing behind) if activation fails
             try:
-                result = await outcome.acapture(method.func, act.grain, *args, **kwargs)
+                return await method.func(act.grain, *args, **kwargs)
             finally:
                 act.end_turn(EXCLUSIVE)
-        elif (
-            act.state == ACTIVE
-            and act.may_start(method.kind)
-            and (act.queued == 0 or method.kind == INTERLEAVE)
-        ):
-            act.begin_turn(method.kind)
+        if act.may_start(kind) and (act.queued == 0 or kind == INTERLEAVE):
+            act.begin_turn(kind)
             try:
-                result = await outcome.acapture(method.func, act.grain, *args, **kwargs)
+                return await method.func(act.grain, *args, **kwargs)
             finally:
-                act.end_turn(method.kind)
-        else:
-            act.post(call)
-            self.wheel.add(call)
-            if not self.isolate:
-                return await wait_reply(call)
-            result = await outcome.acapture(wait_reply, call)
-        if self.isolate:
-            result = self._copy_outcome(method, result)
-        return result.unwrap()
+                act.end_turn(kind)
+        call = Call(method, args, kwargs, target=act.grain_id)
+        call.kind = kind
+        act.post(call)
+        self.wheel.add(call)
+        return await wait_reply(call)
 
     def _copy_outcome(
         self, method: MethodInfo, result: outcome.Outcome[Any]
@@ -224,8 +222,7 @@ class Catalog:
     def _new_activation(self, grain_id: GrainId, info: GrainClassInfo) -> Activation:
         if not self.accepting:
             raise SiloUnavailableError(f"the silo is not running: cannot activate {grain_id}")
-        act = Activation(self, grain_id, info)
-        act.idle_since = trio.current_time()
+        act = Activation(self, grain_id, info)  # touched: its idle clock starts at the next sweep
         self.activations_created += 1
         if info.max_local_workers is None:
             self._activations[grain_id] = act
@@ -247,7 +244,7 @@ class Catalog:
     def redispatch(self, grain_id: GrainId, info: GrainClassInfo, call: Call) -> None:
         """Hand a call that never started on a dead activation to a new one."""
         if not self.accepting:
-            call.fail(SiloUnavailableError(f"the silo is shutting down: {call.label} was not run"))
+            call.fail(SiloUnavailableError(f"the silo is shutting down: {call.describe()} was not run"))
             return
         act = self._activations.get(grain_id)
         if act is None or act.state == DEAD:
@@ -322,9 +319,12 @@ class Catalog:
         with trio.move_on_after(timeout + 1):
             async with trio.open_nursery() as nursery:
                 for act in self.activations():
-                    nursery.start_soon(act.deactivate, "silo shutting down")
+                    if act.is_quiet():
+                        act.state = DEAD  # nothing to run and no task: no need for one now
+                    else:
+                        nursery.start_soon(act.deactivate, "silo shutting down")
         self.wheel.fail_all(
-            lambda call: SiloUnavailableError(f"the silo shut down before {call.label} replied")
+            lambda call: SiloUnavailableError(f"the silo shut down before {call.describe()} replied")
         )
         # Calls queued on activations that never became active die with the silo.
         for act in self.activations():

@@ -46,6 +46,7 @@ class Call:
         "on_done",
         "scope",
         "state",
+        "target",
         "task",
         "wheel",
     )
@@ -58,6 +59,7 @@ class Call:
         *,
         fn: Callable[..., Any] | None = None,
         label: str = "",
+        target: object = None,
     ) -> None:
         self.method = method
         self.fn = fn  # for timer ticks: a callable taking no grain argument
@@ -71,6 +73,14 @@ class Call:
         self.wheel: TimeoutWheel | None = None
         self.bucket = 0
         self.label = label
+        self.target = target
+
+    def describe(self) -> str:
+        """``cart/bob65.add()`` (built only when a message needs it)."""
+        if self.label:
+            return self.label
+        name = self.method.name if self.method is not None else "?"
+        return f"{self.target}.{name}()"
 
     def finish(self, result: outcome.Outcome[Any]) -> None:
         """Deliver the outcome to whoever waits, unless the caller gave up."""
