@@ -244,7 +244,8 @@ class Catalog:
     def redispatch(self, grain_id: GrainId, info: GrainClassInfo, call: Call) -> None:
         """Hand a call that never started on a dead activation to a new one."""
         if not self.accepting:
-            call.fail(SiloUnavailableError(f"the silo is shutting down: {call.describe()} was not run"))
+            reason = f"the silo is shutting down: {call.describe()} was not run"
+            call.fail(SiloUnavailableError(reason))
             return
         act = self._activations.get(grain_id)
         if act is None or act.state == DEAD:
@@ -324,7 +325,9 @@ class Catalog:
                     else:
                         nursery.start_soon(act.deactivate, "silo shutting down")
         self.wheel.fail_all(
-            lambda call: SiloUnavailableError(f"the silo shut down before {call.describe()} replied")
+            lambda call: SiloUnavailableError(
+                f"the silo shut down before {call.describe()} replied"
+            )
         )
         # Calls queued on activations that never became active die with the silo.
         for act in self.activations():
