@@ -64,7 +64,9 @@ def storage_plugin(name: str, provider: str, factory: Any = None) -> object:
 
 def test_builtins_register_through_the_hooks() -> None:
     plugins = load_plugins(NO_ENTRY_POINTS)
-    assert plugins.names() == [BUILTIN_PLACEMENT]
+    assert plugins.names() == [BUILTIN_PLACEMENT, "trio_grains.builtin.memory"]
+    assert plugins.storage.plugin_of("memory") == "trio_grains.builtin.memory"
+    assert plugins.reminders.plugin_of("memory") == "trio_grains.builtin.memory"
     assert plugins.placement.names() == [
         "activation-count",
         "hash-based",
@@ -96,7 +98,7 @@ def test_load_plugins_defaults_to_a_default_config() -> None:
 
 async def test_extra_plugin_registers_a_storage_factory() -> None:
     plugins = load_plugins(NO_ENTRY_POINTS, extra=[storage_plugin("acme-storage", "acme")])
-    assert plugins.storage.names() == ["acme"]
+    assert plugins.storage.names() == ["acme", "memory"]
     assert plugins.storage.plugin_of("acme") == "acme-storage"
     assert "acme-storage" in plugins.names()
 
@@ -112,10 +114,10 @@ def test_duplicate_name_names_both_plugins() -> None:
     with pytest.raises(PluginError) as info:
         load_plugins(
             NO_ENTRY_POINTS,
-            extra=[storage_plugin("first-plugin", "memory"), storage_plugin("acme", "memory")],
+            extra=[storage_plugin("first-plugin", "ramdisk"), storage_plugin("acme", "ramdisk")],
         )
     assert str(info.value) == (
-        "storage provider 'memory' is registered by both 'first-plugin' and 'acme'; "
+        "storage provider 'ramdisk' is registered by both 'first-plugin' and 'acme'; "
         "block one of them with TRIO_GRAINS_BLOCK_PLUGINS=acme"
     )
 
@@ -123,17 +125,20 @@ def test_duplicate_name_names_both_plugins() -> None:
 def test_unknown_name_lists_the_available_ones() -> None:
     plugins = load_plugins(
         NO_ENTRY_POINTS,
-        extra=[storage_plugin("a", "sqlite"), storage_plugin("b", "memory")],
+        extra=[storage_plugin("a", "redis"), storage_plugin("b", "ramdisk")],
     )
     with pytest.raises(PluginError) as info:
         plugins.storage.get("postgress")
     message = str(info.value)
-    assert message.startswith("unknown storage provider 'postgress'; available: memory, sqlite.")
+    assert message.startswith("unknown storage provider 'postgress'; available: ")
+    available = message.split("available: ")[1].split(".")[0].split(", ")
+    assert {"memory", "ramdisk", "redis"} <= set(available)
+    assert available == sorted(available)
     assert "pip install trio-grains-postgress" in message
     assert "or fix the name" in message
 
-    with pytest.raises(PluginError, match="Did you mean 'sqlite'"):
-        plugins.storage.get("sqlit")
+    with pytest.raises(PluginError, match="Did you mean 'redis'"):
+        plugins.storage.get("rediss")
     with pytest.raises(PluginError, match=r"unknown stream provider 'nats'; available: \(none\)"):
         plugins.streams.get("nats")
 
@@ -252,7 +257,8 @@ def test_block_applies_to_extra_plugins() -> None:
         PluginsConfig(load_entry_points=False, block=("acme",)),
         extra=[storage_plugin("acme", "acme-kv")],
     )
-    assert plugins.storage.names() == []
+    assert "acme-kv" not in plugins.storage
+    assert "acme" not in plugins.names()
 
 
 def test_blocked_duplicate_resolves_a_conflict(acme: Site, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -541,7 +547,7 @@ def _hookspecs() -> list[tuple[str, Callable[..., object]]]:
 
 def test_every_hookspec_is_documented() -> None:
     specs = _hookspecs()
-    assert len(specs) == 5
+    assert len(specs) == 6
     reference = (DOCS / "hooks.md").read_text()
     for name, fn in specs:
         assert fn.__doc__ is not None

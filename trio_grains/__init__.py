@@ -58,9 +58,19 @@ from ._placement import placement as placement
 from ._reference import GrainReference as GrainReference
 from ._registry import ProviderContext as ProviderContext
 from ._registry import ProviderRegistry as ProviderRegistry
+from ._reminders import GrainReminder as GrainReminder
+from ._reminders import ReminderEntry as ReminderEntry
+from ._reminders import ReminderTable as ReminderTable
+from ._reminders import TickStatus as TickStatus
 from ._silo import Silo as Silo
 from ._silo import SiloStatistics as SiloStatistics
 from ._silo import open_silo as open_silo
+from ._storage import GrainStorage as GrainStorage
+from ._storage import InconsistentStateError as InconsistentStateError
+from ._storage import PersistentState as PersistentState
+from ._storage import StorageError as StorageError
+from ._storage import StoredState as StoredState
+from ._storage import persistent_state as persistent_state
 from .hookspecs import hookimpl as hookimpl
 
 __version__ = "0.1.0"
@@ -80,12 +90,16 @@ __all__ = [
     "GrainKeyKindError",
     "GrainMethodError",
     "GrainReference",
+    "GrainReminder",
+    "GrainStorage",
     "GrainTimer",
     "GrainType",
     "GrainTypeError",
     "GrainsError",
     "HashBasedPlacement",
+    "InconsistentStateError",
     "InternalError",
+    "PersistentState",
     "PlacementDirector",
     "PlacementRegistry",
     "PlacementStrategy",
@@ -97,6 +111,8 @@ __all__ = [
     "ProviderContext",
     "ProviderRegistry",
     "RandomPlacement",
+    "ReminderEntry",
+    "ReminderTable",
     "RemoteGrainError",
     "SerializationError",
     "Silo",
@@ -105,6 +121,9 @@ __all__ = [
     "SiloRolePlacement",
     "SiloStatistics",
     "SiloUnavailableError",
+    "StorageError",
+    "StoredState",
+    "TickStatus",
     "always_interleave",
     "collection_age",
     "escape_token",
@@ -112,6 +131,7 @@ __all__ = [
     "hookimpl",
     "one_way",
     "open_silo",
+    "persistent_state",
     "placement",
     "read_only",
     "reentrant",

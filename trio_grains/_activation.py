@@ -35,6 +35,7 @@ from ._messaging import (
     Call,
     log_one_way_outcome,
 )
+from ._storage import PersistentState, load_states
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
@@ -92,6 +93,7 @@ class Activation:
         "running",
         "runtime",
         "state",
+        "states",
         "touched",
         "writers",
     )
@@ -102,6 +104,7 @@ class Activation:
         self.info = info
         self.methods = info.methods
         self.grain: Grain | None = None
+        self.states: dict[str, PersistentState[Any]] | None = None
         self.state = ACTIVATING
         self.activation_claimed = False
         self.running = 0  # turns running now
@@ -181,6 +184,8 @@ class Activation:
             grain._activation = self
             cls.__init__(grain)
             self.grain = grain
+            if self.info.states:
+                await load_states(self, self.runtime.storages)
             if type(grain).on_activate is not _BASE_ON_ACTIVATE:
                 await grain.on_activate()
         except BaseException:
@@ -425,6 +430,7 @@ class Activation:
             self.state == ACTIVE
             and self.running == 0
             and self._worker_done is None
+            and self.grain is not None
             and type(self.grain).on_deactivate is _BASE_ON_DEACTIVATE
         )
 

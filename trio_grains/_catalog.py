@@ -29,7 +29,9 @@ from ._reference import GrainReference, reference_class
 
 if TYPE_CHECKING:
     from ._config import SiloConfig
+    from ._reminders import ReminderService
     from ._serialization import Codec
+    from ._storage import GrainStorage
 
 __all__ = ["Catalog"]
 
@@ -60,6 +62,14 @@ class Catalog:
         self._workers: dict[GrainId, list[Activation]] = {}
         self.wheel = TimeoutWheel(config.response_timeout, _timeout_error)
         self.activations_created = 0
+        #: storage name -> (opened provider, provider name), set by the silo
+        self.storages: dict[str, tuple[GrainStorage, str]] = {}
+        self.reminders: ReminderService | None = None
+
+    def reminder_service(self) -> ReminderService:
+        if self.reminders is None:
+            raise SiloUnavailableError("the silo's reminder service is not running")
+        return self.reminders
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -84,6 +94,11 @@ class Catalog:
                 f"{grain_class.__qualname__} is '{info.grain_type}'"
             )
         return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
+
+    async def invoke_by_id(self, grain_id: GrainId, name: str, args: tuple[Any, ...]) -> Any:
+        """Call *name* on the grain *grain_id* (its hosted class), as a reference would."""
+        info = self._implementation(grain_id, None)
+        return await self.invoke(reference_class(info.cls)(self, grain_id), name, args, {})
 
     # -- the call path ------------------------------------------------------------------------
 

@@ -75,8 +75,11 @@ class SiloConfig:
     * ``isolate_local_calls``: copy arguments and results of in-process calls through the
       converter, as a remote call would (catches unserializable arguments in tests).
     * ``default_placement``: the placement strategy name for grain classes that declare none.
-    * ``storage`` / ``streams``: named providers; ``grains``: ``"module:Class"`` paths of
-      grain classes to host, in addition to those passed to ``open_silo(grains=...)``.
+    * ``storage`` / ``streams``: named providers (``storage.default`` is the built-in
+      ``memory`` provider unless configured); ``reminders``: the reminder table (``memory``
+      by default: not durable); ``minimum_reminder_period`` (Orleans' 1 minute).
+    * ``grains``: ``"module:Class"`` paths of grain classes to host, in addition to those
+      passed to ``open_silo(grains=...)``.
     """
 
     name: str = attrs.field(factory=_default_silo_name)
@@ -89,6 +92,8 @@ class SiloConfig:
     default_placement: str = "random"
     storage: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     streams: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
+    reminders: ProviderConfig = attrs.field(factory=lambda: ProviderConfig(provider="memory"))
+    minimum_reminder_period: float = attrs.field(default=60.0, validator=_positive)
     grains: tuple[str, ...] = ()
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
 

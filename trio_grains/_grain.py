@@ -18,12 +18,14 @@ import attrs
 from ._exceptions import GrainKeyKindError, GrainTypeError
 from ._ids import GrainId, GrainKey, GrainType
 from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY
+from ._storage import StateDeclaration, declarations
 
 if TYPE_CHECKING:
     import uuid
 
     from ._activation import Activation, GrainTimer
     from ._placement import PlacementStrategy
+    from ._reminders import GrainReminder
 
 __all__ = [
     "Grain",
@@ -142,6 +144,8 @@ class GrainClassInfo:
     max_local_workers: int | None = None
     collection_age: float | None = None
     placement: PlacementStrategy | None = None
+    #: the ``persistent_state(...)`` declarations of the class, read at activation
+    states: tuple[StateDeclaration[Any], ...] = ()
 
     @property
     def class_name(self) -> str:
@@ -215,6 +219,7 @@ def _build_info(cls: type) -> GrainClassInfo:
         max_local_workers=getattr(cls, "__grain_stateless_worker__", None),
         collection_age=getattr(cls, "__grain_collection_age__", None),
         placement=getattr(cls, "__grain_placement__", None),
+        states=tuple(declarations(cls)) if issubclass(cls, Grain) else (),
     )
 
 
@@ -379,6 +384,32 @@ class Grain(GrainInterface):
         when the activation is deactivated.
         """
         self._activation.start_soon(fn, *args)
+
+    # -- reminders --------------------------------------------------------------------------
+
+    async def register_reminder(self, name: str, *, due: float, period: float) -> GrainReminder:
+        """Register (or replace) the durable reminder *name*: first tick after *due* seconds,
+        then every *period* seconds (at least ``SiloConfig.minimum_reminder_period``).
+
+        Ticks call ``async def receive_reminder(self, name: str, status: TickStatus)`` as a
+        turn, activating the grain when it is not active; they survive deactivation and
+        silo restarts. A tick may be late, and (rarely, around a restart) repeated.
+        """
+        act = self._activation
+        return await act.runtime.reminder_service().register(
+            act.grain_id, type(self), name, due, period
+        )
+
+    async def unregister_reminder(self, reminder: GrainReminder | str) -> bool:
+        """Stop and delete a reminder (by handle or name); False if there was none."""
+        name = reminder if isinstance(reminder, str) else reminder.name
+        act = self._activation
+        return await act.runtime.reminder_service().unregister(act.grain_id, name)
+
+    async def get_reminders(self) -> list[GrainReminder]:
+        """This grain's reminders, by name."""
+        act = self._activation
+        return await act.runtime.reminder_service().list(act.grain_id)
 
     # -- calling other grains --------------------------------------------------------------
 

@@ -32,7 +32,12 @@ from ._builtin import BUILTIN_PLUGINS
 from ._config import PluginsConfig
 from ._exceptions import GrainsError, PluginError
 from ._placement import PlacementRegistry
-from ._registry import ProviderRegistry, StorageFactory, StreamProviderFactory
+from ._registry import (
+    ProviderRegistry,
+    ReminderTableFactory,
+    StorageFactory,
+    StreamProviderFactory,
+)
 
 if TYPE_CHECKING:
     from ._grain import GrainClassRegistry
@@ -61,12 +66,14 @@ class Plugins:
     * ``manager``: the silo's own :class:`pluggy.PluginManager`.
     * ``storage`` / ``streams``: provider factories by name.
     * ``placement``: placement directors by strategy name.
+    * ``reminders``: reminder-table factories by name.
     """
 
     manager: pluggy.PluginManager
     storage: ProviderRegistry[StorageFactory]
     streams: ProviderRegistry[StreamProviderFactory]
     placement: PlacementRegistry
+    reminders: ProviderRegistry[ReminderTableFactory]
 
     def configure_converter(self, converter: cattrs.Converter) -> None:
         """Let every plugin add structure / unstructure hooks to *converter*."""
@@ -128,11 +135,13 @@ def load_plugins(config: PluginsConfig | None = None, *, extra: Sequence[object]
         storage=ProviderRegistry("storage provider"),
         streams=ProviderRegistry("stream provider"),
         placement=PlacementRegistry(),
+        reminders=ProviderRegistry("reminder table"),
     )
     registration_hooks: list[tuple[str, ProviderRegistry[Any]]] = [
         ("grains_register_storage", plugins.storage),
         ("grains_register_streams", plugins.streams),
         ("grains_register_placement", plugins.placement),
+        ("grains_register_reminder_tables", plugins.reminders),
     ]
     for hook_name, registry in registration_hooks:
         _call_hook(pm, hook_name, {"registry": registry}, attribute_to=registry.registering_for)

@@ -29,6 +29,7 @@ __all__ = [
     "ProviderFactory",
     "ProviderRegistry",
     "StorageFactory",
+    "ReminderTableFactory",
     "StreamProviderFactory",
 ]
 
@@ -68,10 +69,13 @@ ProviderFactory: TypeAlias = Callable[
 """
 
 StorageFactory: TypeAlias = ProviderFactory
-"""A factory for a grain storage provider. The storage contract comes in a later issue."""
+"""A factory yielding a :class:`~trio_grains.GrainStorage` (the storage contract)."""
 
 StreamProviderFactory: TypeAlias = ProviderFactory
 """A factory for a stream provider. The stream adapter contract comes in a later issue."""
+
+ReminderTableFactory: TypeAlias = ProviderFactory
+"""A factory yielding a :class:`~trio_grains.ReminderTable`."""
 
 
 class ProviderRegistry(Generic[F]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -24,6 +24,7 @@ from ._grain import GrainClassRegistry, GrainInterface
 from ._ids import GrainId, GrainKey
 from ._plugins import Plugins, load_plugins
 from ._registry import ProviderContext, ProviderRegistry
+from ._reminders import ReminderService
 from ._serialization import Codec, make_converter
 
 __all__ = ["Silo", "SiloStatistics", "open_silo"]
@@ -108,7 +109,10 @@ class Silo:
         return self._catalog.reference(iface, grain_id)
 
     def provider(self, kind: str, name: str) -> Any:
-        """The opened provider *name* of *kind* (``"storage"`` or ``"streams"``)."""
+        """The opened provider *name* of *kind* (``"storage"``, ``"streams"``, ``"reminders"``).
+
+        The reminder table is ``provider("reminders", "default")``.
+        """
         try:
             return self._providers[(kind, name)]
         except KeyError:
@@ -135,14 +139,27 @@ class Silo:
 
     def _resolve_providers(self) -> list[tuple[str, str, ProviderConfig, Any]]:
         """Look every configured provider up by name (unknown names fail here, listing all)."""
+        storage = {"default": ProviderConfig(provider="memory"), **self._config.storage}
         kinds: list[tuple[str, Mapping[str, ProviderConfig], ProviderRegistry[Any]]] = [
-            ("storage", self._config.storage, self._plugins.storage),
+            ("storage", storage, self._plugins.storage),
             ("streams", self._config.streams, self._plugins.streams),
+            ("reminders", {"default": self._config.reminders}, self._plugins.reminders),
         ]
         factories = []
         for kind, configured, registry in kinds:
             for name, pconf in configured.items():
                 factories.append((kind, name, pconf, registry.get(pconf.provider)))
+        for cls_type in self._registry.types():
+            info = self._registry.get(cls_type)
+            assert info is not None
+            for decl in info.states:
+                if decl.storage not in storage:
+                    raise ConfigError(
+                        f"{info.cls.__qualname__}.{decl.attribute} uses storage "
+                        f"{decl.storage!r}, which is not configured (configured: "
+                        f"{', '.join(sorted(storage))}); add [storage.{decl.storage}] to the "
+                        "silo config"
+                    )
         return factories
 
     async def _open_providers(self, stack: contextlib.AsyncExitStack) -> None:
@@ -153,9 +170,10 @@ class Silo:
                 cluster_id=self._config.cluster_id,
                 converter=self._converter,
             )
-            self._providers[(kind, name)] = await stack.enter_async_context(
-                factory(ctx, dict(pconf.options))
-            )
+            provider = await stack.enter_async_context(factory(ctx, dict(pconf.options)))
+            self._providers[(kind, name)] = provider
+            if kind == "storage":
+                self._catalog.storages[name] = (provider, pconf.provider)
 
 
 @contextlib.asynccontextmanager
@@ -164,12 +182,15 @@ async def open_silo(
     *,
     grains: Iterable[type] = (),
     plugins: Sequence[object] = (),
+    wall_clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Silo]:
     """Run a silo for the duration of an ``async with`` block.
 
     *grains* are the grain classes this silo hosts (also ``config.grains`` and the
     ``grains_register_grain_classes`` hook); *plugins* are extra plugin objects or modules
-    with ``@hookimpl`` functions, registered after the installed ones.
+    with ``@hookimpl`` functions, registered after the installed ones. *wall_clock* is the
+    time source for reminder schedules (default ``time.time``; tests with a ``MockClock``
+    pass ``trio.current_time`` so that several silos share one virtual clock).
     """
     config = config or SiloConfig()
     loaded = load_plugins(config.plugins, extra=plugins)
@@ -188,6 +209,14 @@ async def open_silo(
             await silo._open_providers(providers)  # outside the nursery: errors stay unwrapped
             async with trio.open_nursery() as nursery:
                 await nursery.start(silo._catalog.run)
+                service = ReminderService(
+                    table=silo.provider("reminders", "default"),
+                    catalog=silo._catalog,
+                    minimum_period=config.minimum_reminder_period,
+                    wall_clock=wall_clock,
+                )
+                await nursery.start(service.run)
+                silo._catalog.reminders = service
                 try:
                     yield silo
                 except BaseException as exc:

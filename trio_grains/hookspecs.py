@@ -27,7 +27,8 @@ How hooks work here:
 
 Hooks, grouped by what they contribute:
 
-* providers: :func:`grains_register_storage`, :func:`grains_register_streams`
+* providers: :func:`grains_register_storage`, :func:`grains_register_streams`,
+  :func:`grains_register_reminder_tables`
 * placement: :func:`grains_register_placement`
 * grains and values: :func:`grains_register_grain_classes`,
   :func:`grains_configure_converter`
@@ -45,6 +46,7 @@ from ._registry import (
     ProviderContext,
     ProviderFactory,
     ProviderRegistry,
+    ReminderTableFactory,
     StorageFactory,
     StreamProviderFactory,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "grains_configure_converter",
     "grains_register_grain_classes",
     "grains_register_placement",
+    "grains_register_reminder_tables",
     "grains_register_storage",
     "grains_register_streams",
     "hookimpl",
@@ -93,8 +96,9 @@ def grains_register_storage(registry: ProviderRegistry[StorageFactory]) -> None:
     :class:`~trio_grains.hookspecs.ProviderContext` (the configured instance name, the silo
     and cluster, the silo's converter) and the ``options`` table of that provider's
     configuration. It must return an async context manager that yields the provider and
-    releases its resources on exit; do all I/O there, not in the hook. The methods a storage
-    provider implements (read / write / clear with ETags) are specified in a later issue.
+    releases its resources on exit; do all I/O there, not in the hook. The provider
+    implements :class:`~trio_grains.GrainStorage` (``read`` / ``write`` / ``clear`` over
+    bytes with ETags); check it with :func:`trio_grains.testing.check_grain_storage`.
 
     Example::
 
@@ -133,6 +137,27 @@ def grains_register_streams(registry: ProviderRegistry[StreamProviderFactory]) -
         @hookimpl
         def grains_register_streams(registry):
             registry.register("jetstream", open_jetstream)
+    """
+
+
+@hookspec
+def grains_register_reminder_tables(registry: ProviderRegistry[ReminderTableFactory]) -> None:
+    """Register reminder-table providers by name.
+
+    Called once per silo, while its plugins are loaded. Call
+    ``registry.register(name, factory)``; the silo's configuration picks one by that name
+    (``[reminders] provider = "<name>"``; the built-in ``memory`` table when not set). The
+    factory has the shape of a storage factory: ``factory(context, options)`` returns an
+    async context manager yielding a :class:`~trio_grains.ReminderTable`.
+
+    The built-in plugins register ``memory`` and ``sqlite`` this way; check a table of
+    your own with :func:`trio_grains.testing.check_reminder_table`.
+
+    Example::
+
+        @hookimpl
+        def grains_register_reminder_tables(registry):
+            registry.register("redis", open_redis_reminder_table)
     """
 
 

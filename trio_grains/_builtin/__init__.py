@@ -29,5 +29,10 @@ BUILTIN_PLUGINS: tuple[BuiltinPlugin, ...] = (
         module="trio_grains._builtin.placement",
         essential=True,
     ),
+    BuiltinPlugin(
+        name="trio_grains.builtin.memory",
+        module="trio_grains._builtin.memory",
+        essential=False,
+    ),
 )
 """Every built-in plugin, in registration order."""

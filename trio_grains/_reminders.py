@@ -1,0 +1,224 @@
+"""Durable reminders: the reminder-table contract and the silo's reminder service.
+
+A grain registers a named reminder (first tick after ``due`` seconds, then every
+``period``); the reminder is stored in the silo's reminder table and fires whether or not
+the grain is active: the service activates it and calls its ``receive_reminder(name,
+status)`` method as an ordinary turn. Reminders survive deactivation and silo restarts
+(with a durable table). As in Orleans, ticks are a best effort: a tick may come late (the
+silo was down or busy) and, rarely, twice around a restart; missed ticks are not replayed,
+the schedule continues from the next one.
+
+Times in the table are wall-clock seconds (``time.time()``). Inside a silo they are mapped
+onto Trio's clock, so a ``MockClock`` drives reminders in tests (pass
+``open_silo(wall_clock=trio.current_time)`` to share one virtual clock between silos).
+"""
+
+from __future__ import annotations
+
+import abc
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ._exceptions import ConfigError, GrainMethodError
+from ._grain import class_info
+from ._ids import GrainId
+
+if TYPE_CHECKING:
+    from ._catalog import Catalog
+
+__all__ = ["GrainReminder", "ReminderEntry", "ReminderService", "ReminderTable", "TickStatus"]
+
+log = logging.getLogger("trio_grains.reminders")
+
+
+@attrs.frozen
+class ReminderEntry:
+    """A row of a reminder table.
+
+    ``start_at``: wall-clock time of the first tick (epoch seconds); ``period``: seconds
+    between ticks; ``etag``: set by the table, different after every upsert.
+    """
+
+    grain_id: GrainId
+    name: str
+    start_at: float
+    period: float
+    etag: str | None = None
+
+
+@attrs.frozen
+class GrainReminder:
+    """A grain's handle on one of its reminders."""
+
+    grain_id: GrainId
+    name: str
+    start_at: float
+    period: float
+
+
+@attrs.frozen
+class TickStatus:
+    """Passed to ``receive_reminder``: when the schedule started, its period, this tick."""
+
+    first_tick_time: float
+    period: float
+    current_tick_time: float
+
+
+class ReminderTable(abc.ABC):
+    """The contract of a reminder table provider. Check yours with ``trio_grains.testing``.
+
+    Rows are keyed by ``(grain_id, name)``. Translate backend errors into
+    :class:`~trio_grains.StorageError`; take no timeout parameters (callers use cancel
+    scopes).
+    """
+
+    @abc.abstractmethod
+    async def read_all(self) -> list[ReminderEntry]:
+        """Every row (the silo reads them when it starts)."""
+
+    @abc.abstractmethod
+    async def read_grain(self, grain_id: GrainId) -> list[ReminderEntry]:
+        """The rows of one grain, in any order."""
+
+    @abc.abstractmethod
+    async def read(self, grain_id: GrainId, name: str) -> ReminderEntry | None:
+        """One row, or ``None``."""
+
+    @abc.abstractmethod
+    async def upsert(self, entry: ReminderEntry) -> str:
+        """Insert or replace the row (``entry.etag`` is ignored); return its new ETag."""
+
+    @abc.abstractmethod
+    async def remove(self, grain_id: GrainId, name: str, etag: str | None) -> bool:
+        """Delete the row if its ETag is *etag* (any ETag when ``None``); True if deleted."""
+
+
+def _first_tick_after(entry: ReminderEntry, now: float) -> float:
+    """The next tick time at or after *now* (a tick missed while down fires once, now)."""
+    if now <= entry.start_at:
+        return entry.start_at
+    periods = math.floor((now - entry.start_at) / entry.period)
+    last = entry.start_at + periods * entry.period
+    return last if now - last < 1e-9 else now
+
+
+@attrs.define(eq=False)
+class ReminderService:
+    """Schedules every reminder of the silo's table and delivers ticks as grain calls."""
+
+    table: ReminderTable
+    catalog: Catalog
+    minimum_period: float
+    wall_clock: Callable[[], float] | None = None
+    _entries: dict[tuple[GrainId, str], ReminderEntry] = attrs.field(factory=dict, init=False)
+    _heap: list[tuple[float, int, GrainId, str]] = attrs.field(factory=list, init=False)
+    _seq: int = attrs.field(default=0, init=False)
+    _seqs: dict[tuple[GrainId, str], int] = attrs.field(factory=dict, init=False)
+    _wakeup: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _offset: float = attrs.field(default=0.0, init=False)
+    ticks_delivered: int = attrs.field(default=0, init=False)
+
+    def now(self) -> float:
+        """Wall-clock seconds, advancing with Trio's clock."""
+        return trio.current_time() + self._offset
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        wall = self.wall_clock or time.time
+        self._offset = wall() - trio.current_time()
+        for entry in await self.table.read_all():
+            self._schedule(entry)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                self._wakeup = trio.Event()
+                if not self._heap:
+                    await self._wakeup.wait()
+                    continue
+                when, seq, grain_id, name = self._heap[0]
+                found = self._entries.get((grain_id, name))
+                if found is None or seq != self._seqs.get((grain_id, name)):
+                    heapq.heappop(self._heap)  # unregistered or rescheduled since
+                    continue
+                entry = found
+                now = self.now()
+                if when > now:
+                    with trio.move_on_after(when - now):
+                        await self._wakeup.wait()
+                    continue
+                heapq.heappop(self._heap)
+                nursery.start_soon(self._deliver, entry, when)
+                self._push(entry, when + entry.period)
+
+    def _push(self, entry: ReminderEntry, when: float) -> None:
+        self._seq += 1
+        key = (entry.grain_id, entry.name)
+        self._seqs[key] = self._seq
+        heapq.heappush(self._heap, (when, self._seq, entry.grain_id, entry.name))
+        self._wakeup.set()
+
+    def _schedule(self, entry: ReminderEntry) -> None:
+        self._entries[(entry.grain_id, entry.name)] = entry
+        self._push(entry, _first_tick_after(entry, self.now()))
+
+    def _unschedule(self, grain_id: GrainId, name: str) -> None:
+        self._entries.pop((grain_id, name), None)
+        self._seqs.pop((grain_id, name), None)
+        self._wakeup.set()
+
+    async def _deliver(self, entry: ReminderEntry, when: float) -> None:
+        status = TickStatus(entry.start_at, entry.period, when)
+        try:
+            await self.catalog.invoke_by_id(
+                entry.grain_id, "receive_reminder", (entry.name, status)
+            )
+            self.ticks_delivered += 1
+        except Exception:
+            log.exception("reminder %r of %s failed; it goes on", entry.name, entry.grain_id)
+
+    # -- the grain-facing operations ----------------------------------------------------------
+
+    async def register(
+        self, grain_id: GrainId, cls: type, name: str, due: float, period: float
+    ) -> GrainReminder:
+        if "receive_reminder" not in class_info(cls).methods:
+            raise GrainMethodError(
+                f"{cls.__qualname__} registers reminder {name!r} but has no "
+                "'async def receive_reminder(self, name: str, status: TickStatus)' method"
+            )
+        if not name:
+            raise ValueError("a reminder needs a non-empty name")
+        if due < 0:
+            raise ValueError(f"reminder due time must be >= 0 seconds, got {due}")
+        if period < self.minimum_period:
+            raise ConfigError(
+                f"reminder period {period} s is below the minimum of {self.minimum_period} s; "
+                "use a timer for short periods, or lower SiloConfig.minimum_reminder_period"
+            )
+        entry = ReminderEntry(grain_id, name, self.now() + due, float(period))
+        etag = await self.table.upsert(entry)
+        entry = attrs.evolve(entry, etag=etag)
+        self._schedule(entry)
+        return GrainReminder(grain_id, name, entry.start_at, entry.period)
+
+    async def unregister(self, grain_id: GrainId, name: str) -> bool:
+        removed = await self.table.remove(grain_id, name, None)
+        self._unschedule(grain_id, name)
+        return removed
+
+    async def list(self, grain_id: GrainId) -> list[GrainReminder]:
+        rows = await self.table.read_grain(grain_id)
+        return sorted(
+            (GrainReminder(r.grain_id, r.name, r.start_at, r.period) for r in rows),
+            key=lambda r: r.name,
+        )
+
+    def scheduled(self) -> int:
+        return len(self._entries)
