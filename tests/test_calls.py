@@ -299,3 +299,26 @@ def test_config_from_dict_reports_every_bad_key() -> None:
 def test_config_rejects_non_positive_times() -> None:
     with pytest.raises(ConfigError, match="response_timeout must be a positive"):
         SiloConfig(response_timeout=0)
+
+
+class Typed(Grain):
+    async def nothing(self) -> None:
+        return None
+
+    async def lock(self, lock: trio.Lock) -> int:
+        return 1
+
+    async def keep(self, f: Friendship) -> str:
+        return f.name
+
+
+async def test_isolated_calls_handle_none_results_and_report_bad_arguments() -> None:
+    from trio_grains import SerializationError
+
+    async with open_silo(SiloConfig(isolate_local_calls=True), grains=[Typed]) as silo:
+        ref = silo.get_grain(Typed, "a")
+        assert await ref.nothing() is None
+        with pytest.raises(SerializationError, match=r"argument 'lock' of lock\(\)"):
+            await ref.lock(trio.Lock())
+        with pytest.raises(SerializationError, match=r"argument 'f' of keep\(\)"):
+            await ref.keep(object())  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ activation's task) and checks the overlaps allowed by Orleans' rules, no more, n
 
 from __future__ import annotations
 
+import contextvars
 import logging
 
 import pytest
@@ -310,3 +311,87 @@ async def test_stateless_worker_runs_parallel_activations_up_to_its_bound(
         assert Worker.peak == 3
         assert len(seen) == 3
         assert silo.statistics().activations == 3
+
+
+class FirstRead(Grain):
+    def __init__(self) -> None:
+        self.t = Tracker()
+
+    @read_only
+    async def read(self) -> None:
+        await self.t.turn("read", yields=5)
+
+    @always_interleave
+    async def max_readers(self) -> int:
+        return self.t.max_readers
+
+
+async def test_a_read_only_call_that_activates_lets_other_readers_in() -> None:
+    async with open_silo(grains=[FirstRead]) as silo:
+        ref = silo.get_grain(FirstRead, "a")
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(ref.read)
+        assert await ref.max_readers() > 1
+
+
+class Blocker(Grain):
+    def __init__(self) -> None:
+        self.pings = 0
+
+    async def hold(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    @one_way
+    @always_interleave
+    async def ping(self) -> None:
+        self.pings += 1
+
+    @always_interleave
+    async def pings_(self) -> int:
+        return self.pings
+
+
+async def test_interleaving_one_way_call_runs_while_a_queued_turn_holds_the_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_silo(grains=[Blocker]) as silo:
+        ref = silo.get_grain(Blocker, "a")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.hold, 1)  # runs in the caller's task
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(ref.hold, 10)  # queued: will run in the activation's task
+            await trio.sleep(2)  # now the activation's task runs the 10 s turn
+            await ref.ping()
+            await trio.sleep(0.5)
+            assert await ref.pings_() == 1  # did not wait for the 10 s turn
+            nursery.cancel_scope.cancel()
+
+
+class ContextGrain(Grain):
+    async def hold(self) -> None:
+        await trio.sleep(1)
+
+    async def seen(self) -> str:
+        return REQUEST.get()
+
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST", default="-")
+
+
+async def test_activation_task_does_not_inherit_a_callers_context(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_silo(grains=[ContextGrain]) as silo:
+        ref = silo.get_grain(ContextGrain, "a")
+        seen: list[str] = []
+
+        async def caller() -> None:
+            REQUEST.set("secret-of-caller")
+            seen.append(await ref.seen())  # queued: runs in the activation's task
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.hold)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(caller)
+        assert seen == ["-"]

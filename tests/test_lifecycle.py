@@ -270,3 +270,77 @@ async def test_exception_in_the_block_is_not_wrapped() -> None:
     with pytest.raises(KeyError, match="mine"):
         async with open_silo(grains=[LifeGrain]):
             raise KeyError("mine")
+
+
+class TimerDrop(Grain):
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.interleaved_ticks = 0
+
+    async def start(self, interleave: bool) -> None:
+        async def tick() -> None:
+            if interleave:
+                self.interleaved_ticks += 1
+            else:
+                self.ticks += 1
+
+        self.timer = self.register_timer(tick, due=1, period=1, interleave=interleave)
+
+    async def hold(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    async def stop(self) -> None:
+        self.timer.cancel()
+
+    async def counts(self) -> tuple[int, int]:
+        return self.ticks, self.interleaved_ticks
+
+
+async def test_cancelling_a_timer_drops_its_waiting_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_silo(grains=[TimerDrop]) as silo:
+        ref = silo.get_grain(TimerDrop, "a")
+        await ref.start(False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.hold, 5)  # the tick at t=1 waits behind this turn
+            await trio.sleep(2)
+            nursery.start_soon(ref.stop)  # queued behind the hold too, but cancel it now:
+            timer = silo._catalog._activations[ref.grain_id].grain.timer  # type: ignore[union-attr]
+            timer.cancel()
+        await trio.sleep(10)
+        assert await ref.counts() == (0, 0)
+
+
+async def test_interleaving_timer_ticks_while_the_activation_task_runs_a_turn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_silo(grains=[TimerDrop]) as silo:
+        ref = silo.get_grain(TimerDrop, "a")
+        await ref.start(True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.hold, 0.5)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(ref.hold, 10)  # queued: runs in the activation's task
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+        _, interleaved = await ref.counts()
+        assert interleaved >= 4  # ticks at 1..5 s went on beside the 10 s turn
+
+
+class Stuck(Grain):
+    async def hang(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_shutdown_that_gives_up_says_so(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = SiloConfig(deactivation_timeout=2)
+    async with trio.open_nursery() as nursery:
+        async with open_silo(config, grains=[Stuck]) as silo:
+            nursery.start_soon(silo.get_grain(Stuck, "a").hang)  # a turn in an outside task
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("gave up" in w and "stuck/a" in w for w in warnings)

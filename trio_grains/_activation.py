@@ -15,6 +15,7 @@ the activation needs it, so an idle activation costs no task at all.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -58,9 +59,13 @@ class GrainTimer:
     name: str
     _cancelled: bool = attrs.field(default=False, init=False)
     _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    _pending: Call | None = attrs.field(default=None, init=False)
 
     def cancel(self) -> None:
+        """Stop the timer; a tick waiting for its turn is dropped, a running one finishes."""
         self._cancelled = True
+        if self._pending is not None and self._pending.state != RUNNING:
+            self._pending.abandon()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -155,8 +160,16 @@ class Activation:
             self._lot.unpark_all()
 
     def post(self, call: Call) -> None:
-        """Put *call* in the mailbox (starting the activation's task if need be)."""
+        """Put *call* in the mailbox (starting the activation's task if need be).
+
+        A call that may interleave with anything runs at once in a task of its own instead:
+        it must not wait behind a turn that the activation's task is running.
+        """
         self._ensure_worker()
+        if call.kind == INTERLEAVE and self.state == ACTIVE:
+            self.begin_turn(INTERLEAVE)
+            self._spawn(self._run_turn_in_own_scope, call)
+            return
         assert self._send is not None
         self.queued += 1
         self._send.send_nowait(call)
@@ -166,7 +179,11 @@ class Activation:
             self._send, self._recv = trio.open_memory_channel[Call](math.inf)
             self._worker_done = trio.Event()
             self._lot = trio.lowlevel.ParkingLot()
-            self.runtime.nursery.start_soon(self._worker, name=f"grain {self.grain_id}")
+            # A fresh context: the task must not inherit the context variables of whichever
+            # caller happened to start it.
+            nursery = self.runtime.nursery
+            name = f"grain {self.grain_id}"
+            contextvars.Context().run(lambda: nursery.start_soon(self._worker, name=name))
 
     # -- activation ---------------------------------------------------------------------------
 
@@ -329,12 +346,16 @@ class Activation:
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self.state >= DEACTIVATING:
             raise RuntimeError(f"{self.grain_id} is deactivating: it cannot start new tasks")
+        self._spawn(self._guarded, fn, *args)
+
+    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a task in the activation's nursery (as soon as it exists)."""
         if self._nursery is not None:
-            self._nursery.start_soon(self._guarded, fn, *args)
+            self._nursery.start_soon(fn, *args)
         else:
             if self._pending_spawns is None:
                 self._pending_spawns = []
-            self._pending_spawns.append((self._guarded, (fn, *args)))
+            self._pending_spawns.append((fn, args))
             self._ensure_worker()
 
     async def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -392,8 +413,10 @@ class Activation:
                 tick.kind = INTERLEAVE if interleave else EXCLUSIVE
                 tick.on_done = on_done
                 touched = self.touched
+                timer._pending = tick
                 self.post(tick)
-                await done.wait()
+                await done.wait()  # cancel() drops the tick if it has not started yet
+                timer._pending = None
                 if not keep_alive:
                     self.touched = touched
                 if result and isinstance(result[0], outcome.Error):

@@ -157,14 +157,19 @@ class Catalog:
         """Run the call now in this task if the rules allow, else queue it and wait."""
         kind = method.kind
         if method.one_way:
-            act.post_one_way(Call(method, args, kwargs, target=act.grain_id))
+            call = Call(method, args, kwargs, target=act.grain_id)
+            call.kind = kind
+            act.post_one_way(call)
             return None
         if act.state == ACTIVATING and not act.activation_claimed and act.queued == 0:
             await act.activate()  # raises (and leaves nothing behind) if activation fails
+            if kind != EXCLUSIVE:  # let queued read-only / interleaving calls in beside it
+                act.end_turn(EXCLUSIVE)
+                act.begin_turn(kind)
             try:
                 return await method.func(act.grain, *args, **kwargs)
             finally:
-                act.end_turn(EXCLUSIVE)
+                act.end_turn(kind)
         if act.may_start(kind) and (act.queued == 0 or kind == INTERLEAVE):
             act.begin_turn(kind)
             try:
@@ -332,13 +337,22 @@ class Catalog:
         """Stop accepting calls and deactivate everything (bounded by the deactivation timeout)."""
         self.accepting = False
         timeout = self.config.deactivation_timeout
-        with trio.move_on_after(timeout + 1):
+        with trio.move_on_after(timeout + 1) as scope:
             async with trio.open_nursery() as nursery:
                 for act in self.activations():
                     if act.is_quiet():
                         act.state = DEAD  # nothing to run and no task: no need for one now
                     else:
                         nursery.start_soon(act.deactivate, "silo shutting down")
+        if scope.cancelled_caught:
+            stuck = [str(a.grain_id) for a in self.activations() if a.state != DEAD]
+            log.warning(
+                "silo shutdown gave up after %s s on %d activations whose turns did not end "
+                "(their on_deactivate did not run): %s",
+                timeout + 1,
+                len(stuck),
+                ", ".join(stuck[:10]) + (" ..." if len(stuck) > 10 else ""),
+            )
         self.wheel.fail_all(
             lambda call: SiloUnavailableError(
                 f"the silo shut down before {call.describe()} replied"

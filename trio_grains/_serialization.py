@@ -13,12 +13,13 @@ said so), and otherwise raises :class:`~trio_grains.RemoteGrainError`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import traceback
 import typing
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import cattrs
@@ -29,9 +30,6 @@ from ._exceptions import RemoteGrainError, SerializationError
 from ._grain import GrainInterface, MethodInfo
 from ._ids import GrainId, GrainType
 from ._reference import GrainReference
-
-if TYPE_CHECKING:
-    from ._grain import GrainClassInfo
 
 __all__ = ["Codec", "make_converter"]
 
@@ -120,32 +118,34 @@ class Codec:
             bound = sig.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{method.name}(): {exc}") from None
-        payload = {
-            name: self.converter.unstructure(value, hints.get(name, Any))
-            for name, value in list(bound.arguments.items())[1:]
-        }
-        try:
+        payload = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            with _translating(f"cannot encode argument {name!r} of {method.name}()"):
+                payload[name] = self.converter.unstructure(value, _hint(hints, name))
+        with _translating(f"cannot encode the arguments of {method.name}()"):
             return msgpack.packb(payload)  # type: ignore[no-any-return]
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot encode the arguments of {method.name}(): {exc}"
-            ) from exc
 
     def decode_call(self, method: MethodInfo, data: bytes) -> dict[str, Any]:
         _, hints = self._signature(method.func)
-        raw = msgpack.unpackb(data)
-        return {
-            name: self.converter.structure(value, hints.get(name, Any))
-            for name, value in raw.items()
-        }
+        with _translating(f"cannot decode the arguments of {method.name}()"):
+            raw = msgpack.unpackb(data)
+        decoded = {}
+        for name, value in raw.items():
+            with _translating(f"cannot decode argument {name!r} of {method.name}()"):
+                decoded[name] = self.converter.structure(value, _hint(hints, name))
+        return decoded
 
     def encode_result(self, method: MethodInfo, value: Any) -> bytes:
         _, hints = self._signature(method.func)
-        return self.dumps(value, hints.get("return", Any))
+        with _translating(f"cannot encode the result of {method.name}()"):
+            return msgpack.packb(  # type: ignore[no-any-return]
+                self.converter.unstructure(value, _hint(hints, "return"))
+            )
 
     def decode_result(self, method: MethodInfo, data: bytes) -> Any:
         _, hints = self._signature(method.func)
-        return self.loads(data, hints.get("return", Any))
+        with _translating(f"cannot decode the result of {method.name}()"):
+            return self.converter.structure(msgpack.unpackb(data), _hint(hints, "return"))
 
     def encode_exception(self, exc: BaseException) -> bytes:
         cls = type(exc)
@@ -186,6 +186,23 @@ class Codec:
         return self.decode_call(method, self.encode_call(method, args, kwargs))
 
 
+def _hint(hints: dict[str, Any], name: str) -> Any:
+    """The annotation to encode *name* with: unannotated and ``None`` travel as they are."""
+    hint = hints.get(name, Any)
+    return Any if hint is None or hint is type(None) else hint
+
+
+@contextlib.contextmanager
+def _translating(what: str) -> Iterator[None]:
+    """Turn any encoding failure into a :class:`SerializationError` saying *what* failed."""
+    try:
+        yield
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
 def _find_exception_class(type_name: str) -> type[BaseException] | None:
     """The exception class named *type_name*, only if its module is already imported."""
     module_name, _, qualname = type_name.partition(":")
@@ -199,7 +216,3 @@ def _find_exception_class(type_name: str) -> type[BaseException] | None:
     if isinstance(obj, type) and issubclass(obj, BaseException):
         return obj
     return None
-
-
-def method_of(info: GrainClassInfo, name: str) -> MethodInfo | None:
-    return info.methods.get(name)
