@@ -1,0 +1,43 @@
+"""Tools for testing grains and the providers that plugins ship.
+
+Conformance kits, in the spirit of ``trio.testing.check_two_way_stream`` and Orleans'
+storage TestKit: every storage provider and reminder table should pass them::
+
+    from trio_grains.testing import check_grain_storage
+
+    async def test_my_storage_conforms(tmp_path):
+        await check_grain_storage(lambda: open_my_storage(tmp_path / "db"))
+
+The callable must yield a provider on the *same* backend each time it is called: the kits
+close and reopen it to check durability. ``durable=False`` skips those checks for
+in-memory providers. Each check is also available alone (:data:`STORAGE_CHECKS`,
+:data:`REMINDER_CHECKS`), e.g. to parametrize a pytest test over them.
+"""
+
+from ._reminder_kit import REMINDER_CHECKS as REMINDER_CHECKS
+from ._reminder_kit import REMINDER_DURABILITY_CHECKS as REMINDER_DURABILITY_CHECKS
+from ._reminder_kit import ReminderTableCheck as ReminderTableCheck
+from ._reminder_kit import ReminderTableOpener as ReminderTableOpener
+from ._reminder_kit import check_reminder_table as check_reminder_table
+from ._storage_kit import STORAGE_CHECKS as STORAGE_CHECKS
+from ._storage_kit import STORAGE_DURABILITY_CHECKS as STORAGE_DURABILITY_CHECKS
+from ._storage_kit import StorageCheck as StorageCheck
+from ._storage_kit import StorageOpener as StorageOpener
+from ._storage_kit import check_grain_storage as check_grain_storage
+
+__all__ = [
+    "REMINDER_CHECKS",
+    "REMINDER_DURABILITY_CHECKS",
+    "STORAGE_CHECKS",
+    "STORAGE_DURABILITY_CHECKS",
+    "ReminderTableCheck",
+    "ReminderTableOpener",
+    "StorageCheck",
+    "StorageOpener",
+    "check_grain_storage",
+    "check_reminder_table",
+]
+
+for _name in ("check_grain_storage", "check_reminder_table"):
+    globals()[_name].__module__ = __name__
+del _name
