@@ -110,6 +110,13 @@ def _first_tick_after(entry: ReminderEntry, now: float) -> float:
     return last if now - last < 1e-9 else now
 
 
+def _next_slot(entry: ReminderEntry, after: float) -> float:
+    """The first tick of the schedule strictly after *after* (keeps the schedule's phase)."""
+    if after < entry.start_at:
+        return entry.start_at
+    return entry.start_at + (math.floor((after - entry.start_at) / entry.period) + 1) * entry.period
+
+
 @attrs.define(eq=False)
 class ReminderService:
     """Schedules every reminder of the silo's table and delivers ticks as grain calls."""
@@ -155,7 +162,7 @@ class ReminderService:
                     continue
                 heapq.heappop(self._heap)
                 nursery.start_soon(self._deliver, entry, when)
-                self._push(entry, when + entry.period)
+                self._push(entry, _next_slot(entry, when))
 
     def _push(self, entry: ReminderEntry, when: float) -> None:
         self._seq += 1

@@ -18,6 +18,7 @@ import inspect
 import sys
 import traceback
 import typing
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,6 +54,10 @@ def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Con
     conv = _make_msgpack_converter()
     conv.register_unstructure_hook(GrainId, str)
     conv.register_structure_hook(GrainId, lambda v, _: GrainId.parse(v))
+    conv.register_unstructure_hook(uuid.UUID, str)
+    conv.register_structure_hook(
+        uuid.UUID, lambda v, _: v if isinstance(v, uuid.UUID) else uuid.UUID(v)
+    )
     conv.register_unstructure_hook(GrainType, str)
     conv.register_structure_hook(GrainType, lambda v, _: GrainType(v))
     conv.register_unstructure_hook_func(_is_reference, lambda ref: str(ref.grain_id))
@@ -92,9 +97,19 @@ class Codec:
         except Exception as exc:
             raise SerializationError(f"cannot encode {type(value).__qualname__}: {exc}") from exc
 
-    def loads(self, data: bytes, type_: Any = Any) -> Any:
+    def loads(self, data: bytes, type_: Any = Any, *, mapping: bool = False) -> Any:
+        """Decode *data* as *type_*; ``mapping=True``: the encoded value must be a map (as
+        an attrs instance is), so a list or a string is an error, not a default object."""
         try:
-            return self.converter.structure(msgpack.unpackb(data), type_)
+            raw = msgpack.unpackb(data, strict_map_key=False)
+        except Exception as exc:
+            raise SerializationError(f"cannot decode a {type_!r}: not msgpack: {exc}") from exc
+        if mapping and not isinstance(raw, dict):
+            raise SerializationError(
+                f"cannot decode a {type_!r}: expected a map of fields, found {type(raw).__name__}"
+            )
+        try:
+            return self.converter.structure(raw, type_)
         except Exception as exc:
             raise SerializationError(f"cannot decode a {type_!r}: {exc}") from exc
 
@@ -128,7 +143,7 @@ class Codec:
     def decode_call(self, method: MethodInfo, data: bytes) -> dict[str, Any]:
         _, hints = self._signature(method.func)
         with _translating(f"cannot decode the arguments of {method.name}()"):
-            raw = msgpack.unpackb(data)
+            raw = msgpack.unpackb(data, strict_map_key=False)
         decoded = {}
         for name, value in raw.items():
             with _translating(f"cannot decode argument {name!r} of {method.name}()"):
@@ -145,7 +160,9 @@ class Codec:
     def decode_result(self, method: MethodInfo, data: bytes) -> Any:
         _, hints = self._signature(method.func)
         with _translating(f"cannot decode the result of {method.name}()"):
-            return self.converter.structure(msgpack.unpackb(data), _hint(hints, "return"))
+            return self.converter.structure(
+                msgpack.unpackb(data, strict_map_key=False), _hint(hints, "return")
+            )
 
     def encode_exception(self, exc: BaseException) -> bytes:
         cls = type(exc)
@@ -166,7 +183,7 @@ class Codec:
         )
 
     def decode_exception(self, data: bytes) -> BaseException:
-        raw = msgpack.unpackb(data)
+        raw = msgpack.unpackb(data, strict_map_key=False)
         type_name, message, tb = raw["type"], raw["message"], raw.get("traceback", "")
         cls = _find_exception_class(type_name)
         if cls is not None:

@@ -197,14 +197,16 @@ class PersistentState(Generic[T]):
         """Load the stored record (or a fresh ``state_type()`` when there is none)."""
         try:
             record = await self._storage.read(self.name, self._grain_id)
-        except StorageError as exc:
-            raise type(exc)(f"cannot read {self._where()}: {exc}") from exc
+        except Exception as exc:
+            raise _translated(exc, f"cannot read {self._where()}") from exc
         if record is None:
             self.state = self._decl.state_type()
             self._etag = None
             return
         try:
-            state = self._codec.loads(record.data, self._decl.state_type)
+            state = self._codec.loads(
+                record.data, self._decl.state_type, mapping=attrs.has(self._decl.state_type)
+            )
         except Exception as exc:
             raise StorageError(
                 f"cannot decode {self._where()} as {self._decl.state_type.__qualname__}: "
@@ -219,20 +221,33 @@ class PersistentState(Generic[T]):
         data = self._codec.dumps(self.state, self._decl.state_type)
         try:
             self._etag = await self._storage.write(self.name, self._grain_id, data, self._etag)
-        except StorageError as exc:
-            raise type(exc)(f"cannot write {self._where()}: {exc}") from exc
+        except Exception as exc:
+            raise _translated(exc, f"cannot write {self._where()}") from exc
 
     async def clear(self) -> None:
         """Delete the record and reset ``state`` to ``state_type()``."""
         try:
             await self._storage.clear(self.name, self._grain_id, self._etag)
-        except StorageError as exc:
-            raise type(exc)(f"cannot clear {self._where()}: {exc}") from exc
+        except Exception as exc:
+            raise _translated(exc, f"cannot clear {self._where()}") from exc
         self._etag = None
         self.state = self._decl.state_type()
 
     def __repr__(self) -> str:
         return f"<PersistentState {self.name!r} of {self._grain_id} etag={self._etag!r}>"
+
+
+def _translated(exc: Exception, what: str) -> StorageError:
+    """The error a grain sees: *what* failed and why, as a StorageError (the original chained).
+
+    A provider should raise :class:`StorageError`; anything else it lets escape is a bug
+    in the provider, reported as a StorageError all the same so the grain can handle it.
+    """
+    if isinstance(exc, InconsistentStateError):
+        return InconsistentStateError(f"{what}: {exc}")
+    if isinstance(exc, StorageError):
+        return StorageError(f"{what}: {exc}")
+    return StorageError(f"{what}: the provider raised {type(exc).__name__}: {exc}")
 
 
 def declarations(cls: type) -> list[StateDeclaration[Any]]:
