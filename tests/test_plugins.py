@@ -64,7 +64,12 @@ def storage_plugin(name: str, provider: str, factory: Any = None) -> object:
 
 def test_builtins_register_through_the_hooks() -> None:
     plugins = load_plugins(NO_ENTRY_POINTS)
-    assert plugins.names() == [BUILTIN_PLACEMENT, "trio_grains.builtin.memory"]
+    assert plugins.names() == [
+        BUILTIN_PLACEMENT,
+        "trio_grains.builtin.memory",
+        "trio_grains.builtin.sqlite",
+    ]
+    assert plugins.storage.plugin_of("sqlite") == "trio_grains.builtin.sqlite"
     assert plugins.storage.plugin_of("memory") == "trio_grains.builtin.memory"
     assert plugins.reminders.plugin_of("memory") == "trio_grains.builtin.memory"
     assert plugins.placement.names() == [
@@ -98,7 +103,7 @@ def test_load_plugins_defaults_to_a_default_config() -> None:
 
 async def test_extra_plugin_registers_a_storage_factory() -> None:
     plugins = load_plugins(NO_ENTRY_POINTS, extra=[storage_plugin("acme-storage", "acme")])
-    assert plugins.storage.names() == ["acme", "memory"]
+    assert plugins.storage.names() == ["acme", "memory", "sqlite"]
     assert plugins.storage.plugin_of("acme") == "acme-storage"
     assert "acme-storage" in plugins.names()
 

@@ -34,5 +34,10 @@ BUILTIN_PLUGINS: tuple[BuiltinPlugin, ...] = (
         module="trio_grains._builtin.memory",
         essential=False,
     ),
+    BuiltinPlugin(
+        name="trio_grains.builtin.sqlite",
+        module="trio_grains._builtin.sqlite",
+        essential=False,
+    ),
 )
 """Every built-in plugin, in registration order."""

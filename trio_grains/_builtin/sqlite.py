@@ -1,0 +1,663 @@
+# Threading design, chosen by measurement. Writes/s of 200-byte states, each a
+# compare-and-set write in its own transaction unless grouped; WAL; median of 3 runs on a
+# noisy 2-core VM (ext4, Python 3.11, SQLite 3.40; runs vary by about 30%):
+#
+#                                            synchronous=NORMAL      synchronous=FULL
+#                                           1 writer  100 writers  1 writer  100 writers
+#   raw sqlite3 loop on the Trio thread*      16,600     20,700      4,200      4,600
+#   (a) to_thread.run_sync + trio.Lock         3,100      2,900      2,200      2,000
+#   (b) own thread, one transaction per call   5,600      8,100      2,800      2,600
+#   (b) own thread, group commit  <- chosen    4,800     42,400      2,700     34,100
+#
+#   * blocks the event loop the whole time: the baseline, not an option. "100 writers" is
+#     100 Trio tasks writing to distinct grains (raw: the same statements round-robin).
+#
+# A thread hand-off costs more than a WAL commit without fsync, so a long-lived thread fed
+# by a queue beats a to_thread hand-off plus a lock per call, and only a single owner of the
+# connection can fold the writes of concurrent grains into one transaction: with 100
+# writers, group commit beats the raw loop that commits each write (2x with NORMAL, 7x with
+# FULL). A lone sequential writer pays the hand-off: about 0.2 ms per call here.
+"""The built-in ``sqlite`` providers: durable grain storage and a reminder table in one file.
+
+Each provider owns one ``sqlite3`` connection in one dedicated thread, started and joined
+inside the provider's ``async with``. Calls are queued to that thread; it runs everything
+queued since its last transaction as one transaction (group commit) and hands the results
+back through the Trio token. A call cannot be cancelled once queued: like
+``trio.to_thread.run_sync`` with ``abandon_on_cancel=False``, the caller waits for the
+outcome (milliseconds; up to ``busy_timeout`` while another process holds the write lock),
+so a cancelled write has either happened, and returned its ETag, or not started.
+``sqlite3.Error`` becomes :class:`~trio_grains.StorageError` naming the file, and the
+thread keeps serving: after an error other than a busy lock it reopens the connection
+before the next transaction (the file may have been read-only, or replaced).
+
+See docs/storage-sqlite.md for options, durability and limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+import attrs
+import outcome
+import trio
+
+from .._exceptions import ConfigError, InternalError
+from .._ids import GrainId, GrainType
+from .._registry import ProviderContext, ProviderRegistry
+from .._reminders import ReminderEntry, ReminderTable
+from .._storage import GrainStorage, InconsistentStateError, StorageError, StoredState
+from ..hookspecs import hookimpl
+
+__all__ = ["SqliteReminderTable", "SqliteStatistics", "SqliteStorage"]
+
+log = logging.getLogger("trio_grains.sqlite")
+
+T = TypeVar("T")
+
+MEMORY: Final = ":memory:"
+SCHEMA_VERSION: Final = 1
+MAX_BATCH: Final = 512
+"""The most calls folded into one transaction (bounds the latency of the last one)."""
+
+_BUSY_CODES: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_SYNCHRONOUS: Final = ("NORMAL", "FULL")
+_OPTIONS: Final = ("busy_timeout", "path", "synchronous")
+
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS trio_grains_schema ("
+    "component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
+_STATE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS grain_state ("
+    "state_name TEXT NOT NULL, grain_type TEXT NOT NULL, grain_key TEXT NOT NULL, "
+    "data BLOB NOT NULL, etag TEXT NOT NULL, "
+    "PRIMARY KEY (state_name, grain_type, grain_key))"
+)
+_REMINDER_TABLE = (
+    "CREATE TABLE IF NOT EXISTS reminders ("
+    "grain_type TEXT NOT NULL, grain_key TEXT NOT NULL, name TEXT NOT NULL, "
+    "start_at REAL NOT NULL, period REAL NOT NULL, etag TEXT NOT NULL, "
+    "PRIMARY KEY (grain_type, grain_key, name))"
+)
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SqliteOptions:
+    """The validated ``options`` table of a ``sqlite`` provider (``path`` made absolute)."""
+
+    path: str
+    synchronous: str = "NORMAL"
+    busy_timeout: float = 5.0
+
+
+def parse_options(where: str, options: Mapping[str, Any]) -> SqliteOptions:
+    """Validate *options* of the provider configured at *where*, or raise ConfigError."""
+    valid = ", ".join(_OPTIONS)
+    for key in options:
+        if key not in _OPTIONS:
+            raise ConfigError(f"{where}: unknown option {key!r}; valid options: {valid}")
+    if "path" not in options:
+        raise ConfigError(
+            f"{where}: option 'path' is required: the database file, e.g. "
+            f'path = "grains.db" (or ":memory:" for a database that is not durable)'
+        )
+    path = options["path"]
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise ConfigError(f"{where}: option 'path' must be a non-empty file name, got {path!r}")
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ConfigError(f"{where}: option 'path' must be a text path, got {path!r}")
+    if path != MEMORY:
+        path = os.path.abspath(path)  # relative to the working directory at startup
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            raise ConfigError(
+                f"{where}: option 'path' is {path!r}, but the directory {folder!r} does not "
+                "exist; create it or fix the path"
+            )
+    sync = options.get("synchronous", "NORMAL")
+    if not isinstance(sync, str) or sync.upper() not in _SYNCHRONOUS:
+        raise ConfigError(
+            f"{where}: option 'synchronous' must be \"NORMAL\" (survives a process crash) or "
+            f'"FULL" (also survives power loss), got {sync!r}'
+        )
+    timeout = options.get("busy_timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ConfigError(
+            f"{where}: option 'busy_timeout' must be a number of seconds >= 0 (how long to "
+            f"wait for another connection's lock), got {timeout!r}"
+        )
+    return SqliteOptions(path, sync.upper(), float(timeout))
+
+
+# --- the connection thread -------------------------------------------------------------------
+
+
+@attrs.frozen
+class SqliteStatistics:
+    """What a provider's connection thread has done.
+
+    ``calls``: calls answered; ``transactions``: transactions committed or rolled back (fewer
+    than ``calls`` when concurrent calls were grouped); ``largest_batch``: most calls in one
+    transaction; ``reconnects``: times the connection was reopened after an error (say, the
+    file was read-only); ``journal_mode``: ``"wal"`` (``"memory"`` for ``:memory:``).
+    """
+
+    path: str
+    calls: int
+    transactions: int
+    largest_batch: int
+    reconnects: int
+    journal_mode: str
+
+
+@attrs.define(eq=False)
+class _Request:
+    fn: Callable[[sqlite3.Connection], Any]
+    writes: bool
+    task: trio.lowlevel.Task
+    result: outcome.Outcome[Any] | None = None
+
+
+_STOP: Final = object()
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """One sqlite3 connection owned by one thread, serving queued calls in transactions."""
+
+    options: SqliteOptions
+    schema: Sequence[str]
+    component: str
+    _queue: queue.SimpleQueue[_Request | object] = attrs.field(factory=queue.SimpleQueue)
+    _thread: threading.Thread | None = attrs.field(default=None, init=False)
+    _token: trio.lowlevel.TrioToken | None = attrs.field(default=None, init=False)
+    _open: bool = attrs.field(default=False, init=False)
+    _calls: int = attrs.field(default=0, init=False)
+    _transactions: int = attrs.field(default=0, init=False)
+    _largest_batch: int = attrs.field(default=0, init=False)
+    _journal_mode: str = attrs.field(default="", init=False)
+    _reconnects: int = attrs.field(default=0, init=False)
+    # Owned by the thread:
+    _sql: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    _reconnect: bool = attrs.field(default=False, init=False)
+
+    def statistics(self) -> SqliteStatistics:
+        return SqliteStatistics(
+            self.options.path,
+            self._calls,
+            self._transactions,
+            self._largest_batch,
+            self._reconnects,
+            self._journal_mode,
+        )
+
+    # -- Trio side ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        opened = _Request(lambda conn: None, True, trio.lowlevel.current_task())
+        self._thread = threading.Thread(
+            target=self._serve,
+            args=(opened,),
+            name=f"trio-grains sqlite {self.options.path}",
+            daemon=True,
+        )
+        self._thread.start()
+        self._open = True
+        try:
+            await self._wait()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Let the thread answer every queued call, close the connection and join it."""
+        if self._thread is None:
+            return
+        self._open = False
+        self._queue.put(_STOP)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._thread.join)
+        self._thread = None
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool) -> T:
+        """Run ``fn(connection)`` in the thread, inside a transaction; its result or error."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._open:
+            raise StorageError(f"sqlite database {self.options.path!r}: the provider is closed")
+        self._queue.put(_Request(fn, writes, trio.lowlevel.current_task()))
+        result: T = await self._wait()
+        return result
+
+    async def _wait(self) -> Any:
+        # Not cancellable: the thread cannot be interrupted, so the caller waits for the
+        # outcome (as trio.to_thread.run_sync does by default) and Trio delivers the
+        # cancellation at its next checkpoint.
+        return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    @staticmethod
+    def _deliver(batch: list[_Request]) -> None:
+        for request in batch:
+            assert request.result is not None
+            trio.lowlevel.reschedule(request.task, request.result)
+
+    # -- thread side -------------------------------------------------------------------------
+
+    def _serve(self, opened: _Request) -> None:
+        assert self._token is not None
+        try:
+            self._sql = self._connect()
+        except BaseException as exc:
+            opened.result = outcome.Error(self._storage_error(exc))
+            self._token.run_sync_soon(self._deliver, [opened])
+            return
+        opened.result = outcome.Value(None)
+        self._token.run_sync_soon(self._deliver, [opened])
+        try:
+            stop = False
+            while not stop:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                assert isinstance(first, _Request)
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stop = True
+                        break
+                    assert isinstance(more, _Request)
+                    batch.append(more)
+                self._run_batch(batch)
+                self._calls += len(batch)
+                self._largest_batch = max(self._largest_batch, len(batch))
+                self._token.run_sync_soon(self._deliver, batch)
+        finally:
+            if self._sql is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._sql.execute("PRAGMA optimize")  # as SQLite advises before closing
+                self._sql.close()
+                self._sql = None
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Answer calls queued behind the stop (none, unless the loop above broke)."""
+        assert self._token is not None
+        leftovers = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Request):
+                item.result = outcome.Error(
+                    StorageError(f"sqlite database {self.options.path!r}: the provider is closed")
+                )
+                leftovers.append(item)
+        if leftovers:
+            self._token.run_sync_soon(self._deliver, leftovers)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.options.path, timeout=self.options.busy_timeout, isolation_level=None
+        )
+        try:
+            self._journal_mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            if self.options.path != MEMORY and self._journal_mode.lower() != "wal":
+                log.warning(
+                    "sqlite database %r runs in journal mode %r, not WAL",
+                    self.options.path,
+                    self._journal_mode,
+                )
+            conn.execute(f"PRAGMA synchronous={self.options.synchronous}")
+            version = self._schema_version(conn)
+            if version is None:  # a new file, or a new component in it: create the tables
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in (_VERSION_TABLE, *self.schema):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT OR IGNORE INTO trio_grains_schema (component, version) "
+                        "VALUES (?, ?)",
+                        (self.component, SCHEMA_VERSION),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+                version = self._schema_version(conn)
+            if version != SCHEMA_VERSION:
+                raise StorageError(
+                    f"sqlite database {self.options.path!r} holds {self.component} "
+                    f"schema version {version}, but this trio-grains knows version "
+                    f"{SCHEMA_VERSION}; upgrade trio-grains or use another file"
+                )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int | None:
+        """The component's schema version (None: no tables yet). Only reads, so a file
+        that is read-only for now still opens, and fails on writes only."""
+        try:
+            row = conn.execute(
+                "SELECT version FROM trio_grains_schema WHERE component = ?", (self.component,)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return None
+        return None if row is None else int(row[0])
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            self._transaction(batch)
+        except (sqlite3.Error, StorageError) as exc:
+            if len(batch) == 1:
+                batch[0].result = outcome.Error(self._failed(exc))
+                return
+            # One call's failure must not fail its neighbours: retry each on its own.
+            for request in batch:
+                try:
+                    self._transaction([request])
+                except (sqlite3.Error, StorageError) as each:
+                    request.result = outcome.Error(self._failed(each))
+        except BaseException as exc:  # a bug here must not kill the thread or strand callers
+            for request in batch:
+                error = InternalError(f"sqlite provider failed: {exc!r}; please report it")
+                error.__cause__ = exc
+                request.result = outcome.Error(error)
+
+    def _failed(self, exc: sqlite3.Error | StorageError) -> BaseException:
+        """Translate a failed transaction's error; reconnect before the next one unless
+        another connection's lock was all that stood in the way."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF not in _BUSY_CODES:
+            self._reconnect = True
+        return self._storage_error(exc)
+
+    def _storage_error(self, exc: BaseException) -> BaseException:
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        error = StorageError(f"sqlite database {self.options.path!r}: {exc}")
+        error.__cause__ = exc
+        return error
+
+    def _transaction(self, batch: list[_Request]) -> None:
+        """Run *batch* in one transaction; raise if it did not commit."""
+        if self._reconnect or self._sql is None:
+            # The file may have been read-only, replaced or unreachable: start afresh.
+            if self._sql is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._sql.close()
+                self._sql = None
+            self._sql = self._connect()
+            self._reconnect = False
+            self._reconnects += 1
+        conn = self._sql
+        self._transactions += 1
+        conn.execute("BEGIN IMMEDIATE" if any(r.writes for r in batch) else "BEGIN")
+        try:
+            results: list[outcome.Outcome[Any]] = []
+            for request in batch:
+                try:
+                    results.append(outcome.Value(request.fn(conn)))
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # the call's own answer (e.g. a stale ETag)
+                    results.append(outcome.Error(exc))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        for request, result in zip(batch, results, strict=True):
+            request.result = result
+
+
+def _new_etag() -> str:
+    return uuid.uuid4().hex
+
+
+# --- grain storage ---------------------------------------------------------------------------
+
+
+def _mismatch(
+    conn: sqlite3.Connection, state_name: str, grain_id: GrainId, expected: str | None
+) -> InconsistentStateError:
+    row = conn.execute(
+        "SELECT etag FROM grain_state WHERE state_name = ? AND grain_type = ? AND grain_key = ?",
+        (state_name, str(grain_id.type), grain_id.key),
+    ).fetchone()
+    return InconsistentStateError(
+        f"{state_name} of {grain_id}: the write expected ETag {expected!r} but the stored "
+        f"one is {row[0] if row else None!r}"
+    )
+
+
+@attrs.define(eq=False)
+class SqliteStorage(GrainStorage):
+    """Grain states in the ``grain_state`` table of a SQLite file."""
+
+    _conn: _Connection
+
+    def statistics(self) -> SqliteStatistics:
+        return self._conn.statistics()
+
+    async def read(self, state_name: str, grain_id: GrainId) -> StoredState | None:
+        key = (state_name, str(grain_id.type), grain_id.key)
+
+        def read(conn: sqlite3.Connection) -> StoredState | None:
+            row = conn.execute(
+                "SELECT data, etag FROM grain_state "
+                "WHERE state_name = ? AND grain_type = ? AND grain_key = ?",
+                key,
+            ).fetchone()
+            return None if row is None else StoredState(bytes(row[0]), row[1])
+
+        return await self._conn.call(read, writes=False)
+
+    async def write(self, state_name: str, grain_id: GrainId, data: bytes, etag: str | None) -> str:
+        key = (state_name, str(grain_id.type), grain_id.key)
+        blob = bytes(data)
+
+        def write(conn: sqlite3.Connection) -> str:
+            new = _new_etag()
+            if etag is None:
+                try:
+                    conn.execute(
+                        "INSERT INTO grain_state (state_name, grain_type, grain_key, data, etag) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (*key, blob, new),
+                    )
+                except sqlite3.IntegrityError:
+                    raise _mismatch(conn, state_name, grain_id, etag) from None
+            else:
+                cursor = conn.execute(
+                    "UPDATE grain_state SET data = ?, etag = ? "
+                    "WHERE state_name = ? AND grain_type = ? AND grain_key = ? AND etag = ?",
+                    (blob, new, *key, etag),
+                )
+                if cursor.rowcount != 1:
+                    raise _mismatch(conn, state_name, grain_id, etag)
+            return new
+
+        return await self._conn.call(write, writes=True)
+
+    async def clear(self, state_name: str, grain_id: GrainId, etag: str | None) -> None:
+        key = (state_name, str(grain_id.type), grain_id.key)
+
+        def clear(conn: sqlite3.Connection) -> None:
+            if etag is None:
+                row = conn.execute(
+                    "SELECT 1 FROM grain_state "
+                    "WHERE state_name = ? AND grain_type = ? AND grain_key = ?",
+                    key,
+                ).fetchone()
+                if row is not None:
+                    raise _mismatch(conn, state_name, grain_id, etag)
+                return
+            cursor = conn.execute(
+                "DELETE FROM grain_state "
+                "WHERE state_name = ? AND grain_type = ? AND grain_key = ? AND etag = ?",
+                (*key, etag),
+            )
+            if cursor.rowcount != 1:
+                raise _mismatch(conn, state_name, grain_id, etag)
+
+        await self._conn.call(clear, writes=True)
+
+    def __repr__(self) -> str:
+        return f"<SqliteStorage {self._conn.options.path!r}>"
+
+
+# --- reminder table --------------------------------------------------------------------------
+
+_REMINDER_COLUMNS = "grain_type, grain_key, name, start_at, period, etag"
+
+
+def _entry(row: tuple[str, str, str, float, float, str]) -> ReminderEntry:
+    grain_type, grain_key, name, start_at, period, etag = row
+    return ReminderEntry(GrainId(GrainType(grain_type), grain_key), name, start_at, period, etag)
+
+
+@attrs.define(eq=False)
+class SqliteReminderTable(ReminderTable):
+    """Reminder rows in the ``reminders`` table of a SQLite file."""
+
+    _conn: _Connection
+
+    def statistics(self) -> SqliteStatistics:
+        return self._conn.statistics()
+
+    async def read_all(self) -> list[ReminderEntry]:
+        def read_all(conn: sqlite3.Connection) -> list[ReminderEntry]:
+            rows = conn.execute(f"SELECT {_REMINDER_COLUMNS} FROM reminders").fetchall()
+            return [_entry(row) for row in rows]
+
+        return await self._conn.call(read_all, writes=False)
+
+    async def read_grain(self, grain_id: GrainId) -> list[ReminderEntry]:
+        key = (str(grain_id.type), grain_id.key)
+
+        def read_grain(conn: sqlite3.Connection) -> list[ReminderEntry]:
+            rows = conn.execute(
+                f"SELECT {_REMINDER_COLUMNS} FROM reminders WHERE grain_type = ? AND grain_key = ?",
+                key,
+            ).fetchall()
+            return [_entry(row) for row in rows]
+
+        return await self._conn.call(read_grain, writes=False)
+
+    async def read(self, grain_id: GrainId, name: str) -> ReminderEntry | None:
+        key = (str(grain_id.type), grain_id.key, name)
+
+        def read(conn: sqlite3.Connection) -> ReminderEntry | None:
+            row = conn.execute(
+                f"SELECT {_REMINDER_COLUMNS} FROM reminders "
+                "WHERE grain_type = ? AND grain_key = ? AND name = ?",
+                key,
+            ).fetchone()
+            return None if row is None else _entry(row)
+
+        return await self._conn.call(read, writes=False)
+
+    async def upsert(self, entry: ReminderEntry) -> str:
+        values = (
+            str(entry.grain_id.type),
+            entry.grain_id.key,
+            entry.name,
+            float(entry.start_at),
+            float(entry.period),
+        )
+
+        def upsert(conn: sqlite3.Connection) -> str:
+            new = _new_etag()
+            conn.execute(
+                f"INSERT INTO reminders ({_REMINDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (grain_type, grain_key, name) DO UPDATE SET "
+                "start_at = excluded.start_at, period = excluded.period, etag = excluded.etag",
+                (*values, new),
+            )
+            return new
+
+        return await self._conn.call(upsert, writes=True)
+
+    async def remove(self, grain_id: GrainId, name: str, etag: str | None) -> bool:
+        key = (str(grain_id.type), grain_id.key, name)
+
+        def remove(conn: sqlite3.Connection) -> bool:
+            sql = "DELETE FROM reminders WHERE grain_type = ? AND grain_key = ? AND name = ?"
+            if etag is None:
+                cursor = conn.execute(sql, key)
+            else:
+                cursor = conn.execute(sql + " AND etag = ?", (*key, etag))
+            return cursor.rowcount == 1
+
+        return await self._conn.call(remove, writes=True)
+
+    def __repr__(self) -> str:
+        return f"<SqliteReminderTable {self._conn.options.path!r}>"
+
+
+# --- factories and hooks ---------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _opened(
+    where: str, options: Mapping[str, Any], component: str, schema: str
+) -> AsyncIterator[_Connection]:
+    conn = _Connection(parse_options(where, options), (schema,), component)
+    await conn.start()
+    try:
+        yield conn
+    finally:
+        await conn.stop()
+
+
+@contextlib.asynccontextmanager
+async def open_sqlite_storage(
+    context: ProviderContext, options: Mapping[str, Any]
+) -> AsyncIterator[SqliteStorage]:
+    """The ``sqlite`` storage provider (options: ``path``, ``synchronous``, ``busy_timeout``)."""
+    where = f"sqlite storage provider [storage.{context.name}]"
+    async with _opened(where, options, "grain_state", _STATE_TABLE) as conn:
+        yield SqliteStorage(conn)
+
+
+@contextlib.asynccontextmanager
+async def open_sqlite_reminder_table(
+    context: ProviderContext, options: Mapping[str, Any]
+) -> AsyncIterator[SqliteReminderTable]:
+    """The ``sqlite`` reminder table (the same options as the storage provider)."""
+    where = "sqlite reminder table [reminders]"
+    async with _opened(where, options, "reminders", _REMINDER_TABLE) as conn:
+        yield SqliteReminderTable(conn)
+
+
+@hookimpl
+def grains_register_storage(registry: ProviderRegistry[Any]) -> None:
+    registry.register("sqlite", open_sqlite_storage)
+
+
+@hookimpl
+def grains_register_reminder_tables(registry: ProviderRegistry[Any]) -> None:
+    registry.register("sqlite", open_sqlite_reminder_table)
