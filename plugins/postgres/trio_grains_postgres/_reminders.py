@@ -1,0 +1,128 @@
+"""The ``postgres`` reminder table: one row per (grain type, grain key, reminder name).
+
+Times are stored as they come (wall-clock epoch seconds, ``DOUBLE PRECISION``). An upsert
+is one ``INSERT ... ON CONFLICT DO UPDATE`` with a fresh ETag; a removal with an ETag is
+``DELETE ... WHERE etag = %s``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import attrs
+from psycopg import sql
+
+from trio_grains import GrainId, GrainIdError, GrainType, ReminderEntry, ReminderTable, StorageError
+
+from ._database import Connection, Database
+
+__all__ = ["PostgresReminderTable"]
+
+_COLUMNS = "grain_type, grain_key, name, start_at, period, etag"
+
+
+def _statements(schema: str) -> dict[str, bytes]:
+    table = sql.Identifier(schema, "reminders")
+    texts = {
+        "all": f"SELECT {_COLUMNS} FROM {{table}}",
+        "grain": f"SELECT {_COLUMNS} FROM {{table}} WHERE grain_type = %s AND grain_key = %s",
+        "one": (
+            f"SELECT {_COLUMNS} FROM {{table}} "
+            "WHERE grain_type = %s AND grain_key = %s AND name = %s"
+        ),
+        "upsert": (
+            f"INSERT INTO {{table}} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (grain_type, grain_key, name) DO UPDATE SET "
+            "start_at = EXCLUDED.start_at, period = EXCLUDED.period, etag = EXCLUDED.etag"
+        ),
+        "remove": "DELETE FROM {table} WHERE grain_type = %s AND grain_key = %s AND name = %s",
+        "remove_etag": (
+            "DELETE FROM {table} "
+            "WHERE grain_type = %s AND grain_key = %s AND name = %s AND etag = %s"
+        ),
+    }
+    return {name: sql.SQL(text).format(table=table).as_bytes() for name, text in texts.items()}
+
+
+def _entry(row: tuple[Any, ...]) -> ReminderEntry:
+    grain_type, grain_key, name, start_at, period, etag = row
+    try:
+        grain_id = GrainId(GrainType(grain_type), grain_key)
+    except GrainIdError as exc:
+        raise StorageError(
+            f"reminder row ({grain_type!r}, {grain_key!r}, {name!r}) does not name a valid "
+            f"grain: {exc}. Delete or repair that row"
+        ) from exc
+    return ReminderEntry(grain_id, name, float(start_at), float(period), etag)
+
+
+@attrs.define(eq=False)
+class PostgresReminderTable(ReminderTable):
+    """Reminders in the ``reminders`` table of a PostgreSQL schema.
+
+    Open it with the silo's configuration (``[reminders] provider = "postgres"``) or
+    :func:`~trio_grains_postgres.open_postgres_reminder_table`.
+    """
+
+    _db: Database
+    _sql: dict[str, bytes] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._sql = _statements(self._db.options.schema)
+
+    @property
+    def database(self) -> Database:
+        """The connection pool (``statistics()`` has its counters)."""
+        return self._db
+
+    async def read_all(self) -> list[ReminderEntry]:
+        def read_all(conn: Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(self._sql["all"]).fetchall()
+
+        return [_entry(row) for row in await self._db.run("reading all reminders", read_all)]
+
+    async def read_grain(self, grain_id: GrainId) -> list[ReminderEntry]:
+        params = (str(grain_id.type), grain_id.key)
+
+        def read_grain(conn: Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(self._sql["grain"], params).fetchall()
+
+        rows = await self._db.run(f"reading the reminders of {grain_id}", read_grain)
+        return [_entry(row) for row in rows]
+
+    async def read(self, grain_id: GrainId, name: str) -> ReminderEntry | None:
+        params = (str(grain_id.type), grain_id.key, name)
+
+        def read(conn: Connection) -> tuple[Any, ...] | None:
+            return conn.execute(self._sql["one"], params).fetchone()
+
+        row = await self._db.run(f"reading reminder {name!r} of {grain_id}", read)
+        return None if row is None else _entry(row)
+
+    async def upsert(self, entry: ReminderEntry) -> str:
+        etag = uuid.uuid4().hex
+        params = (
+            str(entry.grain_id.type),
+            entry.grain_id.key,
+            entry.name,
+            float(entry.start_at),
+            float(entry.period),
+            etag,
+        )
+
+        def upsert(conn: Connection) -> None:
+            conn.execute(self._sql["upsert"], params)
+
+        await self._db.run(f"storing reminder {entry.name!r} of {entry.grain_id}", upsert)
+        return etag
+
+    async def remove(self, grain_id: GrainId, name: str, etag: str | None) -> bool:
+        key = (str(grain_id.type), grain_id.key, name)
+
+        def remove(conn: Connection) -> bool:
+            if etag is None:
+                return conn.execute(self._sql["remove"], key).rowcount == 1
+            return conn.execute(self._sql["remove_etag"], (*key, etag)).rowcount == 1
+
+        return await self._db.run(f"removing reminder {name!r} of {grain_id}", remove)
