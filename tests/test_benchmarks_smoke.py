@@ -60,3 +60,18 @@ def test_unknown_benchmark_is_an_error() -> None:
     proc = _run("no-such-benchmark")
     assert proc.returncode != 0
     assert "local-calls" in proc.stderr
+
+
+def test_storage_quick_prints_one_json_line_per_mode() -> None:
+    modes = ["memory", "sqlite", "sqlite-sequential"]
+    args = [arg for mode in modes for arg in ("--mode", mode)]
+    proc = _run("storage", "--quick", "--rounds", "1", *args)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(text) for text in proc.stdout.splitlines() if text.strip()]
+    assert [line["mode"] for line in lines] == modes
+    for line in lines:
+        assert list(line)[:5] == REQUIRED, line
+        assert line["benchmark"] == "storage"
+        assert line["ours"] > 0
+        assert line["floor"] > 0
+        assert line["unit"] == "writes/s"
