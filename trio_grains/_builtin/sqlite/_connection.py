@@ -17,21 +17,7 @@
 # connection can fold the writes of concurrent grains into one transaction: with 100
 # writers, group commit beats the raw loop that commits each write (2x with NORMAL, 7x with
 # FULL). A lone sequential writer pays the hand-off: about 0.2 ms per call here.
-"""The built-in ``sqlite`` providers: durable grain storage and a reminder table in one file.
-
-Each provider owns one ``sqlite3`` connection in one dedicated thread, started and joined
-inside the provider's ``async with``. Calls are queued to that thread; it runs everything
-queued since its last transaction as one transaction (group commit) and hands the results
-back through the Trio token. A call cannot be cancelled once queued: like
-``trio.to_thread.run_sync`` with ``abandon_on_cancel=False``, the caller waits for the
-outcome (milliseconds; up to ``busy_timeout`` while another process holds the write lock),
-so a cancelled write has either happened, and returned its ETag, or not started.
-``sqlite3.Error`` becomes :class:`~trio_grains.StorageError` naming the file, and the
-thread keeps serving: after an error other than a busy lock it reopens the connection
-before the next transaction (the file may have been read-only, or replaced).
-
-See docs/storage-sqlite.md for options, durability and limits.
-"""
+"""The connection thread of the sqlite providers: options, schema, group commit."""
 
 from __future__ import annotations
 
@@ -42,21 +28,15 @@ import queue
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
 import outcome
 import trio
 
-from .._exceptions import ConfigError, InternalError
-from .._ids import GrainId, GrainType
-from .._registry import ProviderContext, ProviderRegistry
-from .._reminders import ReminderEntry, ReminderTable
-from .._storage import GrainStorage, InconsistentStateError, StorageError, StoredState
-from ..hookspecs import hookimpl
-
-__all__ = ["SqliteReminderTable", "SqliteStatistics", "SqliteStorage"]
+from ..._exceptions import ConfigError, InternalError
+from ..._storage import StorageError
 
 log = logging.getLogger("trio_grains.sqlite")
 
@@ -435,229 +415,3 @@ class _Connection:
 
 def _new_etag() -> str:
     return uuid.uuid4().hex
-
-
-# --- grain storage ---------------------------------------------------------------------------
-
-
-def _mismatch(
-    conn: sqlite3.Connection, state_name: str, grain_id: GrainId, expected: str | None
-) -> InconsistentStateError:
-    row = conn.execute(
-        "SELECT etag FROM grain_state WHERE state_name = ? AND grain_type = ? AND grain_key = ?",
-        (state_name, str(grain_id.type), grain_id.key),
-    ).fetchone()
-    return InconsistentStateError(
-        f"{state_name} of {grain_id}: the write expected ETag {expected!r} but the stored "
-        f"one is {row[0] if row else None!r}"
-    )
-
-
-@attrs.define(eq=False)
-class SqliteStorage(GrainStorage):
-    """Grain states in the ``grain_state`` table of a SQLite file."""
-
-    _conn: _Connection
-
-    def statistics(self) -> SqliteStatistics:
-        return self._conn.statistics()
-
-    async def read(self, state_name: str, grain_id: GrainId) -> StoredState | None:
-        key = (state_name, str(grain_id.type), grain_id.key)
-
-        def read(conn: sqlite3.Connection) -> StoredState | None:
-            row = conn.execute(
-                "SELECT data, etag FROM grain_state "
-                "WHERE state_name = ? AND grain_type = ? AND grain_key = ?",
-                key,
-            ).fetchone()
-            return None if row is None else StoredState(bytes(row[0]), row[1])
-
-        return await self._conn.call(read, writes=False)
-
-    async def write(self, state_name: str, grain_id: GrainId, data: bytes, etag: str | None) -> str:
-        key = (state_name, str(grain_id.type), grain_id.key)
-        blob = bytes(data)
-
-        def write(conn: sqlite3.Connection) -> str:
-            new = _new_etag()
-            if etag is None:
-                try:
-                    conn.execute(
-                        "INSERT INTO grain_state (state_name, grain_type, grain_key, data, etag) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (*key, blob, new),
-                    )
-                except sqlite3.IntegrityError:
-                    raise _mismatch(conn, state_name, grain_id, etag) from None
-            else:
-                cursor = conn.execute(
-                    "UPDATE grain_state SET data = ?, etag = ? "
-                    "WHERE state_name = ? AND grain_type = ? AND grain_key = ? AND etag = ?",
-                    (blob, new, *key, etag),
-                )
-                if cursor.rowcount != 1:
-                    raise _mismatch(conn, state_name, grain_id, etag)
-            return new
-
-        return await self._conn.call(write, writes=True)
-
-    async def clear(self, state_name: str, grain_id: GrainId, etag: str | None) -> None:
-        key = (state_name, str(grain_id.type), grain_id.key)
-
-        def clear(conn: sqlite3.Connection) -> None:
-            if etag is None:
-                row = conn.execute(
-                    "SELECT 1 FROM grain_state "
-                    "WHERE state_name = ? AND grain_type = ? AND grain_key = ?",
-                    key,
-                ).fetchone()
-                if row is not None:
-                    raise _mismatch(conn, state_name, grain_id, etag)
-                return
-            cursor = conn.execute(
-                "DELETE FROM grain_state "
-                "WHERE state_name = ? AND grain_type = ? AND grain_key = ? AND etag = ?",
-                (*key, etag),
-            )
-            if cursor.rowcount != 1:
-                raise _mismatch(conn, state_name, grain_id, etag)
-
-        await self._conn.call(clear, writes=True)
-
-    def __repr__(self) -> str:
-        return f"<SqliteStorage {self._conn.options.path!r}>"
-
-
-# --- reminder table --------------------------------------------------------------------------
-
-_REMINDER_COLUMNS = "grain_type, grain_key, name, start_at, period, etag"
-
-
-def _entry(row: tuple[str, str, str, float, float, str]) -> ReminderEntry:
-    grain_type, grain_key, name, start_at, period, etag = row
-    return ReminderEntry(GrainId(GrainType(grain_type), grain_key), name, start_at, period, etag)
-
-
-@attrs.define(eq=False)
-class SqliteReminderTable(ReminderTable):
-    """Reminder rows in the ``reminders`` table of a SQLite file."""
-
-    _conn: _Connection
-
-    def statistics(self) -> SqliteStatistics:
-        return self._conn.statistics()
-
-    async def read_all(self) -> list[ReminderEntry]:
-        def read_all(conn: sqlite3.Connection) -> list[ReminderEntry]:
-            rows = conn.execute(f"SELECT {_REMINDER_COLUMNS} FROM reminders").fetchall()
-            return [_entry(row) for row in rows]
-
-        return await self._conn.call(read_all, writes=False)
-
-    async def read_grain(self, grain_id: GrainId) -> list[ReminderEntry]:
-        key = (str(grain_id.type), grain_id.key)
-
-        def read_grain(conn: sqlite3.Connection) -> list[ReminderEntry]:
-            rows = conn.execute(
-                f"SELECT {_REMINDER_COLUMNS} FROM reminders WHERE grain_type = ? AND grain_key = ?",
-                key,
-            ).fetchall()
-            return [_entry(row) for row in rows]
-
-        return await self._conn.call(read_grain, writes=False)
-
-    async def read(self, grain_id: GrainId, name: str) -> ReminderEntry | None:
-        key = (str(grain_id.type), grain_id.key, name)
-
-        def read(conn: sqlite3.Connection) -> ReminderEntry | None:
-            row = conn.execute(
-                f"SELECT {_REMINDER_COLUMNS} FROM reminders "
-                "WHERE grain_type = ? AND grain_key = ? AND name = ?",
-                key,
-            ).fetchone()
-            return None if row is None else _entry(row)
-
-        return await self._conn.call(read, writes=False)
-
-    async def upsert(self, entry: ReminderEntry) -> str:
-        values = (
-            str(entry.grain_id.type),
-            entry.grain_id.key,
-            entry.name,
-            float(entry.start_at),
-            float(entry.period),
-        )
-
-        def upsert(conn: sqlite3.Connection) -> str:
-            new = _new_etag()
-            conn.execute(
-                f"INSERT INTO reminders ({_REMINDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (grain_type, grain_key, name) DO UPDATE SET "
-                "start_at = excluded.start_at, period = excluded.period, etag = excluded.etag",
-                (*values, new),
-            )
-            return new
-
-        return await self._conn.call(upsert, writes=True)
-
-    async def remove(self, grain_id: GrainId, name: str, etag: str | None) -> bool:
-        key = (str(grain_id.type), grain_id.key, name)
-
-        def remove(conn: sqlite3.Connection) -> bool:
-            sql = "DELETE FROM reminders WHERE grain_type = ? AND grain_key = ? AND name = ?"
-            if etag is None:
-                cursor = conn.execute(sql, key)
-            else:
-                cursor = conn.execute(sql + " AND etag = ?", (*key, etag))
-            return cursor.rowcount == 1
-
-        return await self._conn.call(remove, writes=True)
-
-    def __repr__(self) -> str:
-        return f"<SqliteReminderTable {self._conn.options.path!r}>"
-
-
-# --- factories and hooks ---------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _opened(
-    where: str, options: Mapping[str, Any], component: str, schema: str
-) -> AsyncIterator[_Connection]:
-    conn = _Connection(parse_options(where, options), (schema,), component)
-    await conn.start()
-    try:
-        yield conn
-    finally:
-        await conn.stop()
-
-
-@contextlib.asynccontextmanager
-async def open_sqlite_storage(
-    context: ProviderContext, options: Mapping[str, Any]
-) -> AsyncIterator[SqliteStorage]:
-    """The ``sqlite`` storage provider (options: ``path``, ``synchronous``, ``busy_timeout``)."""
-    where = f"sqlite storage provider [storage.{context.name}]"
-    async with _opened(where, options, "grain_state", _STATE_TABLE) as conn:
-        yield SqliteStorage(conn)
-
-
-@contextlib.asynccontextmanager
-async def open_sqlite_reminder_table(
-    context: ProviderContext, options: Mapping[str, Any]
-) -> AsyncIterator[SqliteReminderTable]:
-    """The ``sqlite`` reminder table (the same options as the storage provider)."""
-    where = "sqlite reminder table [reminders]"
-    async with _opened(where, options, "reminders", _REMINDER_TABLE) as conn:
-        yield SqliteReminderTable(conn)
-
-
-@hookimpl
-def grains_register_storage(registry: ProviderRegistry[Any]) -> None:
-    registry.register("sqlite", open_sqlite_storage)
-
-
-@hookimpl
-def grains_register_reminder_tables(registry: ProviderRegistry[Any]) -> None:
-    registry.register("sqlite", open_sqlite_reminder_table)
