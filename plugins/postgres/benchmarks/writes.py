@@ -4,12 +4,15 @@
 
 Without ``--dsn`` it starts a throwaway server (trio_grains_postgres.testing: loopback,
 fsync off, so the numbers measure the client side, not the disk). Every write is the
-provider's compare-and-set ``UPDATE ... WHERE <key> AND etag = %s`` on its own row.
+provider's compare-and-set ``UPDATE ... WHERE <key> AND etag = $6`` on its own row.
 
-* ``psycopg, 1 connection``: a plain loop on one autocommit connection: the floor.
-* ``psycopg, N threads``: N threads, a connection each: what the pool could give at best.
+* ``psycopg, 1 connection``: a plain loop on one autocommit connection (psycopg's sync
+  API, which prepares the statement after 5 runs): the floor.
+* ``psycopg, N threads``: N threads, a connection each.
+* ``native connection, 1 task``: the provider's ``TrioPgConnection`` alone, no pool, the
+  provider's prepared statement: what the provider costs on top of the connection.
 * ``provider, 1 task`` / ``provider, N tasks``: ``await storage.write(...)`` from Trio
-  tasks through the provider (a pool of ``pool_size`` connections, one thread each).
+  tasks through the provider (a pool of ``pool_size`` Trio-native connections).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import psycopg
 import trio
 from psycopg import sql
 from trio_grains_postgres import open_postgres_storage
+from trio_grains_postgres._native import TrioPgConnection
+from trio_grains_postgres._values import Statement
 from trio_grains_postgres.testing import start_test_server
 
 from trio_grains import GrainId, ProviderContext
@@ -83,6 +88,41 @@ def raw(dsn: str, threads: int, seconds: float) -> float:
     return sum(counts) / seconds
 
 
+async def native(dsn: str, seconds: float) -> float:
+    """The provider's connection alone: one task, one connection, the same statement."""
+    table = sql.Identifier(SCHEMA, "grain_state")
+    update = Statement(
+        b"bench_update",
+        sql.SQL(
+            "UPDATE {} SET data = $4, etag = $5 WHERE state_name = $1 AND grain_type = $2 "
+            "AND grain_key = $3 AND etag = $6"
+        )
+        .format(table)
+        .as_bytes(),
+    )
+    key = (STATE, "bench", f"native-{uuid.uuid4().hex}")
+    payload = b"x" * 100
+    conn = await TrioPgConnection.connect(dsn)
+    try:
+        etag = uuid.uuid4().hex
+        insert = sql.SQL(
+            "INSERT INTO {} (state_name, grain_type, grain_key, data, etag) "
+            "VALUES ($1, $2, $3, $4, $5)"
+        ).format(table)
+        await conn.execute(insert.as_bytes(), (*key, payload, etag))
+        n = 0
+        deadline = trio.current_time() + seconds
+        while trio.current_time() < deadline:
+            new = uuid.uuid4().hex
+            result = await conn.execute(update, (*key, payload, new, etag))
+            assert result.rowcount == 1
+            etag = new
+            n += 1
+    finally:
+        conn.close()
+    return n / seconds
+
+
 async def provider(dsn: str, tasks: int, pool_size: int, seconds: float) -> float:
     context = ProviderContext("bench", "bench", "bench", cattrs.Converter())
     options = {"dsn": dsn, "schema": SCHEMA, "pool_size": pool_size}
@@ -124,6 +164,7 @@ def main() -> None:
         trio.run(provider, dsn, 1, 1, 0.2)  # creates the schema, warms up
         rows = [
             ("psycopg, 1 connection", raw(dsn, 1, args.seconds)),
+            ("native connection, 1 task (no pool)", trio.run(native, dsn, args.seconds)),
             ("provider, 1 task (pool_size 4)", trio.run(provider, dsn, 1, 4, args.seconds)),
             ("psycopg, 4 threads x 1 connection", raw(dsn, 4, args.seconds)),
             ("provider, 4 tasks (pool_size 4)", trio.run(provider, dsn, 4, 4, args.seconds)),

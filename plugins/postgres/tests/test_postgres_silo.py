@@ -3,6 +3,7 @@ and a server that goes away and comes back costs failed writes, not broken activ
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -77,8 +78,8 @@ def silo_config(dsn: str, schema: str, **extra: Any) -> SiloConfig:
         {
             "storage": {"default": {"provider": "postgres", "options": options}},
             "reminders": {"provider": "postgres", "options": options},
-            # Worker threads count as "blocked" for an autojump clock, which may then jump
-            # past timeouts while a statement runs: keep the timeouts out of reach.
+            # A task waiting for the server's answer counts as "blocked" for an autojump
+            # clock, which may then jump past timeouts: keep them out of reach.
             "response_timeout": 10**6,
         }
     )
@@ -113,7 +114,9 @@ async def test_state_survives_deactivation_and_a_silo_restart(
 async def test_a_reminder_survives_a_silo_restart(
     postgres_dsn: str, schema: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    config = silo_config(postgres_dsn, schema)
+    # connect_timeout is a deadline on Trio's clock, which would jump to it while a
+    # connection is being opened: no deadline at all.
+    config = silo_config(postgres_dsn, schema, connect_timeout=math.inf)
     async with open_silo(config, grains=[AlarmGrain], wall_clock=trio.current_time) as silo:
         await silo.get_grain(AlarmGrain, "a").start("daily")
     restarted = trio.current_time()

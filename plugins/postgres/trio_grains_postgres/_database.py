@@ -1,178 +1,174 @@
-"""A pool of psycopg connections, used from Trio through worker threads.
+"""A provider's pool of Trio-native PostgreSQL connections (``_native.py``).
 
-Why threads: psycopg 3's async API is asyncio-only (its locks, tasks and waiting functions
-are asyncio's), Trio support is an open feature request (psycopg/psycopg#29, open since
-2021; the anyio port, psycopg/psycopg#146, was closed unmerged), and driving its internal
-generators from Trio would tie us to undocumented internals. asyncpg is asyncio-only too.
-So each operation runs psycopg's sync API in a worker thread, on a connection of a
-``psycopg_pool.ConnectionPool``; a :class:`trio.CapacityLimiter` of the pool's size
-keeps at most one thread per connection. Every statement is a single autocommit
-statement (one round trip, no transaction left open).
+:class:`Database` holds up to ``pool_size`` :class:`~._native.TrioPgConnection`\\ s. An
+operation (:meth:`Database.execute`) takes a slot of a :class:`trio.Semaphore` of
+``pool_size`` (FIFO: waiting operations are served in order), takes the most recently used
+idle connection (or opens one if there is none), runs one autocommit statement on it and
+gives it back. Everything happens in the caller's task: no thread, no background task.
 
-Cancellation: a call cancelled before its thread holds a connection returns at once
-without touching the database (also while it waits for a connection to a server that is
-down). Once the statement is sent, the caller waits for it, as with
-``trio.to_thread.run_sync``'s default ``abandon_on_cancel=False``, and gets its result
-(its next checkpoint raises ``trio.Cancelled``): the statement either happened or did
-not, and the connection goes back to the pool idle, never mid-transaction.
+Health: a connection is checked before each use without a round trip
+(:meth:`~._native.TrioPgConnection.is_usable`: the server only writes to an idle
+connection to end it); one found broken, or broken during a statement, is closed and
+dropped, and a new one is opened in its place by the next operation that needs it. So
+after the server restarts, the next operation reconnects by itself.
 
-Errors: every psycopg / pool error becomes :class:`~trio_grains.StorageError` (chained)
-naming the server by host, port, database and user (:func:`describe_target`), never the
-password. A connection the server closed is noticed before use (:func:`_check`) and
-replaced; the pool reconnects in the background with backoff, so the provider recovers
-by itself when the server comes back.
+``connect_timeout``: an operation that must open a connection keeps trying (with backoff,
+0.05 s up to 1 s between attempts) for at most ``connect_timeout`` seconds, then fails
+with :class:`~trio_grains.StorageError` naming the last error. That deadline is a cancel
+scope on Trio's clock: under an autojump ``MockClock`` it passes as soon as every task
+waits, including for the server's answer.
+
+Cancellation: an operation cancelled while it waits for a slot or for a connection to
+open touches nothing. Once its statement is sent, it waits (shielded) for the statement's
+outcome and returns it; its next checkpoint raises :class:`trio.Cancelled`. A statement
+slower than 0.05 s is cancelled on the server (and its connection then closed); see
+:meth:`~._native.TrioPgConnection._outcome_after_cancel`. So the pool never hands out a
+connection in the middle of a statement, and a cancelled write has happened or not when
+the call ends.
+
+Errors: every psycopg error becomes :class:`~trio_grains.StorageError` (chained) naming the
+server by host, port, database and user (:func:`~._options.describe_target`), never the
+password.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import select
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Sequence
 
 import attrs
-import outcome
 import psycopg
 import trio
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trio_grains import StorageError
 
+from ._native import TrioPgConnection
 from ._options import PostgresOptions
-from ._schema import check_version, migrate
+from ._schema import prepare_schema
+from ._values import Param, Result, Statement
 
-__all__ = ["Connection", "Database", "open_database"]
+__all__ = ["Database", "open_database"]
 
 log = logging.getLogger("trio_grains_postgres")
 
-T = TypeVar("T")
-Connection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
-
-_WAIT_SLICE = 0.25  # how often a thread waiting for a connection looks for cancellation
-_RECONNECT_GIVE_UP = 30.0  # the pool's reconnect_timeout: bounds its backoff between attempts
-
-
-class _Cancelled(Exception):
-    """Raised in the worker thread when the caller was cancelled before the statement ran."""
-
-
-class _Call:
-    """What the worker thread and the waiting task share: whether the caller was cancelled."""
-
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-
-async def _run_in_thread(work: Callable[[], T], call: _Call) -> T:
-    """Run *work* in a worker thread; on cancellation, tell it through *call* and wait.
-
-    ``trio.to_thread.run_sync`` with ``abandon_on_cancel=False`` waits too, but gives the
-    thread no way to learn that nobody wants its result any more.
-    """
-    task = trio.lowlevel.current_task()
-    token = trio.lowlevel.current_trio_token()
-
-    def deliver(result: outcome.Outcome[T]) -> None:
-        token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(result))
-
-    trio.lowlevel.start_thread_soon(work, deliver, name="trio-grains-postgres")
-
-    def abort(_: Any) -> trio.lowlevel.Abort:
-        call.cancelled = True
-        return trio.lowlevel.Abort.FAILED  # keep waiting: the thread reschedules us
-
-    result: outcome.Outcome[T] = await trio.lowlevel.wait_task_rescheduled(abort)
-    if isinstance(result, outcome.Error) and isinstance(result.error, _Cancelled):
-        await trio.lowlevel.checkpoint()  # raises the pending trio.Cancelled
-        raise StorageError("the operation was cancelled before it started")  # not reached
-    # Like trio.to_thread.run_sync: a result is returned even if the caller was cancelled
-    # meanwhile (the write happened, and the caller learns its ETag); its next checkpoint
-    # raises trio.Cancelled.
-    return result.unwrap()
-
-
-def _readable(fd: int) -> bool:
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - Windows
-    return bool(readable)
-
-
-def _check(conn: Connection) -> None:
-    """The pool's check before handing out a connection; cheap when nothing happened.
-
-    An idle connection has nothing to read unless the server sent something: usually that
-    it is terminating the session (restart, shutdown, ``pg_terminate_backend``). Only then
-    is it checked with an empty query, which costs a round trip.
-    """
-    if conn.closed or conn.broken:
-        raise psycopg.OperationalError("the connection is closed")
-    if _readable(conn.fileno()):
-        ConnectionPool.check_connection(conn)
+_FIRST_RETRY = 0.05  # seconds before the second connection attempt; doubles up to:
+_MAX_RETRY = 1.0
 
 
 @attrs.define(eq=False)
 class Database:
-    """The connections of one provider: run a blocking function on one, from Trio."""
+    """The connections of one provider (at most ``options.pool_size``), used from Trio."""
 
     options: PostgresOptions
-    _pool: ConnectionPool[Connection]
-    _limiter: trio.CapacityLimiter
+    name: str = "trio-grains"
+    _idle: list[TrioPgConnection] = attrs.field(factory=list)
+    _slots: trio.Semaphore = attrs.field(init=False)
+    _closed: bool = False
+    _opened: int = 0  # connections opened since the pool opened
+    _lost: int = 0  # connections closed because they broke or were cancelled mid-statement
+    _operations: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self._slots = trio.Semaphore(self.options.pool_size)
 
     @property
     def target(self) -> str:
         return self.options.target
 
-    async def run(self, what: str, fn: Callable[[Connection], T]) -> T:
-        """Call ``fn(connection)`` in a worker thread; *what* names it in errors.
+    async def execute(
+        self, what: str, statement: Statement | bytes, params: Sequence[Param] = ()
+    ) -> Result:
+        """Run one autocommit statement on a connection of the pool; *what* names it in errors.
 
-        psycopg errors become :class:`~trio_grains.StorageError`; any other exception of
-        *fn* (e.g. :class:`~trio_grains.InconsistentStateError`) passes through.
+        psycopg errors (from the server, the connection, or connecting) become
+        :class:`~trio_grains.StorageError`.
         """
-        call = _Call()
+        slots = self._slots
         try:
-            async with self._limiter:
-                return await _run_in_thread(functools.partial(self._work, fn, call), call)
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
+            self._operations += 1
+            conn = await self._checkout()
+            try:
+                return await conn.execute(statement, params)
+            finally:
+                self._checkin(conn)
         except psycopg.Error as exc:
             raise StorageError(_describe_error(self.target, what, exc)) from exc
-
-    def _work(self, fn: Callable[[Connection], T], call: _Call) -> T:
-        conn = self._getconn(call)
-        try:
-            if call.cancelled:
-                raise _Cancelled
-            return fn(conn)
         finally:
-            self._pool.putconn(conn)
+            slots.release()
 
-    def _getconn(self, call: _Call) -> Connection:
+    async def _checkout(self) -> TrioPgConnection:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.is_usable():
+                return conn
+            self._lost += 1
+            log.info("%s: a connection of %s was closed by the server", self.target, self.name)
+        if self._closed:
+            raise psycopg.OperationalError(f"the pool {self.name!r} is closed")
+        return await self._connect()
+
+    def _checkin(self, conn: TrioPgConnection) -> None:
+        if not conn.reusable:
+            conn.close()
+            self._lost += 1
+        elif self._closed:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    async def _connect(self) -> TrioPgConnection:
+        """A new connection, within ``connect_timeout`` (retrying), else OperationalError."""
         timeout = self.options.connect_timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            if call.cancelled:
-                raise _Cancelled
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PoolTimeout(
-                    f"no usable connection within {timeout:g} s (connect_timeout): the "
-                    "server is down or unreachable, or refuses the connection; the pool "
-                    "keeps reconnecting in the background"
-                )
-            try:
-                return self._pool.getconn(timeout=min(remaining, _WAIT_SLICE))
-            except PoolTimeout:
-                continue
+        last: psycopg.Error | None = None
+        delay = _FIRST_RETRY
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    conn = await TrioPgConnection.connect(self.options.dsn, cancel_timeout=timeout)
+                except psycopg.OperationalError as exc:
+                    last = exc
+                    log.debug("%s: connecting failed: %s", self.target, exc)
+                else:
+                    self._opened += 1
+                    return conn
+                await trio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY)
+        raise psycopg.OperationalError(
+            f"no usable connection within {timeout:g} s (connect_timeout): the server is down "
+            f"or unreachable, or refuses the connection; last error: {last or 'timed out'}"
+        ) from last
+
+    def close(self) -> None:
+        """Close the idle connections; connections in use are closed when given back."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
 
     def statistics(self) -> dict[str, int]:
-        """The pool's counters (``pool_size``, ``pool_available``, ``connections_lost``...)."""
-        return self._pool.get_stats()
+        """Counters of the pool.
+
+        ``pool_size``; ``pool_available`` (operations that could start now: slots not in
+        use); ``requests_waiting`` (operations waiting for a slot); ``connections_idle``
+        (open and idle); ``connections_num`` (opened since the pool opened);
+        ``connections_lost`` (closed because they broke, the server ended them, or an
+        operation was cancelled mid-statement); ``requests_num`` (operations run).
+        """
+        slots = self._slots.statistics()
+        return {
+            "pool_size": self.options.pool_size,
+            "pool_available": self._slots.value,
+            "requests_waiting": slots.tasks_waiting,
+            "connections_idle": len(self._idle),
+            "connections_num": self._opened,
+            "connections_lost": self._lost,
+            "requests_num": self._operations,
+        }
 
 
 def _describe_error(target: str, what: str, exc: psycopg.Error) -> str:
@@ -180,30 +176,21 @@ def _describe_error(target: str, what: str, exc: psycopg.Error) -> str:
     return f"{target}: {what} failed: {type(exc).__name__}: {message}"
 
 
-def _connect_once(options: PostgresOptions) -> Connection:
-    return psycopg.connect(
-        options.dsn,
-        connect_timeout=max(2, round(options.connect_timeout)),
-        fallback_application_name="trio-grains",
-    )
-
-
-def prepare_schema(options: PostgresOptions) -> None:
-    """Create/upgrade the schema (``create_schema``) or check its version (blocking)."""
+async def _prepare(db: Database) -> None:
+    """Connect once (no retry), prepare or check the schema, then fill the pool."""
+    options = db.options
+    what = "creating the schema" if options.create_schema else "checking the schema"
+    versions: tuple[int, int] | None = None
     try:
-        with _connect_once(options) as conn:
-            if options.create_schema:
-                before, after = migrate(conn, options.schema)
-                if before != after:
-                    log.info(
-                        "schema %r in %s migrated from version %d to %d",
-                        options.schema,
-                        options.target,
-                        before,
-                        after,
-                    )
-            else:
-                check_version(conn, options.schema, options.target)
+        with trio.move_on_after(options.connect_timeout):
+            conn = await TrioPgConnection.connect(
+                options.dsn, cancel_timeout=options.connect_timeout
+            )
+            db._opened += 1
+            versions = await prepare_schema(
+                conn, options.schema, options.target, create=options.create_schema
+            )
+            db._idle.append(conn)
     except psycopg.Error as exc:
         hint = ""
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
@@ -213,43 +200,46 @@ def prepare_schema(options: PostgresOptions) -> None:
             )
         elif isinstance(exc, psycopg.OperationalError):
             hint = ". Check the dsn option and that the server is running"
-        what = "creating the schema" if options.create_schema else "checking the schema"
         raise StorageError(_describe_error(options.target, what, exc) + hint) from exc
+    if versions is None:  # the deadline passed
+        raise StorageError(
+            f"{options.target}: {what} failed: no answer within {options.connect_timeout:g} s "
+            "(connect_timeout). Check the dsn option and that the server is running"
+        )
+    if versions[0] != versions[1]:
+        log.info(
+            "schema %r in %s migrated from version %d to %d",
+            options.schema,
+            options.target,
+            *versions,
+        )
+
+    failures: list[psycopg.Error] = []
+
+    async def open_one() -> None:
+        try:
+            db._idle.append(await db._connect())
+        except psycopg.Error as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(options.pool_size - 1):
+            nursery.start_soon(open_one)
+    if failures:
+        what = f"opening {options.pool_size} connections (pool_size)"
+        raise StorageError(_describe_error(options.target, what, failures[0])) from failures[0]
 
 
 @contextlib.asynccontextmanager
 async def open_database(options: PostgresOptions, name: str) -> AsyncIterator[Database]:
-    """Prepare the schema, open a pool of ``options.pool_size`` connections, close it after.
+    """Prepare the schema, open ``options.pool_size`` connections, close them after.
 
     Raises :class:`~trio_grains.StorageError` if the server cannot be reached or the schema
-    cannot be prepared. *name* names the pool in psycopg's logs.
+    cannot be prepared. *name* names the pool in logs.
     """
-    await trio.to_thread.run_sync(prepare_schema, options)
-    pool: ConnectionPool[Connection] = ConnectionPool(
-        options.dsn,
-        kwargs={
-            "autocommit": True,
-            "connect_timeout": max(2, round(options.connect_timeout)),
-            "fallback_application_name": "trio-grains",
-        },
-        min_size=options.pool_size,
-        max_size=options.pool_size,
-        open=False,
-        check=_check,
-        name=name,
-        timeout=options.connect_timeout,
-        reconnect_timeout=_RECONNECT_GIVE_UP,
-    )
+    db = Database(options, name)
     try:
-        try:
-            await trio.to_thread.run_sync(
-                functools.partial(pool.open, wait=True, timeout=options.connect_timeout)
-            )
-        except psycopg.Error as exc:
-            raise StorageError(
-                _describe_error(options.target, "opening the connection pool", exc)
-            ) from exc
-        yield Database(options, pool, trio.CapacityLimiter(options.pool_size))
+        await _prepare(db)
+        yield db
     finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(pool.close)
+        db.close()

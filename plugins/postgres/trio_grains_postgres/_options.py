@@ -32,13 +32,14 @@ class PostgresOptions:
     * ``dsn``: a libpq connection string (``"host=db dbname=grains user=silo"``) or URL
       (``"postgresql://silo@db/grains"``); or ``dsn_env``, the name of an environment
       variable holding one (keeps passwords out of configuration files).
-    * ``pool_size``: connections (and worker threads) of the provider, default 4.
+    * ``pool_size``: connections of the provider, default 4.
     * ``schema``: the PostgreSQL schema holding the tables, default ``"trio_grains"``.
     * ``create_schema``: create or upgrade the schema when the provider opens (default
       true); false for a role without DDL rights (run the ``migrate`` command instead).
-    * ``connect_timeout``: seconds an operation waits for a usable connection before it
-      fails with :class:`~trio_grains.StorageError` (default 10); also libpq's
-      ``connect_timeout``.
+    * ``connect_timeout``: seconds an operation that needs a new connection keeps trying to
+      open one before it fails with :class:`~trio_grains.StorageError` (default 10; a
+      deadline on Trio's clock, ``inf`` for none); also how long a cancelled operation
+      waits at most for its statement's outcome.
     """
 
     dsn: str = attrs.field(repr=False)

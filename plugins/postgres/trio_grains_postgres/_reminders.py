@@ -2,7 +2,7 @@
 
 Times are stored as they come (wall-clock epoch seconds, ``DOUBLE PRECISION``). An upsert
 is one ``INSERT ... ON CONFLICT DO UPDATE`` with a fresh ETag; a removal with an ETag is
-``DELETE ... WHERE etag = %s``.
+``DELETE ... WHERE etag = $4``.
 """
 
 from __future__ import annotations
@@ -15,34 +15,40 @@ from psycopg import sql
 
 from trio_grains import GrainId, GrainIdError, GrainType, ReminderEntry, ReminderTable, StorageError
 
-from ._database import Connection, Database
+from ._database import Database
+from ._values import Statement
 
 __all__ = ["PostgresReminderTable"]
 
 _COLUMNS = "grain_type, grain_key, name, start_at, period, etag"
 
 
-def _statements(schema: str) -> dict[str, bytes]:
+def _statements(schema: str) -> dict[str, Statement]:
     table = sql.Identifier(schema, "reminders")
     texts = {
         "all": f"SELECT {_COLUMNS} FROM {{table}}",
-        "grain": f"SELECT {_COLUMNS} FROM {{table}} WHERE grain_type = %s AND grain_key = %s",
+        "grain": f"SELECT {_COLUMNS} FROM {{table}} WHERE grain_type = $1 AND grain_key = $2",
         "one": (
             f"SELECT {_COLUMNS} FROM {{table}} "
-            "WHERE grain_type = %s AND grain_key = %s AND name = %s"
+            "WHERE grain_type = $1 AND grain_key = $2 AND name = $3"
         ),
         "upsert": (
-            f"INSERT INTO {{table}} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
+            f"INSERT INTO {{table}} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
             "ON CONFLICT (grain_type, grain_key, name) DO UPDATE SET "
             "start_at = EXCLUDED.start_at, period = EXCLUDED.period, etag = EXCLUDED.etag"
         ),
-        "remove": "DELETE FROM {table} WHERE grain_type = %s AND grain_key = %s AND name = %s",
+        "remove": "DELETE FROM {table} WHERE grain_type = $1 AND grain_key = $2 AND name = $3",
         "remove_etag": (
             "DELETE FROM {table} "
-            "WHERE grain_type = %s AND grain_key = %s AND name = %s AND etag = %s"
+            "WHERE grain_type = $1 AND grain_key = $2 AND name = $3 AND etag = $4"
         ),
     }
-    return {name: sql.SQL(text).format(table=table).as_bytes() for name, text in texts.items()}
+    return {
+        name: Statement(
+            f"tg_reminders_{name}".encode(), sql.SQL(text).format(table=table).as_bytes()
+        )
+        for name, text in texts.items()
+    }
 
 
 def _entry(row: tuple[Any, ...]) -> ReminderEntry:
@@ -66,7 +72,7 @@ class PostgresReminderTable(ReminderTable):
     """
 
     _db: Database
-    _sql: dict[str, bytes] = attrs.field(init=False)
+    _sql: dict[str, Statement] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._sql = _statements(self._db.options.schema)
@@ -77,28 +83,20 @@ class PostgresReminderTable(ReminderTable):
         return self._db
 
     async def read_all(self) -> list[ReminderEntry]:
-        def read_all(conn: Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(self._sql["all"]).fetchall()
-
-        return [_entry(row) for row in await self._db.run("reading all reminders", read_all)]
+        result = await self._db.execute("reading all reminders", self._sql["all"])
+        return [_entry(row) for row in result.rows]
 
     async def read_grain(self, grain_id: GrainId) -> list[ReminderEntry]:
         params = (str(grain_id.type), grain_id.key)
-
-        def read_grain(conn: Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(self._sql["grain"], params).fetchall()
-
-        rows = await self._db.run(f"reading the reminders of {grain_id}", read_grain)
-        return [_entry(row) for row in rows]
+        what = f"reading the reminders of {grain_id}"
+        result = await self._db.execute(what, self._sql["grain"], params)
+        return [_entry(row) for row in result.rows]
 
     async def read(self, grain_id: GrainId, name: str) -> ReminderEntry | None:
         params = (str(grain_id.type), grain_id.key, name)
-
-        def read(conn: Connection) -> tuple[Any, ...] | None:
-            return conn.execute(self._sql["one"], params).fetchone()
-
-        row = await self._db.run(f"reading reminder {name!r} of {grain_id}", read)
-        return None if row is None else _entry(row)
+        what = f"reading reminder {name!r} of {grain_id}"
+        rows = (await self._db.execute(what, self._sql["one"], params)).rows
+        return _entry(rows[0]) if rows else None
 
     async def upsert(self, entry: ReminderEntry) -> str:
         etag = uuid.uuid4().hex
@@ -110,19 +108,15 @@ class PostgresReminderTable(ReminderTable):
             float(entry.period),
             etag,
         )
-
-        def upsert(conn: Connection) -> None:
-            conn.execute(self._sql["upsert"], params)
-
-        await self._db.run(f"storing reminder {entry.name!r} of {entry.grain_id}", upsert)
+        what = f"storing reminder {entry.name!r} of {entry.grain_id}"
+        await self._db.execute(what, self._sql["upsert"], params)
         return etag
 
     async def remove(self, grain_id: GrainId, name: str, etag: str | None) -> bool:
         key = (str(grain_id.type), grain_id.key, name)
-
-        def remove(conn: Connection) -> bool:
-            if etag is None:
-                return conn.execute(self._sql["remove"], key).rowcount == 1
-            return conn.execute(self._sql["remove_etag"], (*key, etag)).rowcount == 1
-
-        return await self._db.run(f"removing reminder {name!r} of {grain_id}", remove)
+        what = f"removing reminder {name!r} of {grain_id}"
+        if etag is None:
+            result = await self._db.execute(what, self._sql["remove"], key)
+        else:
+            result = await self._db.execute(what, self._sql["remove_etag"], (*key, etag))
+        return result.rowcount == 1

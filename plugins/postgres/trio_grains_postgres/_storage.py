@@ -1,7 +1,7 @@
 """The ``postgres`` grain storage provider: one row per (state name, grain type, grain key).
 
 Compare-and-set is one atomic statement, so two silos writing the same record cannot both
-win: a write with an ETag is ``UPDATE ... WHERE <key> AND etag = %s`` and succeeded if it
+win: a write with an ETag is ``UPDATE ... WHERE <key> AND etag = $6`` and succeeded if it
 changed a row; a write expecting no record (ETag ``None``) is ``INSERT ... ON CONFLICT DO
 NOTHING`` and succeeded if it inserted one. Under PostgreSQL's row locks, of N writers
 holding the same ETag exactly one updates the row; the others see the new ETag and change
@@ -11,33 +11,35 @@ nothing. ETags are random 128-bit hex strings made by the provider.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import attrs
 from psycopg import sql
 
 from trio_grains import GrainId, GrainStorage, InconsistentStateError, StoredState
 
-from ._database import Connection, Database
+from ._database import Database
+from ._values import Statement
 
 __all__ = ["PostgresStorage"]
 
+_KEY = "state_name = $1 AND grain_type = $2 AND grain_key = $3"
+_STATEMENTS = {
+    "read": f"SELECT data, etag FROM {{table}} WHERE {_KEY}",
+    "etag": f"SELECT etag FROM {{table}} WHERE {_KEY}",
+    "insert": (
+        "INSERT INTO {table} (state_name, grain_type, grain_key, data, etag) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+    ),
+    "update": (f"UPDATE {{table}} SET data = $4, etag = $5 WHERE {_KEY} AND etag = $6"),
+    "delete": f"DELETE FROM {{table}} WHERE {_KEY} AND etag = $4",
+}
 
-def _statements(schema: str) -> dict[str, bytes]:
+
+def _statements(schema: str) -> dict[str, Statement]:
     table = sql.Identifier(schema, "grain_state")
-    key = sql.SQL("state_name = %s AND grain_type = %s AND grain_key = %s")
-    texts = {
-        "read": "SELECT data, etag FROM {table} WHERE {key}",
-        "etag": "SELECT etag FROM {table} WHERE {key}",
-        "insert": (
-            "INSERT INTO {table} (state_name, grain_type, grain_key, data, etag) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-        ),
-        "update": "UPDATE {table} SET data = %s, etag = %s WHERE {key} AND etag = %s",
-        "delete": "DELETE FROM {table} WHERE {key} AND etag = %s",
-    }
     return {
-        name: sql.SQL(text).format(table=table, key=key).as_bytes() for name, text in texts.items()
+        name: Statement(f"tg_state_{name}".encode(), sql.SQL(text).format(table=table).as_bytes())
+        for name, text in _STATEMENTS.items()
     }
 
 
@@ -54,7 +56,7 @@ class PostgresStorage(GrainStorage):
     """
 
     _db: Database
-    _sql: dict[str, bytes] = attrs.field(init=False)
+    _sql: dict[str, Statement] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._sql = _statements(self._db.options.schema)
@@ -66,54 +68,44 @@ class PostgresStorage(GrainStorage):
 
     async def read(self, state_name: str, grain_id: GrainId) -> StoredState | None:
         key = (state_name, str(grain_id.type), grain_id.key)
-
-        def read(conn: Connection) -> StoredState | None:
-            row = conn.execute(self._sql["read"], key, binary=True).fetchone()
-            return None if row is None else StoredState(bytes(row[0]), row[1])
-
-        return await self._db.run(f"reading {state_name!r} of {grain_id}", read)
+        what = f"reading {state_name!r} of {grain_id}"
+        rows = (await self._db.execute(what, self._sql["read"], key)).rows
+        return StoredState(rows[0][0], rows[0][1]) if rows else None
 
     async def write(self, state_name: str, grain_id: GrainId, data: bytes, etag: str | None) -> str:
         key = (state_name, str(grain_id.type), grain_id.key)
         new_etag = _new_etag()
-        data = bytes(data)
-
-        def write(conn: Connection) -> str:
-            if etag is None:
-                cur = conn.execute(self._sql["insert"], (*key, data, new_etag))
-            else:
-                cur = conn.execute(self._sql["update"], (data, new_etag, *key, etag))
-            if cur.rowcount != 1:
-                raise self._mismatch(conn, key, state_name, grain_id, etag)
-            return new_etag
-
-        return await self._db.run(f"writing {state_name!r} of {grain_id}", write)
+        what = f"writing {state_name!r} of {grain_id}"
+        if etag is None:
+            result = await self._db.execute(what, self._sql["insert"], (*key, data, new_etag))
+        else:
+            result = await self._db.execute(what, self._sql["update"], (*key, data, new_etag, etag))
+        if result.rowcount != 1:
+            raise await self._mismatch(what, key, state_name, grain_id, etag)
+        return new_etag
 
     async def clear(self, state_name: str, grain_id: GrainId, etag: str | None) -> None:
         key = (state_name, str(grain_id.type), grain_id.key)
+        what = f"clearing {state_name!r} of {grain_id}"
+        if etag is None:
+            rows = (await self._db.execute(what, self._sql["etag"], key)).rows
+            if rows:
+                raise _conflict(state_name, grain_id, None, rows[0][0])
+            return
+        if (await self._db.execute(what, self._sql["delete"], (*key, etag))).rowcount != 1:
+            raise await self._mismatch(what, key, state_name, grain_id, etag)
 
-        def clear(conn: Connection) -> None:
-            if etag is None:
-                row = conn.execute(self._sql["etag"], key).fetchone()
-                if row is not None:
-                    raise _conflict(state_name, grain_id, None, row[0])
-                return
-            if conn.execute(self._sql["delete"], (*key, etag)).rowcount != 1:
-                raise self._mismatch(conn, key, state_name, grain_id, etag)
-
-        await self._db.run(f"clearing {state_name!r} of {grain_id}", clear)
-
-    def _mismatch(
+    async def _mismatch(
         self,
-        conn: Connection,
-        key: tuple[Any, ...],
+        what: str,
+        key: tuple[str, str, str],
         state_name: str,
         grain_id: GrainId,
         expected: str | None,
     ) -> InconsistentStateError:
         # Only to name the stored ETag in the message: the decision was the statement's.
-        row = conn.execute(self._sql["etag"], key).fetchone()
-        return _conflict(state_name, grain_id, expected, None if row is None else row[0])
+        rows = (await self._db.execute(what, self._sql["etag"], key)).rows
+        return _conflict(state_name, grain_id, expected, rows[0][0] if rows else None)
 
 
 def _conflict(
