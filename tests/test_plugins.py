@@ -68,7 +68,9 @@ def test_builtins_register_through_the_hooks() -> None:
         BUILTIN_PLACEMENT,
         "trio_grains.builtin.memory",
         "trio_grains.builtin.sqlite",
+        "trio_grains.builtin.memory_streams",
     ]
+    assert plugins.streams.plugin_of("memory") == "trio_grains.builtin.memory_streams"
     assert plugins.storage.plugin_of("sqlite") == "trio_grains.builtin.sqlite"
     assert plugins.storage.plugin_of("memory") == "trio_grains.builtin.memory"
     assert plugins.reminders.plugin_of("memory") == "trio_grains.builtin.memory"
@@ -144,7 +146,7 @@ def test_unknown_name_lists_the_available_ones() -> None:
 
     with pytest.raises(PluginError, match="Did you mean 'redis'"):
         plugins.storage.get("rediss")
-    with pytest.raises(PluginError, match=r"unknown stream provider 'nats'; available: \(none\)"):
+    with pytest.raises(PluginError, match=r"unknown stream provider 'nats'; available: memory\."):
         plugins.streams.get("nats")
 
 

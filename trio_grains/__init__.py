@@ -71,6 +71,20 @@ from ._storage import PersistentState as PersistentState
 from ._storage import StorageError as StorageError
 from ._storage import StoredState as StoredState
 from ._storage import persistent_state as persistent_state
+from ._stream_agents import Stream as Stream
+from ._stream_agents import StreamProvider as StreamProvider
+from ._stream_agents import StreamSubscriptionHandle as StreamSubscriptionHandle
+from ._streams import DeadLetter as DeadLetter
+from ._streams import EncodedItem as EncodedItem
+from ._streams import ReceivedItem as ReceivedItem
+from ._streams import SequenceToken as SequenceToken
+from ._streams import StreamAdapter as StreamAdapter
+from ._streams import StreamError as StreamError
+from ._streams import StreamId as StreamId
+from ._streams import StreamOptions as StreamOptions
+from ._streams import StreamStatistics as StreamStatistics
+from ._streams import implicit_subscription as implicit_subscription
+from ._streams import partition_for as partition_for
 from .hookspecs import hookimpl as hookimpl
 
 __version__ = "0.1.0"
@@ -79,6 +93,8 @@ __all__ = [
     "SINGLETON_KEY",
     "ActivationCountPlacement",
     "ConfigError",
+    "DeadLetter",
+    "EncodedItem",
     "Grain",
     "GrainCallError",
     "GrainCallTimeoutError",
@@ -111,9 +127,11 @@ __all__ = [
     "ProviderContext",
     "ProviderRegistry",
     "RandomPlacement",
+    "ReceivedItem",
     "ReminderEntry",
     "ReminderTable",
     "RemoteGrainError",
+    "SequenceToken",
     "SerializationError",
     "Silo",
     "SiloConfig",
@@ -123,14 +141,24 @@ __all__ = [
     "SiloUnavailableError",
     "StorageError",
     "StoredState",
+    "Stream",
+    "StreamAdapter",
+    "StreamError",
+    "StreamId",
+    "StreamOptions",
+    "StreamProvider",
+    "StreamStatistics",
+    "StreamSubscriptionHandle",
     "TickStatus",
     "always_interleave",
     "collection_age",
     "escape_token",
     "grain_type",
     "hookimpl",
+    "implicit_subscription",
     "one_way",
     "open_silo",
+    "partition_for",
     "persistent_state",
     "placement",
     "read_only",

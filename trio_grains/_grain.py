@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 
-from ._exceptions import GrainKeyKindError, GrainTypeError
+from ._exceptions import ConfigError, GrainKeyKindError, GrainTypeError
 from ._ids import GrainId, GrainKey, GrainType
 from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY
 from ._storage import StateDeclaration, declarations
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._activation import Activation, GrainTimer
     from ._placement import PlacementStrategy
     from ._reminders import GrainReminder
+    from ._stream_agents import StreamProvider
 
 __all__ = [
     "Grain",
@@ -410,6 +411,23 @@ class Grain(GrainInterface):
         """This grain's reminders, by name."""
         act = self._activation
         return await act.runtime.reminder_service().list(act.grain_id)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def get_stream_provider(self, name: str = "default") -> StreamProvider:
+        """The silo's stream provider *name* (``[streams.<name>]``): ``get_stream(namespace,
+        key)`` on it gives a stream to publish to or to ``subscribe(self.method)`` to."""
+        from ._stream_agents import stream_providers_of
+
+        providers = stream_providers_of(self._activation.runtime)
+        try:
+            return providers[name]
+        except KeyError:
+            raise ConfigError(
+                f"no stream provider named {name!r} is running; running: "
+                f"{', '.join(sorted(providers)) or '(none)'}. Add it under [streams.{name}] "
+                "in the silo config"
+            ) from None
 
     # -- calling other grains --------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from ._plugins import Plugins, load_plugins
 from ._registry import ProviderContext, ProviderRegistry
 from ._reminders import ReminderService
 from ._serialization import Codec, make_converter
+from ._stream_agents import StreamProvider, check_implicit_providers
+from ._streams import StreamOptions
 
 __all__ = ["Silo", "SiloStatistics", "open_silo"]
 
@@ -71,6 +73,8 @@ class Silo:
         self._codec = Codec(self._converter)
         self._catalog = Catalog(config, registry, self._codec)
         self._providers: dict[tuple[str, str], Any] = {}
+        self._stream_options: dict[str, StreamOptions] = {}
+        self._stream_providers: dict[str, StreamProvider] = {}
 
     @property
     def name(self) -> str:
@@ -122,6 +126,14 @@ class Silo:
                 f"{', '.join(configured)}. Add it under [{kind}.{name}] in the silo config"
             ) from None
 
+    def get_stream_provider(self, name: str = "default") -> StreamProvider:
+        """The running stream provider configured as ``[streams.<name>]``."""
+        try:
+            return self._stream_providers[name]
+        except KeyError:
+            self.provider("streams", name)  # raises, listing the configured ones
+            raise ConfigError(f"stream provider {name!r} is not running") from None
+
     def statistics(self) -> SiloStatistics:
         catalog = self._catalog
         acts = catalog.activations()
@@ -149,6 +161,9 @@ class Silo:
         for kind, configured, registry in kinds:
             for name, pconf in configured.items():
                 factories.append((kind, name, pconf, registry.get(pconf.provider)))
+                if kind == "streams":
+                    self._stream_options[name] = StreamOptions.split(name, pconf.options)[0]
+        check_implicit_providers(self._registry, self._config.streams)
         for cls_type in self._registry.types():
             info = self._registry.get(cls_type)
             assert info is not None
@@ -170,7 +185,10 @@ class Silo:
                 cluster_id=self._config.cluster_id,
                 converter=self._converter,
             )
-            provider = await stack.enter_async_context(factory(ctx, dict(pconf.options)))
+            options = dict(pconf.options)
+            if kind == "streams":  # the core's options are not the adapter's business
+                options = StreamOptions.split(name, options)[1]
+            provider = await stack.enter_async_context(factory(ctx, options))
             self._providers[(kind, name)] = provider
             if kind == "storage":
                 self._catalog.storages[name] = (provider, pconf.provider)
@@ -217,6 +235,15 @@ async def open_silo(
                 )
                 await nursery.start(service.run)
                 silo._catalog.reminders = service
+                for name in config.streams:
+                    stream_provider = StreamProvider(
+                        name,
+                        silo.provider("streams", name),
+                        silo._stream_options[name],
+                        silo._catalog,
+                    )
+                    await nursery.start(stream_provider.run)
+                    silo._stream_providers[name] = stream_provider
                 try:
                     yield silo
                 except BaseException as exc:
@@ -224,6 +251,8 @@ async def open_silo(
                     raise
                 finally:
                     with trio.CancelScope(shield=True):
+                        for stream_provider in silo._stream_providers.values():
+                            await stream_provider.stop()  # hand held items back first
                         await silo._catalog.shutdown()
                     nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:

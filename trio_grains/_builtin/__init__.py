@@ -39,5 +39,10 @@ BUILTIN_PLUGINS: tuple[BuiltinPlugin, ...] = (
         module="trio_grains._builtin.sqlite",
         essential=False,
     ),
+    BuiltinPlugin(
+        name="trio_grains.builtin.memory_streams",
+        module="trio_grains._builtin.memory_streams",
+        essential=False,
+    ),
 )
 """Every built-in plugin, in registration order."""

@@ -1,7 +1,8 @@
 """Tools for testing grains and the providers that plugins ship.
 
 Conformance kits, in the spirit of ``trio.testing.check_two_way_stream`` and Orleans'
-storage TestKit: every storage provider and reminder table should pass them::
+storage TestKit: every storage provider, reminder table and stream adapter
+(:func:`check_stream_adapter`) should pass them::
 
     from trio_grains.testing import check_grain_storage
 
@@ -24,20 +25,28 @@ from ._storage_kit import STORAGE_DURABILITY_CHECKS as STORAGE_DURABILITY_CHECKS
 from ._storage_kit import StorageCheck as StorageCheck
 from ._storage_kit import StorageOpener as StorageOpener
 from ._storage_kit import check_grain_storage as check_grain_storage
+from ._stream_kit import STREAM_CHECKS as STREAM_CHECKS
+from ._stream_kit import StreamAdapterCheck as StreamAdapterCheck
+from ._stream_kit import StreamAdapterOpener as StreamAdapterOpener
+from ._stream_kit import check_stream_adapter as check_stream_adapter
 
 __all__ = [
     "REMINDER_CHECKS",
     "REMINDER_DURABILITY_CHECKS",
     "STORAGE_CHECKS",
     "STORAGE_DURABILITY_CHECKS",
+    "STREAM_CHECKS",
     "ReminderTableCheck",
     "ReminderTableOpener",
     "StorageCheck",
     "StorageOpener",
+    "StreamAdapterCheck",
+    "StreamAdapterOpener",
     "check_grain_storage",
     "check_reminder_table",
+    "check_stream_adapter",
 ]
 
-for _name in ("check_grain_storage", "check_reminder_table"):
+for _name in ("check_grain_storage", "check_reminder_table", "check_stream_adapter"):
     globals()[_name].__module__ = __name__
 del _name
