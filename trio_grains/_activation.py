@@ -78,7 +78,6 @@ class Activation:
     """The runtime's side of one activation of a grain."""
 
     __slots__ = (
-        "_dead_event",
         "_held",
         "_lot",
         "_nursery",
@@ -127,7 +126,6 @@ class Activation:
         self._pending_spawns: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None
         self._pending_spawns = None  # only while tasks wait for the activation's nursery
         self._worker_done: trio.Event | None = None
-        self._dead_event: trio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Activation {self.grain_id} {_STATE_NAMES[self.state]}>"
@@ -245,8 +243,6 @@ class Activation:
         self.runtime.forget(self)
         for call in self._take_pending():
             call.fail(error)
-        if self._dead_event is not None:
-            self._dead_event.set()
 
     async def _next_call(self) -> Call | None:
         if self._held is not None:
@@ -490,8 +486,6 @@ class Activation:
                 with trio.CancelScope(shield=True):
                     await self._worker_done.wait()
             self._redispatch_pending()
-            if self._dead_event is not None:
-                self._dead_event.set()
 
     def _cancel_nursery(self) -> None:
         if self._nursery is not None:
@@ -517,13 +511,6 @@ class Activation:
         for call in self._take_pending():
             if call.state != ABANDONED and call.method is not None:
                 self.runtime.redispatch(self.grain_id, self.info, call)
-
-    async def wait_dead(self) -> None:
-        if self.state == DEAD:
-            return
-        if self._dead_event is None:
-            self._dead_event = trio.Event()
-        await self._dead_event.wait()
 
 
 _BASE_ON_ACTIVATE = Grain.on_activate
