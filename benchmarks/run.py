@@ -32,6 +32,7 @@ from typing import Any
 import local_calls  # noqa: F401 - registers local-calls
 import nats_bench  # noqa: F401 - registers nats
 import storage  # noqa: F401 - registers storage
+import streams_bench  # noqa: F401 - registers streams
 from _runner import BENCHMARKS, Options
 
 # --- command line -------------------------------------------------------------------------

@@ -7,8 +7,8 @@ inbox; JSON bodies are nats-py's dataclasses (:mod:`nats.js.api`), which are loo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 import outcome
@@ -63,6 +63,39 @@ def _pub_ack(msg: Msg, subject: str) -> PubAck:
     if error is not None:
         raise api_error(error.get("description", ""), error.get("code"), error.get("err_code"))
     return PubAck.from_response(resp)
+
+
+def _pub_seq(msg: Msg, subject: str) -> int:
+    if msg.status == 503:
+        _pub_ack(msg, subject)  # raises the explanation
+    resp = json.loads(msg.data)
+    if "error" in resp:
+        _pub_ack(msg, subject)  # raises the API error
+    return int(resp["seq"])
+
+
+_T = TypeVar("_T")
+
+
+def _collect(
+    items: list[PublishItem | tuple[str, bytes]],
+    replies: list[Msg | None],
+    parse: Callable[[Msg, str], _T],
+) -> list[_T]:
+    results: list[_T] = []
+    errors: list[Exception] = []
+    for item, reply in zip(items, replies, strict=True):
+        subject = item[0] if type(item) is tuple else item.subject  # type: ignore[union-attr]
+        assert reply is not None
+        try:
+            results.append(parse(reply, subject))
+        except JetStreamError as exc:
+            errors.append(exc)
+    if errors:
+        first = errors[0]
+        first.add_note(f"{len(errors)} of {len(items)} publishes failed")
+        raise first
+    return results
 
 
 class _AckCollector:
@@ -204,8 +237,26 @@ class JetStream:
         the acks in order; if some publishes failed, raises the first error (with a note
         saying how many failed) after every ack arrived.
         """
-        conn = self._conn
         items = list(items)
+        replies = await self._publish_pipelined(items, max_in_flight)
+        return _collect(items, replies, _pub_ack)
+
+    async def publish_many_sequences(
+        self,
+        items: Iterable[PublishItem | tuple[str, bytes]],
+        *,
+        max_in_flight: int = 4000,
+    ) -> list[int]:
+        """As :meth:`publish_many`, but returns only the stream sequences (a duplicate's
+        is the original's), skipping the ``PubAck`` objects: the stream provider's path."""
+        items = list(items)
+        replies = await self._publish_pipelined(items, max_in_flight)
+        return _collect(items, replies, _pub_seq)
+
+    async def _publish_pipelined(
+        self, items: list[PublishItem | tuple[str, bytes]], max_in_flight: int
+    ) -> list[Msg | None]:
+        conn = self._conn
         collector = _AckCollector(len(items))
         requests = conn._requests
         prefix = conn._inbox_prefix_b
@@ -237,20 +288,7 @@ class JetStream:
             if collector.in_flight:
                 for token in tokens:
                     requests.pop(token, None)
-        acks: list[PubAck] = []
-        errors: list[Exception] = []
-        for item, reply in zip(items, collector.replies, strict=True):
-            subject = item[0] if type(item) is tuple else item.subject  # type: ignore[union-attr]
-            assert reply is not None
-            try:
-                acks.append(_pub_ack(reply, subject))
-            except JetStreamError as exc:
-                errors.append(exc)
-        if errors:
-            first = errors[0]
-            first.add_note(f"{len(errors)} of {len(items)} publishes failed")
-            raise first
-        return acks
+        return collector.replies
 
     # --- consuming ------------------------------------------------------------------
 

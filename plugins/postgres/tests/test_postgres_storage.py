@@ -283,7 +283,16 @@ async def test_connections_the_server_closed_are_replaced_unnoticed(
                 "WHERE application_name = %s",
                 (app,),
             ).fetchone()
-        assert killed == (2,)
+            assert killed == (2,)
+            # pg_terminate_backend only signals the backends: wait until they are gone, so
+            # the test is about connections the server *closed* (a write racing a backend
+            # that is still dying may fail, and must not be retried blindly: its outcome is
+            # unknown)
+            with trio.fail_after(10):
+                while admin.execute(  # noqa: ASYNC110 - polls the server: no event to wait on
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
+                ).fetchone() != (0,):
+                    await trio.sleep(0.01)
         # no StorageError: the closed connections are found before use and replaced
         etag = await storage.write(STATE, GID, b"v2", etag)
         assert await storage.read(STATE, GID) == StoredState(b"v2", etag)

