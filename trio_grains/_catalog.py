@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._reminders import ReminderService
     from ._serialization import Codec
     from ._storage import GrainStorage
+    from ._stream_agents import StreamProvider
 
 __all__ = ["Catalog"]
 
@@ -65,6 +66,8 @@ class Catalog:
         #: storage name -> (opened provider, provider name), set by the silo
         self.storages: dict[str, tuple[GrainStorage, str]] = {}
         self.reminders: ReminderService | None = None
+        #: stream provider name -> running provider (each registers itself while it runs)
+        self.streams: dict[str, StreamProvider] = {}
 
     def reminder_service(self) -> ReminderService:
         if self.reminders is None:

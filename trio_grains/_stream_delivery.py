@@ -1,0 +1,294 @@
+"""The pulling agent of one partition: receive, deliver in key order, retry, dead-letter, ack.
+
+See :mod:`trio_grains._stream_agents` for the whole runtime. An :class:`_Agent` holds at
+most ``max_in_flight`` items (the semaphore window is the backpressure), queues them per
+stream key, and runs one worker task per key with items, up to ``max_concurrent_keys`` of
+them at a time. A worker hands an item to every subscriber (:meth:`_Agent.process`),
+retrying failed subscribers in place with backoff, then acks it, or after
+``max_deliveries`` attempts publishes a :class:`~trio_grains._streams.DeadLetter` and
+terminates it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._exceptions import SerializationError
+from ._streams import DeadLetter, EncodedItem, ReceivedItem, StreamId
+
+if TYPE_CHECKING:
+    from ._stream_agents import StreamProvider
+    from ._stream_handles import _Target
+
+log = logging.getLogger("trio_grains.streams")
+
+
+def _describe_error(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
+async def call_target(runtime: StreamProvider, target: _Target, item: ReceivedItem) -> None:
+    """Decode *item* for *target* and call it once."""
+    value = runtime._codec.loads(item.data, target.item_type)
+    await target.call(value, item.token)
+
+
+async def deliver_with_retries(
+    runtime: StreamProvider, target: _Target, item: ReceivedItem
+) -> str | None:
+    """Call *target* with *item* until it returns or ``max_deliveries`` attempts failed
+    (a :class:`SerializationError` is not retried); the last error, or ``None``."""
+    options = runtime.options
+    for attempt in range(1, options.max_deliveries + 1):
+        try:
+            await call_target(runtime, target, item)
+            runtime.counts["delivered"] += 1
+            return None
+        except Exception as exc:
+            runtime.counts["failed"] += 1
+            error = f"{target.describe}: {_describe_error(exc)}"
+            if isinstance(exc, SerializationError) or attempt == options.max_deliveries:
+                return error
+        await trio.sleep(options.retry_delay(attempt))
+    return None  # max_deliveries >= 1: not reached
+
+
+class _Agent:
+    """The pulling agent of one partition."""
+
+    def __init__(self, runtime: StreamProvider, partition: int) -> None:
+        self.runtime = runtime
+        self.partition = partition
+        self.options = runtime.options
+        self.held: dict[int, ReceivedItem] = {}
+        self.queues: dict[StreamId, collections.deque[ReceivedItem]] = {}
+        self.slots = trio.Semaphore(self.options.max_in_flight)
+        self.keys = trio.CapacityLimiter(self.options.max_concurrent_keys)
+        self.overdraft = 0
+        self.lag: int | None = None
+        self.stopping = False
+        self.receiving = trio.CancelScope()
+        self.idle = trio.Event()
+        self.done = trio.Event()
+        #: items whose handlers returned, waiting for the acker's next adapter.ack call
+        self.acks: list[ReceivedItem] = []
+        self.acks_due = trio.Event()
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        adapter = self.runtime.adapter
+        try:
+            async with trio.open_nursery() as workers:
+                workers.start_soon(self._send_acks)
+                if adapter.progress_interval:
+                    workers.start_soon(self._keep_alive, adapter.progress_interval)
+                with self.receiving:
+                    await self._pull(workers)
+                if self.queues:
+                    with trio.move_on_after(self.options.drain_timeout):
+                        await self.idle.wait()
+                workers.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if self.acks:  # handled items are acked, not given back
+                    await self._ack_batch(self._take_acks())
+                for item in sorted(self.held.values(), key=lambda i: i.token):
+                    await self.give_back(item, 0.0)
+            self.done.set()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.receiving.cancel()
+        await self.done.wait()
+
+    async def _pull(self, workers: trio.Nursery) -> None:
+        adapter = self.runtime.adapter
+        failures = 0
+        while True:
+            await self.slots.acquire()
+            wanted = min(self.options.batch_size, self.slots.value + 1)
+            try:
+                batch = await adapter.receive(self.partition, wanted)
+                failures = 0
+            except Exception:
+                self._release_slot()
+                failures += 1
+                log.exception("receive from partition %d failed", self.partition)
+                await trio.sleep(min(self.options.max_backoff, 0.1 * 2**failures))
+                continue
+            if not batch:
+                self._release_slot()
+                continue
+            # No checkpoint from here on: a cancellation must not lose received items.
+            for n, item in enumerate(batch):
+                if n:
+                    try:
+                        self.slots.acquire_nowait()
+                    except trio.WouldBlock:  # the adapter returned more than asked for
+                        self.overdraft += 1
+                seq = item.token.sequence
+                if seq in self.held:  # the adapter redelivered what we still work on
+                    self._release_slot()
+                    continue
+                self.held[seq] = item
+                self.lag = item.pending
+                if item.attempt > 1:
+                    self.runtime.counts["redelivered"] += 1
+                queue = self.queues.get(item.stream_id)
+                if queue is None:
+                    queue = self.queues[item.stream_id] = collections.deque()
+                    self.idle = trio.Event()
+                    workers.start_soon(self._drain_key, item.stream_id, queue)
+                queue.append(item)
+
+    async def _drain_key(self, stream_id: StreamId, queue: collections.deque[ReceivedItem]) -> None:
+        try:
+            async with self.keys:
+                while queue and not self.stopping:
+                    await self.process(queue[0])
+                    queue.popleft()
+        finally:
+            if self.queues.get(stream_id) is queue and (not queue or self.stopping):
+                del self.queues[stream_id]
+            if not self.queues:
+                self.idle.set()
+
+    async def _keep_alive(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            if self.held:
+                try:
+                    await self.runtime.adapter.in_progress(list(self.held.values()))
+                except Exception:
+                    log.exception("in_progress on partition %d failed", self.partition)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def process(self, item: ReceivedItem) -> None:
+        """Deliver *item* to every subscriber, retrying; then ack or dead-letter it."""
+        runtime = self.runtime
+        counts = runtime.counts
+        done: set[Hashable] = set()
+        attempt = max(1, item.attempt)
+        while True:
+            errors: list[str] = []
+            fatal = False
+            for target in runtime._targets(item.stream_id):
+                if target.key in done:
+                    continue
+                sub = target.subscription
+                if sub is not None:
+                    if sub.replaying is not None:
+                        await sub.replaying.wait()
+                    if not sub.active or item.token.sequence <= sub.replayed_upto:
+                        continue
+                try:
+                    await call_target(runtime, target, item)
+                except Exception as exc:
+                    if sub is not None and not sub.active:
+                        continue  # it unsubscribed meanwhile
+                    counts["failed"] += 1
+                    errors.append(f"{target.describe}: {_describe_error(exc)}")
+                    fatal = fatal or isinstance(exc, SerializationError)
+                    log.debug("stream item %s failed in %s", item.token, target.describe)
+                else:
+                    counts["delivered"] += 1
+                    done.add(target.key)
+            if not errors:
+                self.ack(item)
+                return
+            if fatal or attempt >= self.options.max_deliveries:
+                await self._dead_letter(item, attempt, "; ".join(errors))
+                return
+            await trio.sleep(self.options.retry_delay(attempt))
+            attempt += 1
+            counts["redelivered"] += 1
+
+    async def _dead_letter(self, item: ReceivedItem, attempts: int, error: str) -> None:
+        log.warning(
+            "stream item %s of %s failed %d times; dead-lettered: %s",
+            item.token,
+            item.stream_id,
+            attempts,
+            error,
+        )
+        runtime = self.runtime
+        namespace = self.options.dead_letter_namespace
+        if namespace and item.stream_id.namespace != namespace:
+            letter = DeadLetter(item.stream_id, item.token, item.msg_id, item.data, attempts, error)
+            encoded = EncodedItem(
+                runtime._codec.dumps(letter), f"dead-letter:{item.msg_id}", {"error": error[:1000]}
+            )
+            try:
+                await runtime._publish(StreamId(namespace, item.stream_id.key), [encoded])
+            except Exception:
+                log.exception("dead letter of %s not published; it comes back", item.token)
+                await self.give_back(item, self.options.retry_delay(attempts))
+                return
+        runtime.counts["dead_lettered"] += 1
+        await self.settle(item, lambda: runtime.adapter.term(item, error))
+
+    # -- settling ---------------------------------------------------------------------------
+
+    async def settle(self, item: ReceivedItem, op: Callable[[], Awaitable[None]]) -> None:
+        """Run ack/term for *item*, then forget it (a failure is logged: the adapter will
+        deliver the item again, which at-least-once allows)."""
+        try:
+            await op()
+        except Exception:
+            log.exception("settling stream item %s failed", item.token)
+        # (when cancelled, the item stays held: the agent gives it back on its way out)
+        if self.held.pop(item.token.sequence, None) is not None:
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self.overdraft:
+            self.overdraft -= 1
+        else:
+            self.slots.release()
+
+    def ack(self, item: ReceivedItem) -> None:
+        """Ack *item*, whose handlers all returned: the acker task sends it (with every
+        other item acked meanwhile) in one ``adapter.ack`` call, then forgets it. It counts
+        as acked from now on: a failing ``adapter.ack`` is logged (the item comes back,
+        which at-least-once allows), and acks still pending when the agent stops are sent
+        before anything is given back."""
+        self.acks.append(item)
+        self.acks_due.set()
+        self.runtime.counts["acked"] += 1
+
+    def _take_acks(self) -> list[ReceivedItem]:
+        batch, self.acks = self.acks, []
+        self.acks_due = trio.Event()
+        return batch
+
+    async def _send_acks(self) -> None:
+        """The acker: wakes up after a round of workers acked items and acks them at once."""
+        while True:
+            await self.acks_due.wait()
+            batch = self._take_acks()
+            try:
+                await self._ack_batch(batch)
+            except BaseException:
+                self.acks[:0] = batch  # cancelled: acked on the agent's way out (idempotent)
+                raise
+
+    async def _ack_batch(self, batch: list[ReceivedItem]) -> None:
+        try:
+            await self.runtime.adapter.ack(batch)
+        except Exception:
+            log.exception("acking stream items %s failed", ", ".join(str(i.token) for i in batch))
+        held = self.held
+        for item in batch:
+            if held.pop(item.token.sequence, None) is not None:
+                self._release_slot()
+
+    async def give_back(self, item: ReceivedItem, delay: float) -> None:
+        await self.settle(item, lambda: self.runtime.adapter.nak(item, delay))
