@@ -16,6 +16,14 @@ Every error the runtime raises on purpose derives from :class:`GrainsError`::
     ├── ConfigError (ValueError)           bad configuration: says which key and how to fix it
     ├── PluginError                        duplicate or unknown provider names, bad plugins
     ├── SerializationError                 a value the silo's converter cannot encode or decode
+    ├── StorageError                       a storage provider failed (backend down, bad record)
+    │   └── InconsistentStateError         a write against a stale ETag: nothing was written
+    ├── StreamError                        a stream provider or subscription failed
+    ├── DirectoryError                     the grain directory's backend failed
+    ├── MembershipError                    cluster membership
+    │   ├── MembershipUnavailableError     the membership table is unreachable (retried)
+    │   ├── SiloAlreadyJoinedError         a live silo already uses this silo id
+    │   └── SiloDeclaredDeadError          this silo was declared dead: it must stop serving
     └── InternalError                      a bug in trio-grains: please report it
 
 An exception raised by a grain method reaches the caller as itself (same type), not
@@ -25,7 +33,15 @@ wrapped: ``except KeyError`` around a grain call works as it would around a plai
 from __future__ import annotations
 
 __all__ = [
+    "StreamError",
+    "StorageError",
+    "SiloDeclaredDeadError",
+    "SiloAlreadyJoinedError",
+    "MembershipUnavailableError",
+    "MembershipError",
+    "InconsistentStateError",
     "ConfigError",
+    "DirectoryError",
     "GrainCallError",
     "GrainCallTimeoutError",
     "GrainIdError",
@@ -112,4 +128,62 @@ class InternalError(GrainsError):
     """A bug in trio-grains itself.
 
     Please report it at the project's issue tracker with the traceback.
+    """
+
+
+class StorageError(GrainsError):
+    """A storage provider failed (backend down, unreadable record, ...).
+
+    Providers raise it (or a subclass) from their backend's errors, chained with
+    ``raise StorageError(...) from exc``. The activation that called stays healthy.
+    """
+
+
+class InconsistentStateError(StorageError):
+    """The record changed since this activation read it (its ETag is stale).
+
+    Nothing was overwritten and the grain's in-memory state is as it was. Typically another
+    activation of the grain wrote first: ``await state.read()`` to take its version, then
+    apply the change again.
+    """
+
+
+class StreamError(GrainsError):
+    """A stream operation failed: a provider error, or a feature the provider lacks.
+
+    Adapters raise it (or a subclass) from their backend's errors, chained with
+    ``raise StreamError(...) from exc``.
+    """
+
+
+class DirectoryError(GrainsError):
+    """A grain directory provider failed (backend down, an unreadable entry, ...).
+
+    Providers raise it from their backend's errors (``raise DirectoryError(...) from exc``).
+    """
+
+
+class MembershipError(GrainsError):
+    """A membership-table operation failed."""
+
+
+class MembershipUnavailableError(MembershipError):
+    """The membership table cannot be reached right now (a transient backend failure).
+
+    Table providers translate their backend's transport errors into this one; the
+    :class:`MembershipService` retries on it until ``dead_after`` runs out.
+    """
+
+
+class SiloAlreadyJoinedError(MembershipError):
+    """A silo id that is already in the table (and not ``DEAD``) tried to join.
+
+    Give every silo incarnation its own id (e.g. append a start time or a random suffix).
+    """
+
+
+class SiloDeclaredDeadError(MembershipError):
+    """This silo was declared dead by the cluster (or presumes so): it must stop serving.
+
+    Its activations may already be running on other silos. Restart it under a new silo id.
     """

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import attrs
 
-from ._exceptions import GrainsError
+from ._exceptions import InconsistentStateError, StorageError
 
 if TYPE_CHECKING:
     from ._activation import Activation
@@ -45,23 +45,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class StorageError(GrainsError):
-    """A storage provider failed (backend down, unreadable record, ...).
-
-    Providers raise it (or a subclass) from their backend's errors, chained with
-    ``raise StorageError(...) from exc``. The activation that called stays healthy.
-    """
-
-
-class InconsistentStateError(StorageError):
-    """The record changed since this activation read it (its ETag is stale).
-
-    Nothing was overwritten and the grain's in-memory state is as it was. Typically another
-    activation of the grain wrote first: ``await state.read()`` to take its version, then
-    apply the change again.
-    """
 
 
 @attrs.frozen

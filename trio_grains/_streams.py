@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from ._exceptions import ConfigError, GrainsError, GrainTypeError
+from ._exceptions import ConfigError, GrainTypeError, StreamError
 from ._ids import _check_key, encode_key
 
 __all__ = [
@@ -50,14 +50,6 @@ __all__ = [
 C = TypeVar("C", bound=type)
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-class StreamError(GrainsError):
-    """A stream operation failed: a provider error, or a feature the provider lacks.
-
-    Adapters raise it (or a subclass) from their backend's errors, chained with
-    ``raise StreamError(...) from exc``.
-    """
 
 
 # --- ids and tokens --------------------------------------------------------------------
