@@ -1,0 +1,227 @@
+"""The membership table on a KV bucket, and membership services on a real nats-server.
+
+Real time with small intervals; every wait is bounded by a generous ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import trio
+from trio_grains_nats import Connection, JetStream, connect
+from trio_grains_nats.membership import (
+    KvMembershipTable,
+    decode_silo_key,
+    encode_silo_key,
+    membership_bucket,
+)
+
+from trio_grains._membership import (
+    MembershipService,
+    MembershipView,
+    SiloAlreadyJoinedError,
+    SiloDeclaredDeadError,
+    SiloEntry,
+    SiloStatus,
+)
+
+INTERVAL = 0.1
+DEAD_AFTER = 0.5
+TTL = 3.0
+BOUND = 10.0  # generous: only a hang fails a test
+
+
+def _cluster() -> str:
+    return "c" + uuid.uuid4().hex[:10]
+
+
+def _entry(silo_id: str) -> SiloEntry:
+    return SiloEntry(silo_id, f"grains.silo.{silo_id}", roles=frozenset({"web"}))
+
+
+def _service(table: KvMembershipTable, silo_id: str) -> MembershipService:
+    return MembershipService(
+        table, _entry(silo_id), heartbeat_interval=INTERVAL, dead_after=DEAD_AFTER
+    )
+
+
+def _active_ids(view: MembershipView) -> list[str]:
+    return [e.silo_id for e in view.active()]
+
+
+def _gone_or_dead(silo_id: str) -> Callable[[MembershipView], bool]:
+    return lambda v: v.status_of(silo_id) in (SiloStatus.DEAD, None)
+
+
+def test_keys_and_bucket_names() -> None:
+    for silo_id in ["a", "silo-1_x", "10.0.0.1:11111@42", "été/=.*>"]:
+        key = encode_silo_key(silo_id)
+        assert all(c.isalnum() or c in "-_=" for c in key)
+        assert decode_silo_key(key) == silo_id
+    assert encode_silo_key("=") != "="
+    assert membership_bucket("prod") == "grains-membership-prod"
+    with pytest.raises(ValueError, match="cluster name"):
+        membership_bucket("a.b")
+
+
+async def test_table_contract(js: JetStream) -> None:
+    table = await KvMembershipTable.open(js, _cluster(), entry_ttl=TTL)
+    assert (await table.snapshot()).entries == {}
+    a = await table.join(_entry("10.0.0.1:1@7"))
+    assert (a.status, a.roles) == (SiloStatus.JOINING, frozenset({"web"}))
+    assert a.heartbeat_at > 0
+    with pytest.raises(SiloAlreadyJoinedError):
+        await table.join(_entry("10.0.0.1:1@7"))
+    b = await table.heartbeat(a.silo_id)
+    assert b.version > a.version
+    active = await table.set_status(a.silo_id, SiloStatus.ACTIVE)
+    assert active is not None
+    assert active.status is SiloStatus.ACTIVE
+    assert await table.set_status(a.silo_id, SiloStatus.DEAD, if_version=b.version) == active
+    dead = await table.set_status(a.silo_id, SiloStatus.DEAD, if_version=active.version)
+    assert dead is not None
+    assert dead.status is SiloStatus.DEAD
+    assert await table.set_status(a.silo_id, SiloStatus.DEAD) == dead
+    with pytest.raises(SiloDeclaredDeadError):
+        await table.heartbeat(a.silo_id)
+    with pytest.raises(SiloDeclaredDeadError):
+        await table.set_status(a.silo_id, SiloStatus.ACTIVE)
+    view = await table.snapshot()
+    assert view.get(a.silo_id) == dead
+    assert view.version == dead.version
+    rejoined = await table.join(_entry(a.silo_id))
+    assert rejoined.status is SiloStatus.JOINING
+    await table.leave(a.silo_id)
+    await table.leave(a.silo_id)
+    assert await table.set_status(a.silo_id, SiloStatus.DEAD) is None
+    with pytest.raises(SiloDeclaredDeadError, match="no longer"):
+        await table.heartbeat(a.silo_id)
+    again = await table.join(_entry(a.silo_id))  # after a leave
+    assert again.version > rejoined.version
+
+
+async def test_watch_and_ttl_expiry(js: JetStream) -> None:
+    table = await KvMembershipTable.open(js, _cluster(), entry_ttl=1)
+    await table.join(_entry("a"))
+    with trio.fail_after(BOUND):
+        async with table.watch() as views:
+            first = await views.__anext__()
+            assert list(first.entries) == ["a"]
+            await table.join(_entry("b"))
+            second = await views.__anext__()
+            assert list(second.entries) == ["a", "b"]
+            assert second.version > first.version
+            last = second
+            async for view in views:  # nobody heartbeats: both rows expire
+                assert view.version > last.version
+                last = view
+                if not view.entries:
+                    break
+    assert (await table.snapshot()).entries == {}
+
+
+async def test_services_on_one_connection(js: JetStream) -> None:
+    cluster = _cluster()
+    table = await KvMembershipTable.open(js, cluster, entry_ttl=TTL)
+    other_table = await KvMembershipTable.open(js, cluster, entry_ttl=TTL)  # same bucket
+    with trio.fail_after(BOUND):
+        async with _service(table, "a") as a, _service(other_table, "b") as b:
+            with trio.CancelScope() as crash:
+                async with _service(table, "c") as c:
+                    for service in (a, b, c):
+                        view = await service.wait_view(lambda v: len(v.active()) == 3)
+                        assert _active_ids(view) == ["a", "b", "c"]
+                    async with _service(table, "d"):  # joins and leaves gracefully
+                        await a.wait_view(lambda v: len(v.active()) == 4)
+                    await a.wait_view(lambda v: "d" not in v.entries)
+                    crash.cancel()  # c stops heartbeating, without leaving
+                    await trio.sleep_forever()
+            assert (await table.snapshot()).status_of("c") is SiloStatus.ACTIVE
+            for service in (a, b):
+                await service.wait_view(_gone_or_dead("c"))
+            assert a.silos_declared_dead + b.silos_declared_dead >= 1
+            await trio.sleep(DEAD_AFTER * 2)
+            assert _active_ids(a.view) == ["a", "b"]
+            assert not a.declared_dead.is_set()
+            assert not b.declared_dead.is_set()
+    assert (await table.snapshot()).alive() == []
+
+
+async def test_silo_declared_dead_by_others_stops(js: JetStream) -> None:
+    table = await KvMembershipTable.open(js, _cluster(), entry_ttl=TTL)
+    with trio.fail_after(BOUND):
+        async with _service(table, "a") as a:
+            victim = _service(table, "b")
+            with pytest.RaisesGroup(SiloDeclaredDeadError):
+                async with victim:
+                    await a.wait_view(lambda v: len(v.active()) == 2)
+                    await table.set_status("b", SiloStatus.DEAD)
+                    await trio.sleep_forever()
+            assert victim.declared_dead.is_set()
+            assert a.view.status_of("b") is SiloStatus.DEAD
+
+
+class FreezingProxy:
+    """A TCP relay to the server that can stop forwarding (a network partition)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._thawed = trio.Event()
+        self._thawed.set()
+
+    def freeze(self) -> None:
+        self._thawed = trio.Event()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async for data in src:
+                await self._thawed.wait()
+                await dst.send_all(data)
+        await dst.aclose()
+
+    async def handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server)
+            nursery.start_soon(self._pump, server, client)
+
+
+@contextlib.asynccontextmanager
+async def _proxied(nats_url: str) -> AsyncIterator[tuple[FreezingProxy, Connection]]:
+    proxy = FreezingProxy(int(nats_url.rsplit(":", 1)[1]))
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trio.serve_tcp, proxy.handle, 0, host="127.0.0.1")
+        listeners = await nursery.start(serve)
+        port = listeners[0].socket.getsockname()[1]
+        async with connect(f"nats://127.0.0.1:{port}", close_timeout=1.0) as nc:
+            yield proxy, nc
+        nursery.cancel_scope.cancel()
+
+
+async def test_cut_off_silo_is_declared_dead_and_stops(nats_url: str, js: JetStream) -> None:
+    cluster = _cluster()
+    table_a = await KvMembershipTable.open(js, cluster, entry_ttl=TTL)
+    with trio.fail_after(BOUND * 2):
+        async with _service(table_a, "a") as a, _proxied(nats_url) as (proxy, nc_b):
+            table_b = await KvMembershipTable.open(nc_b.jetstream(), cluster, entry_ttl=TTL)
+            b = _service(table_b, "b")
+            with pytest.RaisesGroup(pytest.RaisesExc(SiloDeclaredDeadError, match="presumes")):
+                async with b:
+                    await a.wait_view(lambda v: len(v.active()) == 2)
+                    await b.wait_view(lambda v: len(v.active()) == 2)
+                    proxy.freeze()  # b is cut off from NATS
+                    await trio.sleep_forever()
+            assert b.declared_dead.is_set()
+            await a.wait_view(_gone_or_dead("b"))
+            assert a.silos_declared_dead == 1
+            proxy.thaw()  # b's connection works again: the table tells it it is dead
+            with pytest.raises(SiloDeclaredDeadError):
+                await table_b.heartbeat("b")
+            assert _active_ids(a.view) == ["a"]

@@ -1,0 +1,266 @@
+"""Membership: the in-memory table and the per-silo service, on a virtual clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from trio_grains._membership import (
+    MembershipService,
+    MembershipView,
+    MemoryMembershipTable,
+    SiloAlreadyJoinedError,
+    SiloDeclaredDeadError,
+    SiloEntry,
+    SiloStatus,
+)
+
+INTERVAL = 1.0
+DEAD_AFTER = 5.0
+
+
+def _entry(silo_id: str, *roles: str) -> SiloEntry:
+    return SiloEntry(silo_id, f"grains.silo.{silo_id}", roles=frozenset(roles))
+
+
+def _service(table: MemoryMembershipTable, silo_id: str) -> MembershipService:
+    return MembershipService(
+        table, _entry(silo_id), heartbeat_interval=INTERVAL, dead_after=DEAD_AFTER
+    )
+
+
+def _active_ids(view: MembershipView) -> list[str]:
+    return [e.silo_id for e in view.active()]
+
+
+async def test_table_contract() -> None:
+    table = MemoryMembershipTable()
+    a = await table.join(_entry("a", "web"))
+    assert (a.status, a.roles, a.version) == (SiloStatus.JOINING, frozenset({"web"}), 1)
+    with pytest.raises(SiloAlreadyJoinedError, match="own id"):
+        await table.join(_entry("a"))
+    b = await table.heartbeat("a")
+    assert b.version > a.version
+    assert b.heartbeat_at >= a.heartbeat_at
+    active = await table.set_status("a", SiloStatus.ACTIVE)
+    assert active is not None
+    assert active.status is SiloStatus.ACTIVE
+    # a stale compare-and-set changes nothing
+    same = await table.set_status("a", SiloStatus.DEAD, if_version=b.version)
+    assert same == active
+    dead = await table.set_status("a", SiloStatus.DEAD, if_version=active.version)
+    assert dead is not None
+    assert dead.status is SiloStatus.DEAD
+    assert await table.set_status("a", SiloStatus.DEAD) == dead  # idempotent
+    with pytest.raises(SiloDeclaredDeadError):
+        await table.heartbeat("a")
+    with pytest.raises(SiloDeclaredDeadError):
+        await table.set_status("a", SiloStatus.ACTIVE)
+    rejoined = await table.join(_entry("a"))  # a DEAD row is replaced
+    assert rejoined.status is SiloStatus.JOINING
+    assert await table.set_status("nobody", SiloStatus.DEAD) is None
+    await table.leave("a")
+    await table.leave("a")
+    with pytest.raises(SiloDeclaredDeadError, match="no longer"):
+        await table.heartbeat("a")
+    view = await table.snapshot()
+    assert view.entries == {}
+    assert view.version > rejoined.version
+
+
+async def test_watch_yields_current_view_then_changes() -> None:
+    table = MemoryMembershipTable()
+    await table.join(_entry("a"))
+    async with table.watch() as views:
+        first = await views.__anext__()
+        assert list(first.entries) == ["a"]
+        await table.join(_entry("b"))
+        second = await views.__anext__()
+        assert list(second.entries) == ["a", "b"]
+        assert second.version > first.version
+        await table.leave("a")
+        third = await views.__anext__()
+        assert list(third.entries) == ["b"]
+        assert third.version > second.version
+
+
+async def test_three_silos_see_each_other(autojump_clock: trio.testing.MockClock) -> None:
+    table = MemoryMembershipTable()
+    async with _service(table, "a") as a, _service(table, "b") as b, _service(table, "c") as c:
+        for service in (a, b, c):
+            view = await service.wait_view(lambda v: len(v.active()) == 3)
+            assert _active_ids(view) == ["a", "b", "c"]
+            assert service.entry.status is SiloStatus.ACTIVE
+        versions = []
+        for _ in range(3):
+            versions.append(a.view.version)
+            await trio.sleep(INTERVAL * 2)  # heartbeats keep changing the table
+        assert versions == sorted(set(versions))
+        assert _active_ids(a.view) == ["a", "b", "c"]  # nobody declared dead
+        assert not any(s.declared_dead.is_set() for s in (a, b, c))
+
+
+async def test_graceful_leave_removes_the_silo(autojump_clock: trio.testing.MockClock) -> None:
+    table = MemoryMembershipTable()
+    async with _service(table, "a") as a:
+        async with _service(table, "b"):
+            await a.wait_view(lambda v: _active_ids(v) == ["a", "b"])
+        view = await a.wait_view(lambda v: "b" not in v.entries)
+        assert _active_ids(view) == ["a"]
+        assert a.silos_declared_dead == 0
+    assert (await table.snapshot()).entries == {}
+
+
+async def test_silo_that_stops_heartbeating_is_declared_dead(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    table = MemoryMembershipTable()
+    async with _service(table, "a") as a, _service(table, "b") as b:
+        with trio.CancelScope() as crash:
+            async with _service(table, "c"):
+                await a.wait_view(lambda v: len(v.active()) == 3)
+                crash.cancel()  # c vanishes without leaving
+                await trio.sleep_forever()
+        crashed_at = trio.current_time()
+        assert (await table.snapshot()).status_of("c") is SiloStatus.ACTIVE
+        for service in (a, b):
+            with trio.fail_after(DEAD_AFTER + 2 * INTERVAL):
+                await service.wait_view(lambda v: v.status_of("c") is SiloStatus.DEAD)
+        assert trio.current_time() - crashed_at <= DEAD_AFTER + 2 * INTERVAL
+        assert _active_ids(a.view) == ["a", "b"]
+        assert a.silos_declared_dead + b.silos_declared_dead >= 1
+        await trio.sleep(DEAD_AFTER * 2)  # the survivors stay alive
+        assert _active_ids(a.view) == ["a", "b"]
+
+
+async def test_silo_declared_dead_by_others_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    table = MemoryMembershipTable()
+    async with _service(table, "a") as a:
+        victim = _service(table, "b")
+        with pytest.RaisesGroup(pytest.RaisesExc(SiloDeclaredDeadError, match="declared dead")):
+            async with victim:
+                await a.wait_view(lambda v: len(v.active()) == 2)
+                await table.set_status("b", SiloStatus.DEAD)  # e.g. after a long pause
+                await trio.sleep_forever()  # the service cancels the body
+        assert victim.declared_dead.is_set()
+        assert victim.declared_dead_reason == "was declared dead by the cluster"
+        # it did not leave: the DEAD row stays for the others to see
+        assert (await table.snapshot()).status_of("b") is SiloStatus.DEAD
+        assert a.view.status_of("b") is SiloStatus.DEAD
+
+
+async def test_silo_removed_from_the_table_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    table = MemoryMembershipTable()
+    with pytest.RaisesGroup(SiloDeclaredDeadError):
+        async with _service(table, "a"):
+            await table.leave("a")  # e.g. its row expired
+            await trio.sleep_forever()
+
+
+async def test_join_of_a_live_duplicate_fails(autojump_clock: trio.testing.MockClock) -> None:
+    table = MemoryMembershipTable()
+    async with _service(table, "a"):
+        with pytest.raises(SiloAlreadyJoinedError):
+            async with _service(table, "a"):
+                pass  # pragma: no cover
+
+
+async def test_activate_false_stays_joining(autojump_clock: trio.testing.MockClock) -> None:
+    table = MemoryMembershipTable()
+    service = MembershipService(
+        table, _entry("a"), heartbeat_interval=INTERVAL, dead_after=DEAD_AFTER, activate=False
+    )
+    async with service:
+        assert service.view.status_of("a") is SiloStatus.JOINING
+        await trio.sleep(DEAD_AFTER * 2)  # heartbeats keep it alive while it starts
+        await service.set_status(SiloStatus.ACTIVE)
+        await service.wait_view(lambda v: _active_ids(v) == ["a"])
+
+
+def test_bad_intervals() -> None:
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        MembershipService(MemoryMembershipTable(), _entry("a"), heartbeat_interval=2, dead_after=1)
+
+
+@attrs.define(eq=False)
+class StallingWatchTable(MemoryMembershipTable):
+    """A table view whose first watch goes silent after its first view (a lost watch)."""
+
+    inner: MemoryMembershipTable = attrs.field(factory=MemoryMembershipTable)
+    watches: int = 0
+
+    async def join(self, entry: SiloEntry) -> SiloEntry:
+        return await self.inner.join(entry)
+
+    async def heartbeat(self, silo_id: str) -> SiloEntry:
+        return await self.inner.heartbeat(silo_id)
+
+    async def set_status(
+        self, silo_id: str, status: SiloStatus, *, if_version: int | None = None
+    ) -> SiloEntry | None:
+        return await self.inner.set_status(silo_id, status, if_version=if_version)
+
+    async def leave(self, silo_id: str) -> None:
+        await self.inner.leave(silo_id)
+
+    async def snapshot(self) -> MembershipView:
+        return await self.inner.snapshot()
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[MembershipView]]:
+        self.watches += 1
+        async with self.inner.watch() as views:
+            yield views if self.watches > 1 else _stall_after_first(views)
+
+
+async def _stall_after_first(views: AsyncIterator[MembershipView]) -> AsyncIterator[MembershipView]:
+    yield await views.__anext__()
+    await trio.sleep_forever()
+
+
+async def test_a_stale_watch_declares_nobody_dead_and_is_restarted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stalling = StallingWatchTable()
+    async with _service(stalling.inner, "b") as b, _service(stalling, "a") as a:
+        await trio.sleep(DEAD_AFTER * 3)
+        assert stalling.watches >= 2
+        assert (await stalling.snapshot()).status_of("b") is SiloStatus.ACTIVE
+        assert _active_ids(a.view) == ["a", "b"]
+        old = a.view.version
+        await a.wait_view(lambda v: v.version > old)  # fresh views again
+        assert not b.declared_dead.is_set()
+
+
+async def test_a_failed_start_leaves_the_table(autojump_clock: trio.testing.MockClock) -> None:
+    table = MemoryMembershipTable()
+    with trio.move_on_after(1) as scope:
+        async with _service(table, "a") as a:
+            await a.wait_view(lambda v: False)  # never
+    assert scope.cancelled_caught
+    assert (await table.snapshot()).status_of("a") is SiloStatus.ACTIVE
+    # cancelled after entering: no leave (a crash); now a failure while entering:
+    failing = StallingWatchTable()
+    failing.watches = 1  # its watch works, but activation is refused below
+    await failing.inner.join(_entry("b"))
+    await failing.inner.set_status("b", SiloStatus.DEAD)
+    service = _service(failing, "c")
+
+    async def refuse(silo_id: str, status: SiloStatus, *, if_version: int | None = None) -> None:
+        if status is SiloStatus.ACTIVE:
+            raise SiloDeclaredDeadError("refused")
+
+    failing.set_status = refuse  # type: ignore[method-assign]
+    with pytest.RaisesGroup(pytest.RaisesExc(SiloDeclaredDeadError, match="refused")):
+        async with service:
+            pass  # pragma: no cover
+    assert (await failing.snapshot()).status_of("c") is None
