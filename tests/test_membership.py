@@ -11,7 +11,6 @@ import trio
 import trio.testing
 
 from trio_grains._membership import (
-    MembershipService,
     MembershipView,
     MemoryMembershipTable,
     SiloAlreadyJoinedError,
@@ -19,6 +18,7 @@ from trio_grains._membership import (
     SiloEntry,
     SiloStatus,
 )
+from trio_grains._membership_service import MembershipService
 
 INTERVAL = 1.0
 DEAD_AFTER = 5.0

@@ -19,7 +19,7 @@ import trio
 
 from .._ids import GrainId
 from .._reminders import ReminderEntry, ReminderTable
-from ._storage_kit import expect_success, new_tag, run_checks, sample_grain_ids, show
+from ._kit_helpers import expect_success, new_tag, run_checks, sample_grain_ids, show
 
 __all__ = [
     "REMINDER_CHECKS",

@@ -29,7 +29,7 @@ from .._streams import (
     StreamId,
     partition_for,
 )
-from ._storage_kit import expect_success, new_tag, show, show_exc
+from ._kit_helpers import expect_success, new_tag, show, show_exc
 
 __all__ = [
     "QUIET",

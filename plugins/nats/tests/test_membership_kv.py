@@ -21,13 +21,13 @@ from trio_grains_nats.membership import (
 )
 
 from trio_grains._membership import (
-    MembershipService,
     MembershipView,
     SiloAlreadyJoinedError,
     SiloDeclaredDeadError,
     SiloEntry,
     SiloStatus,
 )
+from trio_grains._membership_service import MembershipService
 
 INTERVAL = 0.1
 DEAD_AFTER = 0.5
