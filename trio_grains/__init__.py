@@ -11,7 +11,6 @@ demand inside a silo that you embed in your Trio program::
         print(await silo.get_grain(HelloGrain, 0).say_hello("Good morning!"))
 """
 
-from ._activation import GrainTimer as GrainTimer
 from ._config import PluginsConfig as PluginsConfig
 from ._config import ProviderConfig as ProviderConfig
 from ._config import SiloConfig as SiloConfig
@@ -85,6 +84,7 @@ from ._streams import StreamOptions as StreamOptions
 from ._streams import StreamStatistics as StreamStatistics
 from ._streams import implicit_subscription as implicit_subscription
 from ._streams import partition_for as partition_for
+from ._timers import GrainTimer as GrainTimer
 from .hookspecs import hookimpl as hookimpl
 
 __version__ = "0.1.0"

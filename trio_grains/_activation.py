@@ -21,7 +21,6 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import outcome
 import trio
 
@@ -43,35 +42,13 @@ if TYPE_CHECKING:
     from ._grain import GrainClassInfo
     from ._ids import GrainId
 
-__all__ = ["ACTIVATING", "ACTIVE", "DEACTIVATING", "DEAD", "Activation", "GrainTimer"]
+__all__ = ["ACTIVATING", "ACTIVE", "DEACTIVATING", "DEAD", "Activation"]
 
 log = logging.getLogger("trio_grains.activation")
 
 ACTIVATING, ACTIVE, DEACTIVATING, DEAD = 0, 1, 2, 3
 _STATE_NAMES = ("activating", "active", "deactivating", "dead")
 _NO_DELAY = -math.inf  # one float shared by every activation that has no keep-alive
-
-
-@attrs.define(eq=False)
-class GrainTimer:
-    """Handle of a grain timer: ``cancel()`` stops it."""
-
-    name: str
-    _cancelled: bool = attrs.field(default=False, init=False)
-    _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
-    _pending: Call | None = attrs.field(default=None, init=False)
-
-    def cancel(self) -> None:
-        """Stop the timer; a tick waiting for its turn is dropped, a running one finishes."""
-        self._cancelled = True
-        if self._pending is not None and self._pending.state != RUNNING:
-            self._pending.abandon()
-        if self._scope is not None:
-            self._scope.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
 
 
 class Activation:
@@ -337,7 +314,7 @@ class Activation:
             self.end_turn(call.kind)
         call.finish(result)
 
-    # -- timers and background tasks ----------------------------------------------------------
+    # -- background tasks ----------------------------------------------------------
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self.state >= DEACTIVATING:
@@ -362,69 +339,6 @@ class Activation:
             log.exception(
                 "background task %s of %s raised", getattr(fn, "__qualname__", fn), self.grain_id
             )
-
-    def register_timer(
-        self,
-        callback: Callable[[], Awaitable[Any]],
-        *,
-        due: float,
-        period: float,
-        interleave: bool,
-        keep_alive: bool,
-        name: str | None,
-    ) -> GrainTimer:
-        if due < 0 or not period > 0:
-            raise ValueError(f"timer needs due >= 0 and period > 0, got due={due}, period={period}")
-        timer = GrainTimer(name or str(getattr(callback, "__qualname__", "timer")))
-        self.start_soon(self._run_timer, timer, callback, due, period, interleave, keep_alive)
-        return timer
-
-    async def _run_timer(
-        self,
-        timer: GrainTimer,
-        callback: Callable[[], Awaitable[Any]],
-        due: float,
-        period: float,
-        interleave: bool,
-        keep_alive: bool,
-    ) -> None:
-        with trio.CancelScope() as scope:
-            timer._scope = scope
-            if timer.cancelled:
-                return
-            await trio.sleep(due)
-            while not timer.cancelled and self.state == ACTIVE:
-                done = trio.Event()
-                result: list[outcome.Outcome[Any]] = []
-
-                def on_done(
-                    res: outcome.Outcome[Any],
-                    _d: trio.Event = done,
-                    _r: list[outcome.Outcome[Any]] = result,
-                ) -> None:
-                    _r.append(res)
-                    _d.set()
-
-                tick = Call(None, (), {}, fn=callback, label=f"{self.grain_id} timer {timer.name}")
-                tick.kind = INTERLEAVE if interleave else EXCLUSIVE
-                tick.on_done = on_done
-                touched = self.touched
-                timer._pending = tick
-                self.post(tick)
-                await done.wait()  # cancel() drops the tick if it has not started yet
-                timer._pending = None
-                if not keep_alive:
-                    self.touched = touched
-                if result and isinstance(result[0], outcome.Error):
-                    log.error(
-                        "timer %r of %s raised; the timer goes on",
-                        timer.name,
-                        self.grain_id,
-                        exc_info=result[0].error,
-                    )
-                if period == math.inf:
-                    break
-                await trio.sleep(period)
 
     def post_one_way(self, call: Call) -> None:
         call.on_done = log_one_way_outcome(call.describe())

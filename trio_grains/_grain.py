@@ -23,10 +23,11 @@ from ._storage import StateDeclaration, declarations
 if TYPE_CHECKING:
     import uuid
 
-    from ._activation import Activation, GrainTimer
+    from ._activation import Activation
     from ._placement import PlacementStrategy
     from ._reminders import GrainReminder
     from ._stream_agents import StreamProvider
+    from ._timers import GrainTimer
 
 __all__ = [
     "Grain",
@@ -369,7 +370,10 @@ class Grain(GrainInterface):
         activation; ``keep_alive=True`` makes ticks count as activity for idle collection.
         Returns a handle whose ``cancel()`` stops the timer.
         """
-        return self._activation.register_timer(
+        from ._timers import start_timer
+
+        return start_timer(
+            self._activation,
             callback,
             due=due,
             period=period,
