@@ -6,7 +6,6 @@ Real time with small intervals; every wait is bounded by a generous ``trio.fail_
 from __future__ import annotations
 
 import contextlib
-import functools
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -19,6 +18,7 @@ from trio_grains_nats.membership import (
     encode_silo_key,
     membership_bucket,
 )
+from trio_grains_nats.testing import FreezingRelay, run_freezing_relay
 
 from trio_grains._membership import (
     MembershipView,
@@ -165,44 +165,10 @@ async def test_silo_declared_dead_by_others_stops(js: JetStream) -> None:
             assert a.view.status_of("b") is SiloStatus.DEAD
 
 
-class FreezingProxy:
-    """A TCP relay to the server that can stop forwarding (a network partition)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._thawed = trio.Event()
-        self._thawed.set()
-
-    def freeze(self) -> None:
-        self._thawed = trio.Event()
-
-    def thaw(self) -> None:
-        self._thawed.set()
-
-    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            async for data in src:
-                await self._thawed.wait()
-                await dst.send_all(data)
-        await dst.aclose()
-
-    async def handle(self, client: trio.SocketStream) -> None:
-        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        async with client, server, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, client, server)
-            nursery.start_soon(self._pump, server, client)
-
-
 @contextlib.asynccontextmanager
-async def _proxied(nats_url: str) -> AsyncIterator[tuple[FreezingProxy, Connection]]:
-    proxy = FreezingProxy(int(nats_url.rsplit(":", 1)[1]))
-    async with trio.open_nursery() as nursery:
-        serve = functools.partial(trio.serve_tcp, proxy.handle, 0, host="127.0.0.1")
-        listeners = await nursery.start(serve)
-        port = listeners[0].socket.getsockname()[1]
-        async with connect(f"nats://127.0.0.1:{port}", close_timeout=1.0) as nc:
-            yield proxy, nc
-        nursery.cancel_scope.cancel()
+async def _proxied(nats_url: str) -> AsyncIterator[tuple[FreezingRelay, Connection]]:
+    async with run_freezing_relay(nats_url) as relay, connect(relay.url, close_timeout=1.0) as nc:
+        yield relay, nc
 
 
 async def test_cut_off_silo_is_declared_dead_and_stops(nats_url: str, js: JetStream) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from pathlib import Path
 
 import pytest
 import trio
 from trio_grains_nats import ConnectionClosedError, connect
-from trio_grains_nats.testing import free_port, run_nats_server
+from trio_grains_nats.testing import free_port, run_freezing_relay, run_nats_server
 
 
 async def _start(stack: contextlib.ExitStack, tmp: Path, port: int) -> str:
@@ -98,64 +97,31 @@ async def test_failover_to_the_next_server_of_the_list(tmp_path: Path) -> None:
         first.close()
 
 
-class FreezingProxy:
-    """A TCP relay to a real server that can stop forwarding (a network partition)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.connections = 0
-        self._thawed = trio.Event()
-        self._thawed.set()
-
-    def freeze(self) -> None:
-        self._thawed = trio.Event()
-
-    def thaw(self) -> None:
-        self._thawed.set()
-
-    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            async for data in src:
-                await self._thawed.wait()
-                await dst.send_all(data)
-        await dst.aclose()
-
-    async def handle(self, client: trio.SocketStream) -> None:
-        self.connections += 1
-        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        async with client, server, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, client, server)
-            nursery.start_soon(self._pump, server, client)
-
-
 async def test_unanswered_pings_mark_the_connection_stale_and_reconnect(
     tmp_path: Path,
 ) -> None:
     stack = contextlib.ExitStack()
     url = await _start(stack, tmp_path, free_port())
-    proxy = FreezingProxy(int(url.rsplit(":", 1)[1]))
     try:
-        async with trio.open_nursery() as nursery:
-            serve = functools.partial(trio.serve_tcp, proxy.handle, 0, host="127.0.0.1")
-            listeners = await nursery.start(serve)
-            proxy_port = listeners[0].socket.getsockname()[1]
-            async with connect(
-                f"nats://127.0.0.1:{proxy_port}",
+        async with (
+            run_freezing_relay(url) as relay,
+            connect(
+                relay.url,
                 ping_interval=0.1,
                 max_outstanding_pings=2,
                 reconnect_wait=0.05,
                 max_reconnect_attempts=-1,
-            ) as nc:
-                sub = await nc.subscribe("p.x")
-                proxy.freeze()  # PINGs now go unanswered
-                await _wait_until(lambda: not nc.statistics().connected)
-                proxy.thaw()
-                await _wait_until(lambda: nc.statistics().connected)
-                assert nc.statistics().reconnects >= 1
-                assert proxy.connections >= 2
-                await nc.publish("p.x", b"after")
-                with trio.fail_after(10):
-                    assert (await sub.next_msg()).data == b"after"
-            nursery.cancel_scope.cancel()
+            ) as nc,
+        ):
+            sub = await nc.subscribe("p.x")
+            relay.freeze()  # PINGs now go unanswered
+            await _wait_until(lambda: not nc.statistics().connected)
+            relay.thaw()
+            await _wait_until(lambda: nc.statistics().connected)
+            assert nc.statistics().reconnects >= 1
+            assert relay.connections >= 2
+            await nc.publish("p.x", b"after")
+            with trio.fail_after(10):
+                assert (await sub.next_msg()).data == b"after"
     finally:
         stack.close()

@@ -14,10 +14,19 @@ import socket
 import subprocess
 import sysconfig
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["NatsServerUnavailable", "free_port", "nats_server_binary", "run_nats_server"]
+import trio
+
+__all__ = [
+    "FreezingRelay",
+    "NatsServerUnavailable",
+    "free_port",
+    "nats_server_binary",
+    "run_freezing_relay",
+    "run_nats_server",
+]
 
 
 class NatsServerUnavailable(RuntimeError):
@@ -103,3 +112,49 @@ def run_nats_server(
             proc.kill()
             proc.wait()
         log.close()
+
+
+class FreezingRelay:
+    """A TCP relay to a real server that can stop forwarding: a network partition in tests.
+
+    Start one with :func:`run_freezing_relay`; connect to :attr:`url` instead of the
+    server's. ``freeze()`` holds every byte in both directions until ``thaw()``.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.url = ""
+        self.connections = 0
+        self._thawed = trio.Event()
+        self._thawed.set()
+
+    def freeze(self) -> None:
+        self._thawed = trio.Event()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async for data in src:
+                await self._thawed.wait()
+                await dst.send_all(data)
+        await dst.aclose()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server)
+            nursery.start_soon(self._pump, server, client)
+
+
+@contextlib.asynccontextmanager
+async def run_freezing_relay(server_url: str) -> AsyncIterator[FreezingRelay]:
+    """Relay loopback connections to *server_url* for the ``async with`` block."""
+    relay = FreezingRelay(int(server_url.rsplit(":", 1)[1]))
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, relay._handle, 0)
+        relay.url = f"nats://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        yield relay
+        nursery.cancel_scope.cancel()
