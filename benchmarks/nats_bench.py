@@ -196,17 +196,3 @@ def nats_bench(opts: Options, emit: Emit) -> None:
     with tempfile.TemporaryDirectory() as tmp, run_nats_server(tmp) as url:
         log(f"nats-server at {url}")
         trio.run(_run_all, opts, emit, url)
-
-
-if __name__ == "__main__":  # a local run without run.py: python benchmarks/nats_bench.py
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--mode", action="append", default=[])
-    args = parser.parse_args()
-    nats_bench(
-        Options(quick=args.quick, rounds=args.rounds, modes=frozenset(args.mode)),
-        lambda line: print(json.dumps(line), flush=True),
-    )

@@ -15,7 +15,6 @@ directory), same run, alternating rounds. Target ratio >= 0.6.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import uuid
@@ -175,16 +174,3 @@ def streams_bench(opts: Options, emit: Emit) -> None:
     with tempfile.TemporaryDirectory() as tmp, run_nats_server(tmp) as url:
         log(f"nats-server at {url}")
         trio.run(_run, opts, emit, url)
-
-
-if __name__ == "__main__":  # a local run without run.py: python benchmarks/streams_bench.py
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    streams_bench(
-        Options(quick=args.quick, rounds=args.rounds),
-        lambda line: print(json.dumps(line), flush=True),
-    )
