@@ -66,8 +66,13 @@ async def create_key_value(
     storage: StorageType = StorageType.FILE,
     replicas: int = 1,
     allow_msg_ttl: bool = True,
+    delete_markers_ttl: float | None = None,
 ) -> KeyValue:
-    """Create the bucket (or return it if it exists with the same settings)."""
+    """Create the bucket (or return it if it exists with the same settings).
+
+    ``delete_markers_ttl``: when a key's per-message TTL expires, the server writes a delete
+    marker (kept this many seconds), so watchers see expired keys go away.
+    """
     config = StreamConfig(
         name=f"KV_{bucket}",
         subjects=[f"$KV.{bucket}.>"],
@@ -82,6 +87,7 @@ async def create_key_value(
         allow_direct=True,
         duplicate_window=min(ttl, 120.0) if ttl else 120.0,
         allow_msg_ttl=allow_msg_ttl or None,
+        subject_delete_marker_ttl=delete_markers_ttl,
     )
     await js.add_stream(config)
     return KeyValue(js, bucket)

@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 import trio
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import StorageType
 
 from trio_grains._membership import (
     MembershipTable,
@@ -45,7 +45,7 @@ from ._exceptions import (
     WrongLastSequenceError,
 )
 from ._jetstream import JetStream
-from ._kv import KeyValue, KvEntry
+from ._kv import KeyValue, KvEntry, create_key_value
 
 __all__ = ["KvMembershipTable", "decode_silo_key", "encode_silo_key", "membership_bucket"]
 
@@ -147,23 +147,11 @@ class KvMembershipTable(MembershipTable):
         """Create (or reuse) the bucket of *cluster* and return its table."""
         bucket = membership_bucket(cluster)
         ttl = max(1, math.ceil(entry_ttl))
-        config = StreamConfig(
-            name=f"KV_{bucket}",
-            subjects=[f"$KV.{bucket}.>"],
-            max_msgs_per_subject=1,
-            storage=storage,
-            num_replicas=replicas,
-            discard=DiscardPolicy.NEW,
-            allow_rollup_hdrs=True,
-            deny_delete=True,
-            allow_direct=True,
-            duplicate_window=min(float(ttl), 120.0),
-            allow_msg_ttl=True,
-            subject_delete_marker_ttl=float(ttl),
-        )
         with _translated():
-            await js.add_stream(config)
-        return cls(KeyValue(js, bucket), js, float(ttl))
+            kv = await create_key_value(
+                js, bucket, storage=storage, replicas=replicas, delete_markers_ttl=float(ttl)
+            )
+        return cls(kv, js, float(ttl))
 
     async def _get(self, silo_id: str) -> SiloEntry | None:
         try:
