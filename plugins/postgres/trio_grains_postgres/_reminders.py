@@ -7,48 +7,36 @@ is one ``INSERT ... ON CONFLICT DO UPDATE`` with a fresh ETag; a removal with an
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import attrs
-from psycopg import sql
 
 from trio_grains import GrainId, GrainIdError, GrainType, ReminderEntry, ReminderTable, StorageError
 
 from ._database import Database
-from ._values import Statement
+from ._values import Statement, new_etag, table_statements
 
 __all__ = ["PostgresReminderTable"]
 
 _COLUMNS = "grain_type, grain_key, name, start_at, period, etag"
 
 
-def _statements(schema: str) -> dict[str, Statement]:
-    table = sql.Identifier(schema, "reminders")
-    texts = {
-        "all": f"SELECT {_COLUMNS} FROM {{table}}",
-        "grain": f"SELECT {_COLUMNS} FROM {{table}} WHERE grain_type = $1 AND grain_key = $2",
-        "one": (
-            f"SELECT {_COLUMNS} FROM {{table}} "
-            "WHERE grain_type = $1 AND grain_key = $2 AND name = $3"
-        ),
-        "upsert": (
-            f"INSERT INTO {{table}} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
-            "ON CONFLICT (grain_type, grain_key, name) DO UPDATE SET "
-            "start_at = EXCLUDED.start_at, period = EXCLUDED.period, etag = EXCLUDED.etag"
-        ),
-        "remove": "DELETE FROM {table} WHERE grain_type = $1 AND grain_key = $2 AND name = $3",
-        "remove_etag": (
-            "DELETE FROM {table} "
-            "WHERE grain_type = $1 AND grain_key = $2 AND name = $3 AND etag = $4"
-        ),
-    }
-    return {
-        name: Statement(
-            f"tg_reminders_{name}".encode(), sql.SQL(text).format(table=table).as_bytes()
-        )
-        for name, text in texts.items()
-    }
+_STATEMENTS = {
+    "all": f"SELECT {_COLUMNS} FROM {{table}}",
+    "grain": f"SELECT {_COLUMNS} FROM {{table}} WHERE grain_type = $1 AND grain_key = $2",
+    "one": (
+        f"SELECT {_COLUMNS} FROM {{table}} WHERE grain_type = $1 AND grain_key = $2 AND name = $3"
+    ),
+    "upsert": (
+        f"INSERT INTO {{table}} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (grain_type, grain_key, name) DO UPDATE SET "
+        "start_at = EXCLUDED.start_at, period = EXCLUDED.period, etag = EXCLUDED.etag"
+    ),
+    "remove": "DELETE FROM {table} WHERE grain_type = $1 AND grain_key = $2 AND name = $3",
+    "remove_etag": (
+        "DELETE FROM {table} WHERE grain_type = $1 AND grain_key = $2 AND name = $3 AND etag = $4"
+    ),
+}
 
 
 def _entry(row: tuple[Any, ...]) -> ReminderEntry:
@@ -75,7 +63,7 @@ class PostgresReminderTable(ReminderTable):
     _sql: dict[str, Statement] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._sql = _statements(self._db.options.schema)
+        self._sql = table_statements("reminders", self._db.options.schema, "reminders", _STATEMENTS)
 
     @property
     def database(self) -> Database:
@@ -99,7 +87,7 @@ class PostgresReminderTable(ReminderTable):
         return _entry(rows[0]) if rows else None
 
     async def upsert(self, entry: ReminderEntry) -> str:
-        etag = uuid.uuid4().hex
+        etag = new_etag()
         params = (
             str(entry.grain_id.type),
             entry.grain_id.key,

@@ -10,15 +10,12 @@ nothing. ETags are random 128-bit hex strings made by the provider.
 
 from __future__ import annotations
 
-import uuid
-
 import attrs
-from psycopg import sql
 
 from trio_grains import GrainId, GrainStorage, InconsistentStateError, StoredState
 
 from ._database import Database
-from ._values import Statement
+from ._values import Statement, new_etag, table_statements
 
 __all__ = ["PostgresStorage"]
 
@@ -35,18 +32,6 @@ _STATEMENTS = {
 }
 
 
-def _statements(schema: str) -> dict[str, Statement]:
-    table = sql.Identifier(schema, "grain_state")
-    return {
-        name: Statement(f"tg_state_{name}".encode(), sql.SQL(text).format(table=table).as_bytes())
-        for name, text in _STATEMENTS.items()
-    }
-
-
-def _new_etag() -> str:
-    return uuid.uuid4().hex
-
-
 @attrs.define(eq=False)
 class PostgresStorage(GrainStorage):
     """Grain state in the ``grain_state`` table of a PostgreSQL schema.
@@ -59,7 +44,7 @@ class PostgresStorage(GrainStorage):
     _sql: dict[str, Statement] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._sql = _statements(self._db.options.schema)
+        self._sql = table_statements("state", self._db.options.schema, "grain_state", _STATEMENTS)
 
     @property
     def database(self) -> Database:
@@ -74,15 +59,15 @@ class PostgresStorage(GrainStorage):
 
     async def write(self, state_name: str, grain_id: GrainId, data: bytes, etag: str | None) -> str:
         key = (state_name, str(grain_id.type), grain_id.key)
-        new_etag = _new_etag()
+        fresh = new_etag()
         what = f"writing {state_name!r} of {grain_id}"
         if etag is None:
-            result = await self._db.execute(what, self._sql["insert"], (*key, data, new_etag))
+            result = await self._db.execute(what, self._sql["insert"], (*key, data, fresh))
         else:
-            result = await self._db.execute(what, self._sql["update"], (*key, data, new_etag, etag))
+            result = await self._db.execute(what, self._sql["update"], (*key, data, fresh, etag))
         if result.rowcount != 1:
             raise await self._mismatch(what, key, state_name, grain_id, etag)
-        return new_etag
+        return fresh
 
     async def clear(self, state_name: str, grain_id: GrainId, etag: str | None) -> None:
         key = (state_name, str(grain_id.type), grain_id.key)

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import attrs
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 
 __all__ = [
+    "new_etag",
+    "table_statements",
     "BINARY",
     "COMMAND_OK",
     "EMPTY_QUERY",
@@ -61,6 +64,24 @@ class Statement:
 
     name: bytes
     text: bytes
+
+
+def table_statements(
+    prefix: str, schema: str, table: str, texts: Mapping[str, str]
+) -> dict[str, Statement]:
+    """*texts* with ``{table}`` set to ``schema.table``, named ``tg_<prefix>_<key>``."""
+    identifier = sql.Identifier(schema, table)
+    return {
+        name: Statement(
+            f"tg_{prefix}_{name}".encode(), sql.SQL(text).format(table=identifier).as_bytes()
+        )
+        for name, text in texts.items()
+    }
+
+
+def new_etag() -> str:
+    """A fresh ETag: random, so a stale writer can never match a re-created record."""
+    return uuid.uuid4().hex
 
 
 @attrs.frozen
