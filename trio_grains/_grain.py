@@ -421,9 +421,7 @@ class Grain(GrainInterface):
     def get_stream_provider(self, name: str = "default") -> StreamProvider:
         """The silo's stream provider *name* (``[streams.<name>]``): ``get_stream(namespace,
         key)`` on it gives a stream to publish to or to ``subscribe(self.method)`` to."""
-        from ._stream_agents import stream_providers_of
-
-        providers = stream_providers_of(self._activation.runtime)
+        providers = self._activation.runtime.streams
         try:
             return providers[name]
         except KeyError:

@@ -46,6 +46,17 @@ class SiloStatistics:
     waiting_callers: int
 
 
+@attrs.frozen
+class _Resolved:
+    """A configured provider, looked up: what to open, with which options."""
+
+    kind: str  # "storage", "streams" or "reminders"
+    name: str  # the configured instance name ("default", ...)
+    provider: str  # the registered provider name ("sqlite", ...)
+    factory: Any
+    options: dict[str, Any]  # for the factory (the core's stream options taken out)
+
+
 def _import_grain_class(path: str) -> type:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
@@ -149,7 +160,7 @@ class Silo:
     def __repr__(self) -> str:
         return f"<Silo {self.name!r} cluster={self._config.cluster_id!r}>"
 
-    def _resolve_providers(self) -> list[tuple[str, str, ProviderConfig, Any]]:
+    def _resolve_providers(self) -> list[_Resolved]:
         """Look every configured provider up by name (unknown names fail here, listing all)."""
         storage = {"default": ProviderConfig(provider="memory"), **self._config.storage}
         kinds: list[tuple[str, Mapping[str, ProviderConfig], ProviderRegistry[Any]]] = [
@@ -160,9 +171,11 @@ class Silo:
         factories = []
         for kind, configured, registry in kinds:
             for name, pconf in configured.items():
-                factories.append((kind, name, pconf, registry.get(pconf.provider)))
-                if kind == "streams":
-                    self._stream_options[name] = StreamOptions.split(name, pconf.options)[0]
+                options = dict(pconf.options)
+                if kind == "streams":  # the core's options are not the adapter's business
+                    self._stream_options[name], options = StreamOptions.split(name, options)
+                factory = registry.get(pconf.provider)
+                factories.append(_Resolved(kind, name, pconf.provider, factory, options))
         check_implicit_providers(self._registry, self._config.streams)
         for cls_type in self._registry.types():
             info = self._registry.get(cls_type)
@@ -177,21 +190,23 @@ class Silo:
                     )
         return factories
 
-    async def _open_providers(self, stack: contextlib.AsyncExitStack) -> None:
-        for kind, name, pconf, factory in self._resolve_providers():
+    async def _open_providers(
+        self,
+        stack: contextlib.AsyncExitStack,
+        factories: list[_Resolved],
+    ) -> None:
+        for resolved in factories:
+            kind, name = resolved.kind, resolved.name
             ctx = ProviderContext(
                 name=name,
                 silo_name=self.name,
                 cluster_id=self._config.cluster_id,
                 converter=self._converter,
             )
-            options = dict(pconf.options)
-            if kind == "streams":  # the core's options are not the adapter's business
-                options = StreamOptions.split(name, options)[1]
-            provider = await stack.enter_async_context(factory(ctx, options))
+            provider = await stack.enter_async_context(resolved.factory(ctx, resolved.options))
             self._providers[(kind, name)] = provider
             if kind == "storage":
-                self._catalog.storages[name] = (provider, pconf.provider)
+                self._catalog.storages[name] = (provider, resolved.provider)
 
 
 @contextlib.asynccontextmanager
@@ -220,11 +235,12 @@ async def open_silo(
         registry.register(cls)
     loaded.placement.get(config.default_placement)  # an unknown name fails here, listing all
     silo = Silo(config, loaded, registry)
-    silo._resolve_providers()
+    factories = silo._resolve_providers()
     body_error: BaseException | None = None
     try:
         async with contextlib.AsyncExitStack() as providers:
-            await silo._open_providers(providers)  # outside the nursery: errors stay unwrapped
+            # outside the nursery, so that a provider's error is raised unwrapped
+            await silo._open_providers(providers, factories)
             async with trio.open_nursery() as nursery:
                 await nursery.start(silo._catalog.run)
                 service = ReminderService(

@@ -70,18 +70,12 @@ __all__ = [
     "StreamProvider",
     "StreamSubscriptionHandle",
     "check_implicit_providers",
-    "stream_providers_of",
 ]
 
 log = logging.getLogger("trio_grains.streams")
 
 #: implicit subscribers built per stream id, kept for the most recent streams
 _IMPLICIT_TARGETS_CACHED = 4096
-
-
-def stream_providers_of(catalog: Catalog) -> dict[str, StreamProvider]:
-    """The running stream providers of the silo owning *catalog* (grains reach them so)."""
-    return catalog.streams
 
 
 def check_implicit_providers(registry: GrainClassRegistry, configured: Iterable[str]) -> None:
