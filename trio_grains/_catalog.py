@@ -127,7 +127,9 @@ class Catalog:
                 )
             )
         ):
-            # Turn stealing: the turn runs in this task, nothing is queued or replied.
+            # Turn stealing: the turn runs in this task, nothing is queued or replied. The
+            # condition is Activation.may_start() plus "nothing queued ahead", inlined (and
+            # begin_turn below) because this is the hot path: keep the two in step.
             act.running += 1
             if kind != READ_ONLY:
                 act.writers += 1
@@ -174,6 +176,7 @@ class Catalog:
             finally:
                 act.end_turn(kind)
         if act.may_start(kind) and (act.queued == 0 or kind == INTERLEAVE):
+            # Reached with isolate_local_calls (invoke's inlined fast path is off then).
             act.begin_turn(kind)
             try:
                 return await method.func(act.grain, *args, **kwargs)
