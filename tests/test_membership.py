@@ -201,8 +201,8 @@ class StallingWatchTable(MemoryMembershipTable):
     async def join(self, entry: SiloEntry) -> SiloEntry:
         return await self.inner.join(entry)
 
-    async def heartbeat(self, silo_id: str) -> SiloEntry:
-        return await self.inner.heartbeat(silo_id)
+    async def heartbeat(self, silo_id: str, *, load: int | None = None) -> SiloEntry:
+        return await self.inner.heartbeat(silo_id, load=load)
 
     async def set_status(
         self, silo_id: str, status: SiloStatus, *, if_version: int | None = None

@@ -14,7 +14,11 @@ demand inside a silo that you embed in your Trio program::
 from ._config import PluginsConfig as PluginsConfig
 from ._config import ProviderConfig as ProviderConfig
 from ._config import SiloConfig as SiloConfig
+from ._directory import DirectoryEntry as DirectoryEntry
+from ._directory import GrainDirectory as GrainDirectory
+from ._directory import MemoryGrainDirectory as MemoryGrainDirectory
 from ._exceptions import ConfigError as ConfigError
+from ._exceptions import DirectoryError as DirectoryError
 from ._exceptions import GrainCallError as GrainCallError
 from ._exceptions import GrainCallTimeoutError as GrainCallTimeoutError
 from ._exceptions import GrainIdError as GrainIdError
@@ -23,9 +27,13 @@ from ._exceptions import GrainMethodError as GrainMethodError
 from ._exceptions import GrainsError as GrainsError
 from ._exceptions import GrainTypeError as GrainTypeError
 from ._exceptions import InternalError as InternalError
+from ._exceptions import MembershipError as MembershipError
+from ._exceptions import MembershipUnavailableError as MembershipUnavailableError
 from ._exceptions import PluginError as PluginError
 from ._exceptions import RemoteGrainError as RemoteGrainError
 from ._exceptions import SerializationError as SerializationError
+from ._exceptions import SiloAlreadyJoinedError as SiloAlreadyJoinedError
+from ._exceptions import SiloDeclaredDeadError as SiloDeclaredDeadError
 from ._exceptions import SiloUnavailableError as SiloUnavailableError
 from ._grain import Grain as Grain
 from ._grain import GrainClassRegistry as GrainClassRegistry
@@ -43,6 +51,11 @@ from ._ids import GrainKey as GrainKey
 from ._ids import GrainType as GrainType
 from ._ids import escape_token as escape_token
 from ._ids import unescape_token as unescape_token
+from ._membership import MembershipTable as MembershipTable
+from ._membership import MembershipView as MembershipView
+from ._membership import MemoryMembershipTable as MemoryMembershipTable
+from ._membership import SiloEntry as SiloEntry
+from ._membership import SiloStatus as SiloStatus
 from ._placement import ActivationCountPlacement as ActivationCountPlacement
 from ._placement import HashBasedPlacement as HashBasedPlacement
 from ._placement import PlacementDirector as PlacementDirector
@@ -85,6 +98,12 @@ from ._streams import StreamStatistics as StreamStatistics
 from ._streams import implicit_subscription as implicit_subscription
 from ._streams import partition_for as partition_for
 from ._timers import GrainTimer as GrainTimer
+from ._transport import ClusterBackend as ClusterBackend
+from ._transport import MemoryCluster as MemoryCluster
+from ._transport import MessageTooLargeError as MessageTooLargeError
+from ._transport import Transport as Transport
+from ._transport import TransportClosedError as TransportClosedError
+from ._transport import TransportError as TransportError
 from .hookspecs import hookimpl as hookimpl
 
 __version__ = "0.1.0"
@@ -92,13 +111,17 @@ __version__ = "0.1.0"
 __all__ = [
     "SINGLETON_KEY",
     "ActivationCountPlacement",
+    "ClusterBackend",
     "ConfigError",
     "DeadLetter",
+    "DirectoryEntry",
+    "DirectoryError",
     "EncodedItem",
     "Grain",
     "GrainCallError",
     "GrainCallTimeoutError",
     "GrainClassRegistry",
+    "GrainDirectory",
     "GrainId",
     "GrainIdError",
     "GrainInterface",
@@ -115,6 +138,14 @@ __all__ = [
     "HashBasedPlacement",
     "InconsistentStateError",
     "InternalError",
+    "MembershipError",
+    "MembershipTable",
+    "MembershipUnavailableError",
+    "MembershipView",
+    "MemoryCluster",
+    "MemoryGrainDirectory",
+    "MemoryMembershipTable",
+    "MessageTooLargeError",
     "PersistentState",
     "PlacementDirector",
     "PlacementRegistry",
@@ -134,10 +165,14 @@ __all__ = [
     "SequenceToken",
     "SerializationError",
     "Silo",
+    "SiloAlreadyJoinedError",
     "SiloConfig",
+    "SiloDeclaredDeadError",
+    "SiloEntry",
     "SiloInfo",
     "SiloRolePlacement",
     "SiloStatistics",
+    "SiloStatus",
     "SiloUnavailableError",
     "StorageError",
     "StoredState",
@@ -150,6 +185,9 @@ __all__ = [
     "StreamStatistics",
     "StreamSubscriptionHandle",
     "TickStatus",
+    "Transport",
+    "TransportClosedError",
+    "TransportError",
     "always_interleave",
     "collection_age",
     "escape_token",

@@ -77,10 +77,13 @@ def _to_roles(roles: Iterable[str]) -> frozenset[str]:
 class SiloEntry:
     """One silo's row in the membership table.
 
-    ``address``: where other silos reach it (e.g. its NATS subject); ``started_at`` and
-    ``heartbeat_at``: wall-clock seconds (informational; failure detection does not compare
-    clocks); ``version``: set by the table, strictly larger after every write of the row,
-    and comparable with :attr:`MembershipView.version`.
+    ``address``: where other silos reach it (its transport address); ``grain_types``: the
+    grain type names it hosts (placement only picks silos that host the type);
+    ``started_at`` and ``heartbeat_at``: wall-clock seconds (informational; failure
+    detection does not compare clocks); ``load``: its activation count at the last
+    heartbeat (for activation-count placement); ``version``: set by the table, strictly
+    larger after every write of the row, and comparable with
+    :attr:`MembershipView.version`.
     """
 
     silo_id: str
@@ -90,6 +93,8 @@ class SiloEntry:
     started_at: float = 0.0
     heartbeat_at: float = 0.0
     version: int = 0
+    grain_types: frozenset[str] = attrs.field(default=frozenset(), converter=_to_roles)
+    load: int = 0
 
     @property
     def alive(self) -> bool:
@@ -150,8 +155,9 @@ class MembershipTable(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def heartbeat(self, silo_id: str) -> SiloEntry:
-        """Refresh the row's ``heartbeat_at`` (a new version); return the stored row.
+    async def heartbeat(self, silo_id: str, *, load: int | None = None) -> SiloEntry:
+        """Refresh the row's ``heartbeat_at`` (a new version), and its ``load`` unless
+        *load* is ``None``; return the stored row.
 
         Raises :class:`SiloDeclaredDeadError` if the row is ``DEAD`` or absent: the silo
         must stop serving. Never overwrites a concurrent ``DEAD``.
@@ -221,12 +227,13 @@ class MemoryMembershipTable(MembershipTable):
             )
         return self._store(attrs.evolve(entry, heartbeat_at=self.clock()))
 
-    async def heartbeat(self, silo_id: str) -> SiloEntry:
+    async def heartbeat(self, silo_id: str, *, load: int | None = None) -> SiloEntry:
         await trio.lowlevel.checkpoint()
         old = self._rows.get(silo_id)
         _check_alive(silo_id, old)
         assert old is not None
-        return self._store(attrs.evolve(old, heartbeat_at=self.clock()))
+        load = old.load if load is None else load
+        return self._store(attrs.evolve(old, heartbeat_at=self.clock(), load=load))
 
     async def set_status(
         self, silo_id: str, status: SiloStatus, *, if_version: int | None = None

@@ -57,6 +57,8 @@ class MembershipService:
     heartbeat_interval: float = 1.0
     dead_after: float = 5.0
     activate: bool = True
+    #: reports this silo's activation count with each heartbeat (``SiloEntry.load``)
+    load: Callable[[], int] | None = None
     declared_dead: trio.Event = attrs.field(factory=trio.Event, init=False)
     _view: MembershipView = attrs.field(factory=MembershipView, init=False)
     _view_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
@@ -178,7 +180,8 @@ class MembershipService:
             with trio.move_on_at(self._last_heartbeat + self.dead_after):
                 while True:
                     try:
-                        self.entry = await self.table.heartbeat(self.silo_id)
+                        load = None if self.load is None else self.load()
+                        self.entry = await self.table.heartbeat(self.silo_id, load=load)
                     except SiloDeclaredDeadError as exc:
                         raise self._dead("was declared dead by the cluster") from exc
                     except MembershipUnavailableError as exc:

@@ -33,6 +33,7 @@ from ._config import PluginsConfig
 from ._exceptions import GrainsError, PluginError
 from ._placement import PlacementRegistry
 from ._registry import (
+    ClusteringFactory,
     ProviderRegistry,
     ReminderTableFactory,
     StorageFactory,
@@ -67,6 +68,7 @@ class Plugins:
     * ``storage`` / ``streams``: provider factories by name.
     * ``placement``: placement directors by strategy name.
     * ``reminders``: reminder-table factories by name.
+    * ``clustering``: clustering-provider factories by name.
     """
 
     manager: pluggy.PluginManager
@@ -74,6 +76,7 @@ class Plugins:
     streams: ProviderRegistry[StreamProviderFactory]
     placement: PlacementRegistry
     reminders: ProviderRegistry[ReminderTableFactory]
+    clustering: ProviderRegistry[ClusteringFactory]
 
     def configure_converter(self, converter: cattrs.Converter) -> None:
         """Let every plugin add structure / unstructure hooks to *converter*."""
@@ -136,12 +139,14 @@ def load_plugins(config: PluginsConfig | None = None, *, extra: Sequence[object]
         streams=ProviderRegistry("stream provider"),
         placement=PlacementRegistry(),
         reminders=ProviderRegistry("reminder table"),
+        clustering=ProviderRegistry("clustering provider"),
     )
     registration_hooks: list[tuple[str, ProviderRegistry[Any]]] = [
         ("grains_register_storage", plugins.storage),
         ("grains_register_streams", plugins.streams),
         ("grains_register_placement", plugins.placement),
         ("grains_register_reminder_tables", plugins.reminders),
+        ("grains_register_clustering", plugins.clustering),
     ]
     for hook_name, registry in registration_hooks:
         _call_hook(pm, hook_name, {"registry": registry}, attribute_to=registry.registering_for)

@@ -27,6 +27,7 @@ __all__ = [
     "UNATTRIBUTED",
     "ProviderContext",
     "ProviderFactory",
+    "ClusteringFactory",
     "ProviderRegistry",
     "StorageFactory",
     "ReminderTableFactory",
@@ -76,6 +77,10 @@ StreamProviderFactory: TypeAlias = ProviderFactory
 
 ReminderTableFactory: TypeAlias = ProviderFactory
 """A factory yielding a :class:`~trio_grains.ReminderTable`."""
+
+ClusteringFactory: TypeAlias = ProviderFactory
+"""A factory yielding a :class:`~trio_grains.ClusterBackend` (membership table, grain
+directory and transport endpoints of one cluster)."""
 
 
 class ProviderRegistry(Generic[F]):

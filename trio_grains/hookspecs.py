@@ -29,6 +29,7 @@ Hooks, grouped by what they contribute:
 
 * providers: :func:`grains_register_storage`, :func:`grains_register_streams`,
   :func:`grains_register_reminder_tables`
+* clustering: :func:`grains_register_clustering`
 * placement: :func:`grains_register_placement`
 * grains and values: :func:`grains_register_grain_classes`,
   :func:`grains_configure_converter`
@@ -43,6 +44,7 @@ import pluggy
 
 from ._placement import PlacementRegistry
 from ._registry import (
+    ClusteringFactory,
     ProviderContext,
     ProviderFactory,
     ProviderRegistry,
@@ -56,11 +58,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PROJECT_NAME",
+    "ClusteringFactory",
     "ProviderContext",
     "ProviderFactory",
     "StorageFactory",
     "StreamProviderFactory",
     "grains_configure_converter",
+    "grains_register_clustering",
     "grains_register_grain_classes",
     "grains_register_placement",
     "grains_register_reminder_tables",
@@ -158,6 +162,30 @@ def grains_register_reminder_tables(registry: ProviderRegistry[ReminderTableFact
         @hookimpl
         def grains_register_reminder_tables(registry):
             registry.register("redis", open_redis_reminder_table)
+    """
+
+
+@hookspec
+def grains_register_clustering(registry: ProviderRegistry[ClusteringFactory]) -> None:
+    """Register clustering providers by name.
+
+    Called once per silo or client, while its plugins are loaded. Call
+    ``registry.register(name, factory)``; the configuration picks one by that name
+    (``[clustering] provider = "<name>"``; without a ``[clustering]`` table the silo runs
+    alone). ``factory(context, options)`` returns an async context manager yielding a
+    :class:`~trio_grains.ClusterBackend`: the cluster's membership table, its grain
+    directory, and ``open_endpoint(endpoint_id)`` for the transport.
+
+    The built-in ``memory`` provider joins silos of one process (options:
+    ``{"cluster": MemoryCluster()}``, shared by them); the ``nats`` plugin registers
+    ``nats``. Check a transport of your own with
+    :func:`trio_grains.testing.check_transport`.
+
+    Example::
+
+        @hookimpl
+        def grains_register_clustering(registry):
+            registry.register("redis", open_redis_cluster)
     """
 
 

@@ -1,4 +1,5 @@
-"""The built-in ``memory`` providers: grain storage and a reminder table in a dict.
+"""The built-in ``memory`` providers: grain storage and a reminder table in a dict, and the
+in-process clustering provider.
 
 Not durable: everything is gone when the silo stops. The default for both, and the
 reference implementation of the contracts (it passes ``trio_grains.testing``'s kits).
@@ -19,9 +20,10 @@ from .._ids import GrainId
 from .._registry import ProviderContext, ProviderRegistry
 from .._reminders import ReminderEntry, ReminderTable
 from .._storage import GrainStorage, InconsistentStateError, StoredState
+from .._transport import MemoryCluster
 from ..hookspecs import hookimpl
 
-__all__ = ["MemoryReminderTable", "MemoryStorage"]
+__all__ = ["MemoryReminderTable", "MemoryStorage", "open_memory_cluster"]
 
 _etags = itertools.count(1)
 
@@ -123,3 +125,28 @@ def grains_register_storage(registry: ProviderRegistry[Any]) -> None:
 @hookimpl
 def grains_register_reminder_tables(registry: ProviderRegistry[Any]) -> None:
     registry.register("memory", open_memory_reminder_table)
+
+
+@contextlib.asynccontextmanager
+async def open_memory_cluster(
+    context: ProviderContext, options: Mapping[str, Any]
+) -> AsyncIterator[MemoryCluster]:
+    """The ``memory`` clustering provider: the :class:`MemoryCluster` given as ``cluster``."""
+    unknown = sorted(set(options) - {"cluster"})
+    if unknown:
+        raise ConfigError(f"[clustering] options: unknown key(s) {', '.join(unknown)}")
+    cluster = options.get("cluster")
+    if not isinstance(cluster, MemoryCluster):
+        raise ConfigError(
+            "the memory clustering provider joins the silos of one process: pass the same "
+            "options={'cluster': MemoryCluster()} to each of them (or use "
+            "trio_grains.testing.open_test_cluster); for separate processes use the nats "
+            "provider"
+        )
+    await trio.lowlevel.checkpoint()
+    yield cluster
+
+
+@hookimpl
+def grains_register_clustering(registry: ProviderRegistry[Any]) -> None:
+    registry.register("memory", open_memory_cluster)

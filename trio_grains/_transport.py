@@ -1,0 +1,201 @@
+"""The cluster transport contract, the clustering backend contract, and their in-memory forms.
+
+A cluster's silos and clients exchange messages (grain calls and their replies) through a
+:class:`Transport`: one *endpoint* per silo or client, reachable at its ``address`` (over
+NATS, the subject ``<prefix>.silo.<endpoint id>``). Messages are opaque ``bytes`` to the
+transport; the runtime correlates calls and replies itself. Delivery is best effort, as
+with NATS core: a message for an address nobody listens on is dropped, and the runtime
+learns of dead silos from membership.
+
+A *clustering provider* (``grains_register_clustering``) yields a :class:`ClusterBackend`:
+the cluster's shared :class:`~trio_grains.MembershipTable` and
+:class:`~trio_grains.GrainDirectory`, and a way to open transport endpoints.
+:class:`MemoryCluster` is the in-process backend (several silos in one Trio run); the
+``nats`` plugin provides one over NATS and JetStream KV.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import attrs
+import trio
+
+from ._directory import GrainDirectory, MemoryGrainDirectory
+from ._exceptions import GrainsError
+from ._membership import MembershipTable, MemoryMembershipTable
+
+__all__ = [
+    "ClusterBackend",
+    "MemoryCluster",
+    "MemoryTransport",
+    "MessageTooLargeError",
+    "Transport",
+    "TransportClosedError",
+    "TransportError",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # NATS' default max_payload
+
+
+class TransportError(GrainsError):
+    """The cluster transport failed (base class)."""
+
+
+class TransportClosedError(TransportError):
+    """The endpoint is closed, or its connection was lost for good."""
+
+
+class MessageTooLargeError(TransportError):
+    """A message is larger than the transport carries (``Transport.max_message_size``)."""
+
+
+class Transport(abc.ABC):
+    """One endpoint of a cluster transport: send to any address, receive at :attr:`address`.
+
+    Providers must not take timeout parameters (callers use cancel scopes) and must be safe
+    to cancel. Sending to an address no endpoint listens on is not an error (the message
+    is dropped).
+    """
+
+    @property
+    @abc.abstractmethod
+    def address(self) -> str:
+        """Where other endpoints send messages for this one."""
+
+    @property
+    @abc.abstractmethod
+    def max_message_size(self) -> int:
+        """The largest message, in bytes, :meth:`send` accepts."""
+
+    @abc.abstractmethod
+    async def send(self, address: str, message: bytes) -> None:
+        """Send *message* to *address*.
+
+        Returns once the message is queued for sending; waits only while the outgoing
+        buffer is full. Raises :class:`MessageTooLargeError` (nothing is sent) or
+        :class:`TransportClosedError`.
+        """
+
+    @abc.abstractmethod
+    def send_nowait(self, address: str, message: bytes) -> None:
+        """:meth:`send` without waiting: raises :class:`trio.WouldBlock` when the outgoing
+        buffer is full (and the errors :meth:`send` raises)."""
+
+    @abc.abstractmethod
+    async def receive(self) -> bytes:
+        """The next message sent to this endpoint, in the order it arrived.
+
+        Raises :class:`TransportClosedError` once the endpoint is closed or lost.
+        """
+
+
+class ClusterBackend(abc.ABC):
+    """What a clustering provider gives silos and clients of one cluster.
+
+    The backend is opened once per silo (or client) by its factory and lives as long as
+    the silo; the tables it returns are used concurrently by the silo's tasks.
+    """
+
+    @property
+    @abc.abstractmethod
+    def membership(self) -> MembershipTable:
+        """The cluster's membership table."""
+
+    @property
+    @abc.abstractmethod
+    def directory(self) -> GrainDirectory:
+        """The cluster's grain directory."""
+
+    @abc.abstractmethod
+    def open_endpoint(self, endpoint_id: str) -> AbstractAsyncContextManager[Transport]:
+        """``async with backend.open_endpoint(silo_id) as transport``: an endpoint
+        receiving at an address derived from *endpoint_id* until the block is left."""
+
+
+# --- in memory ------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class MemoryTransport(Transport):
+    """An endpoint of a :class:`MemoryCluster`; get one from ``open_endpoint``."""
+
+    cluster: MemoryCluster
+    _address: str
+    _send_channel: trio.MemorySendChannel[bytes]
+    _receive_channel: trio.MemoryReceiveChannel[bytes]
+    _closed: bool = False
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def max_message_size(self) -> int:
+        return self.cluster.max_message_size
+
+    async def send(self, address: str, message: bytes) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.send_nowait(address, message)
+
+    def send_nowait(self, address: str, message: bytes) -> None:
+        if self._closed:
+            raise TransportClosedError(f"endpoint {self._address!r} is closed")
+        if len(message) > self.cluster.max_message_size:
+            raise MessageTooLargeError(
+                f"a message of {len(message)} bytes is larger than the transport's maximum "
+                f"of {self.cluster.max_message_size} bytes"
+            )
+        if address in self.cluster.cut_off or self._address in self.cluster.cut_off:
+            return
+        target = self.cluster._endpoints.get(address)
+        if target is not None:
+            target.send_nowait(bytes(message))
+
+    async def receive(self) -> bytes:
+        try:
+            return await self._receive_channel.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise TransportClosedError(f"endpoint {self._address!r} is closed") from None
+
+
+@attrs.define(eq=False)
+class MemoryCluster(ClusterBackend):
+    """Membership, directory and transport of a cluster whose silos share one Trio run.
+
+    Pass the same instance to every silo and client of the cluster, as the options of the
+    built-in ``memory`` clustering provider (``trio_grains.testing.open_test_cluster``
+    does this). ``cut_off`` holds addresses whose messages are dropped both ways (a
+    network partition, for tests).
+    """
+
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    _membership: MemoryMembershipTable = attrs.field(factory=MemoryMembershipTable)
+    _directory: MemoryGrainDirectory = attrs.field(factory=MemoryGrainDirectory)
+    cut_off: set[str] = attrs.field(factory=set, init=False)
+    _endpoints: dict[str, trio.MemorySendChannel[bytes]] = attrs.field(factory=dict, init=False)
+
+    @property
+    def membership(self) -> MemoryMembershipTable:
+        return self._membership
+
+    @property
+    def directory(self) -> MemoryGrainDirectory:
+        return self._directory
+
+    @asynccontextmanager
+    async def open_endpoint(self, endpoint_id: str) -> AsyncIterator[Transport]:
+        if endpoint_id in self._endpoints:
+            raise TransportError(f"endpoint {endpoint_id!r} is already open in this cluster")
+        send, receive = trio.open_memory_channel[bytes](math.inf)
+        self._endpoints[endpoint_id] = send
+        transport = MemoryTransport(self, endpoint_id, send, receive)
+        try:
+            yield transport
+        finally:
+            transport._closed = True
+            del self._endpoints[endpoint_id]
+            send.close()
