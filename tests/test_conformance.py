@@ -71,6 +71,12 @@ def test_public_api() -> None:
         "StorageOpener",
         "check_grain_storage",
         "check_reminder_table",
+        "TRANSPORT_CHECKS",
+        "TransportCheck",
+        "ClusterBackendOpener",
+        "check_transport",
+        "TestCluster",
+        "open_test_cluster",
     }
     assert check_grain_storage.__module__ == "trio_grains.testing"
     assert set(STORAGE_CHECKS) >= STORAGE_DURABILITY_CHECKS

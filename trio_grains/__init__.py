@@ -11,6 +11,10 @@ demand inside a silo that you embed in your Trio program::
         print(await silo.get_grain(HelloGrain, 0).say_hello("Good morning!"))
 """
 
+from ._client import Client as Client
+from ._client import ClientConfig as ClientConfig
+from ._client import ClientStatistics as ClientStatistics
+from ._client import open_client as open_client
 from ._config import PluginsConfig as PluginsConfig
 from ._config import ProviderConfig as ProviderConfig
 from ._config import SiloConfig as SiloConfig
@@ -111,6 +115,9 @@ __version__ = "0.1.0"
 __all__ = [
     "SINGLETON_KEY",
     "ActivationCountPlacement",
+    "Client",
+    "ClientConfig",
+    "ClientStatistics",
     "ClusterBackend",
     "ConfigError",
     "DeadLetter",
@@ -195,6 +202,7 @@ __all__ = [
     "hookimpl",
     "implicit_subscription",
     "one_way",
+    "open_client",
     "open_silo",
     "partition_for",
     "persistent_state",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import outcome
 import trio
 
-from ._exceptions import InternalError
+from ._exceptions import ActivationRaceLostError, InternalError
 from ._grain import Grain
 from ._messaging import (
     ABANDONED,
@@ -39,6 +39,7 @@ from ._storage import PersistentState, load_states
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
+    from ._directory import DirectoryEntry
     from ._grain import GrainClassInfo
     from ._ids import GrainId
 
@@ -64,6 +65,7 @@ class Activation:
         "_worker_done",
         "activation_claimed",
         "deactivate_reason",
+        "directory_entry",
         "grain",
         "grain_id",
         "idle_since",
@@ -95,6 +97,7 @@ class Activation:
         self.idle_since = 0.0
         self.keep_alive_until = _NO_DELAY
         self.deactivate_reason: str | None = None
+        self.directory_entry: DirectoryEntry | None = None  # in a cluster: its registration
         self._send: trio.MemorySendChannel[Call] | None = None
         self._recv: trio.MemoryReceiveChannel[Call] | None = None
         self._held: Call | None = None
@@ -170,7 +173,10 @@ class Activation:
         """
         self.activation_claimed = True
         self.begin_turn(EXCLUSIVE)
+        cluster = self.runtime.cluster
         try:
+            if cluster is not None and self.info.max_local_workers is None:
+                await cluster.register(self)  # raises ActivationRaceLostError: not here
             cls: type[Grain] = self.info.cls
             grain = cls.__new__(cls)
             grain._activation = self
@@ -185,6 +191,9 @@ class Activation:
             self.state = DEAD
             self.runtime.forget(self)
             self._cancel_nursery()
+            if cluster is not None and self.directory_entry is not None:
+                with trio.CancelScope(shield=True):
+                    await cluster.unregister(self)
             self._redispatch_pending()
             raise
         self.state = ACTIVE
@@ -247,8 +256,8 @@ class Activation:
                     call = await self._next_call()
                     if call is None:
                         return
-                    if call.state == ABANDONED:
-                        self._held = None
+                    if call.state == ABANDONED or call.deadline <= trio.current_time():
+                        self._held = None  # the caller gave up, or its deadline passed
                         self.queued -= 1
                         continue
                     if self.state == ACTIVATING and not self.activation_claimed:
@@ -268,8 +277,7 @@ class Activation:
                         continue
                     self.begin_turn(call.kind)
                     if call.kind == EXCLUSIVE:
-                        call.scope = scope
-                        await self.run_turn(call)
+                        await self._run_in(scope, call)
                     else:
                         nursery.start_soon(self._run_turn_in_own_scope, call)
 
@@ -279,16 +287,25 @@ class Activation:
         self.queued -= 1
         try:
             await self.activate()
+        except ActivationRaceLostError:
+            self.runtime.redispatch(self.grain_id, self.info, call)  # to the winner
+            return
         except Exception as exc:
             call.fail(exc)  # the activation is dead; the drain loop sees it and ends
             return
         # ``activate`` left us holding an exclusive turn: run this call inside it.
         call.kind = EXCLUSIVE
+        await self._run_in(scope, call)
+
+    async def _run_in(self, scope: trio.CancelScope, call: Call) -> None:
+        """Run *call* under the mailbox's scope, bounded by a remote caller's deadline."""
         call.scope = scope
+        scope.deadline = call.deadline
         await self.run_turn(call)
+        scope.deadline = math.inf
 
     async def _run_turn_in_own_scope(self, call: Call) -> None:
-        with trio.CancelScope() as scope:
+        with trio.CancelScope(deadline=call.deadline) as scope:
             call.scope = scope
             await self.run_turn(call)
 
@@ -396,9 +413,12 @@ class Activation:
             self.state = DEAD
             self.runtime.forget(self)
             self._cancel_nursery()
-            if self._worker_done is not None:
-                with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True):
+                if self._worker_done is not None:
                     await self._worker_done.wait()
+                cluster = self.runtime.cluster
+                if cluster is not None and self.directory_entry is not None:
+                    await cluster.unregister(self)  # before its calls go to the next one
             self._redispatch_pending()
 
     def _cancel_nursery(self) -> None:

@@ -17,6 +17,7 @@ import trio
 
 from ._activation import ACTIVATING, ACTIVE, DEAD, Activation
 from ._exceptions import (
+    ActivationRaceLostError,
     GrainCallTimeoutError,
     GrainMethodError,
     GrainTypeError,
@@ -28,6 +29,7 @@ from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY, Call, TimeoutWheel, wa
 from ._reference import GrainReference, reference_class
 
 if TYPE_CHECKING:
+    from ._cluster import SiloCluster
     from ._config import SiloConfig
     from ._reminders import ReminderService
     from ._serialization import Codec
@@ -68,6 +70,10 @@ class Catalog:
         self.reminders: ReminderService | None = None
         #: stream provider name -> running provider (each registers itself while it runs)
         self.streams: dict[str, StreamProvider] = {}
+        #: in a cluster: directory, remote calls and forwarding (``None``: a lone silo)
+        self.cluster: SiloCluster | None = None
+        #: set when the silo is killed rather than stopped (tests): nothing is deactivated
+        self.crashed = False
 
     def reminder_service(self) -> ReminderService:
         if self.reminders is None:
@@ -111,6 +117,9 @@ class Catalog:
         act = ref._act
         if act is None or act.state != ACTIVE:
             act = self._find(ref)
+            if act is None:  # in a cluster, and not activated here
+                assert self.cluster is not None
+                return await self.cluster.invoke(ref, name, args, kwargs)
         method = act.methods.get(name)
         if method is None:
             raise self._no_method(act.info, ref, name)
@@ -148,8 +157,18 @@ class Catalog:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        try:
+            return await self.deliver(act, method, args, kwargs)
+        except ActivationRaceLostError:
+            assert self.cluster is not None  # another silo activated it first: call it there
+            return await self.cluster.call(ref._grain_id, method, args, kwargs)
+
+    async def deliver(
+        self, act: Activation, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Call *method* on the local activation *act* (not the inlined fast path)."""
         if not self.accepting:
-            raise SiloUnavailableError(f"the silo is shutting down: cannot call {ref.grain_id}")
+            raise SiloUnavailableError(f"the silo is shutting down: cannot call {act.grain_id}")
         if not self.isolate:
             return await self._deliver(act, method, args, kwargs)
         kwargs = self.codec.copy_call(method, args, kwargs)
@@ -233,14 +252,30 @@ class Catalog:
             "SiloConfig(grains=['module:Class'])"
         )
 
-    def _find(self, ref: GrainReference) -> Activation:
+    def _find(self, ref: GrainReference) -> Activation | None:
+        """The local activation to call; ``None`` in a cluster when the grain is not here."""
         grain_id = ref._grain_id
         act = self._activations.get(grain_id)
         if act is not None and act.state != DEAD:
             if act.state == ACTIVE:
                 ref._act = act
             return act
+        if self.cluster is not None:
+            info = self.registry.get(grain_id.type)
+            if info is not None and info.max_local_workers is not None:
+                return self._pick_worker(grain_id, info)  # stateless workers stay local
+            return None
         info = self._implementation(grain_id, ref.interface)
+        if info.max_local_workers is not None:
+            return self._pick_worker(grain_id, info)
+        return self._new_activation(grain_id, info)
+
+    def local_activation(self, grain_id: GrainId, info: GrainClassInfo) -> Activation:
+        """The activation of *grain_id* here, created if there is none (cluster placement
+        chose this silo)."""
+        act = self._activations.get(grain_id)
+        if act is not None and act.state != DEAD:
+            return act
         if info.max_local_workers is not None:
             return self._pick_worker(grain_id, info)
         return self._new_activation(grain_id, info)
@@ -269,6 +304,9 @@ class Catalog:
 
     def redispatch(self, grain_id: GrainId, info: GrainClassInfo, call: Call) -> None:
         """Hand a call that never started on a dead activation to a new one."""
+        if self.cluster is not None and info.max_local_workers is None:
+            self.cluster.reroute(call)  # wherever the grain is (or goes) now
+            return
         if not self.accepting:
             reason = f"the silo is shutting down: {call.describe()} was not run"
             call.fail(SiloUnavailableError(reason))
@@ -342,11 +380,14 @@ class Catalog:
     async def shutdown(self) -> None:
         """Stop accepting calls and deactivate everything (bounded by the deactivation timeout)."""
         self.accepting = False
+        if self.crashed:
+            self._drop_all("the silo was killed")
+            return
         timeout = self.config.deactivation_timeout
         with trio.move_on_after(timeout + 1) as scope:
             async with trio.open_nursery() as nursery:
                 for act in self.activations():
-                    if act.is_quiet():
+                    if act.is_quiet() and act.directory_entry is None:
                         act.state = DEAD  # nothing to run and no task: no need for one now
                     else:
                         nursery.start_soon(act.deactivate, "silo shutting down")
@@ -359,15 +400,18 @@ class Catalog:
                 len(stuck),
                 ", ".join(stuck[:10]) + (" ..." if len(stuck) > 10 else ""),
             )
+        self._drop_all("the silo shut down")
+
+    def _drop_all(self, why: str) -> None:
         self.wheel.fail_all(
-            lambda call: SiloUnavailableError(
-                f"the silo shut down before {call.describe()} replied"
-            )
+            lambda call: SiloUnavailableError(f"{why} before {call.describe()} replied")
         )
         # Calls queued on activations that never became active die with the silo.
         for act in self.activations():
             act.state = DEAD
-            act._redispatch_pending()
+            act._cancel_nursery()
+            for call in act._take_pending():
+                call.fail(SiloUnavailableError(f"{why} before {call.describe()} ran"))
         self._activations.clear()
         self._workers.clear()
 

@@ -80,6 +80,14 @@ class SiloConfig:
       by default: not durable); ``minimum_reminder_period`` (Orleans' 1 minute).
     * ``grains``: ``"module:Class"`` paths of grain classes to host, in addition to those
       passed to ``open_silo(grains=...)``.
+    * ``clustering``: the clustering provider (``nats``, or ``memory`` for silos of one
+      process) that joins this silo to the cluster ``cluster_id``; ``None`` (the default):
+      the silo runs alone. ``heartbeat_interval``: how often the silo refreshes its
+      membership row; ``dead_after``: a silo whose row has not changed for this long is
+      declared dead (and a silo that could not heartbeat for this long stops itself).
+      ``roles``: names for ``SiloRolePlacement``. ``reminder_refresh``: how often a
+      clustered silo re-reads the reminder table for the reminders it owns (those
+      registered through other silos are picked up then).
     """
 
     name: str = attrs.field(factory=_default_silo_name)
@@ -96,6 +104,18 @@ class SiloConfig:
     minimum_reminder_period: float = attrs.field(default=60.0, validator=_positive)
     grains: tuple[str, ...] = ()
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
+    clustering: ProviderConfig | None = None
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
+    dead_after: float = attrs.field(default=5.0, validator=_positive)
+    roles: tuple[str, ...] = ()
+    reminder_refresh: float = attrs.field(default=30.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.dead_after <= self.heartbeat_interval:
+            raise ConfigError(
+                f"dead_after ({self.dead_after} s) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval} s); a few intervals is usual"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SiloConfig:

@@ -33,6 +33,7 @@ wrapped: ``except KeyError`` around a grain call works as it would around a plai
 from __future__ import annotations
 
 __all__ = [
+    "ActivationRaceLostError",
     "StreamError",
     "StorageError",
     "SiloDeclaredDeadError",
@@ -187,3 +188,14 @@ class SiloDeclaredDeadError(MembershipError):
 
     Its activations may already be running on other silos. Restart it under a new silo id.
     """
+
+
+class ActivationRaceLostError(GrainsError):
+    """Internal: another activation of the grain registered first; calls go to it.
+
+    Never reaches callers: the runtime forwards their calls to the winner.
+    """
+
+    def __init__(self, grain_id: object, silo_id: str) -> None:
+        super().__init__(f"{grain_id} is already activated on silo {silo_id!r}")
+        self.silo_id = silo_id

@@ -38,6 +38,7 @@ class Call:
     __slots__ = (
         "args",
         "bucket",
+        "deadline",
         "fn",
         "kind",
         "kwargs",
@@ -74,6 +75,7 @@ class Call:
         self.bucket = 0
         self.label = label
         self.target = target
+        self.deadline = math.inf  # a remote caller's deadline, on this silo's clock
 
     def describe(self) -> str:
         """``cart/bob65.add()`` (built only when a message needs it)."""

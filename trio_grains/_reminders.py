@@ -11,6 +11,14 @@ the schedule continues from the next one.
 Times in the table are wall-clock seconds (``time.time()``). Inside a silo they are mapped
 onto Trio's clock, so a ``MockClock`` drives reminders in tests (pass
 ``open_silo(wall_clock=trio.current_time)`` to share one virtual clock between silos).
+
+In a cluster, silos share one table and each reminder must fire on exactly one live silo:
+:meth:`ReminderService.set_owner_filter` restricts a service to the grains its silo owns
+(e.g. :func:`~trio_grains._ownership.owner_filter_for` on every membership view), and
+``refresh_interval`` makes it re-read the table periodically to pick up rows written or
+removed by other silos. Without a filter a service owns every reminder (one silo). A
+reminder that changes owner resumes at its next tick on the new owner (a tick that a dead
+owner missed is not replayed), so pick a refresh interval shorter than your due times.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["GrainReminder", "ReminderEntry", "ReminderService", "ReminderTable", "TickStatus"]
 
 log = logging.getLogger("trio_grains.reminders")
+
+_REREAD_RETRY = 5.0  # seconds before a failed table read is retried (at most refresh_interval)
 
 
 @attrs.frozen
@@ -110,6 +120,14 @@ def _first_tick_after(entry: ReminderEntry, now: float) -> float:
     return last if now - last < 1e-9 else now
 
 
+def _resume_at(entry: ReminderEntry, now: float) -> float:
+    """The first tick of the schedule at or after *now* (no catching up: for hand-overs)."""
+    if now <= entry.start_at:
+        return entry.start_at
+    periods = math.ceil((now - entry.start_at) / entry.period - 1e-9)
+    return entry.start_at + periods * entry.period
+
+
 def _next_slot(entry: ReminderEntry, after: float) -> float:
     """The first tick of the schedule strictly after *after* (keeps the schedule's phase)."""
     if after < entry.start_at:
@@ -119,50 +137,118 @@ def _next_slot(entry: ReminderEntry, after: float) -> float:
 
 @attrs.define(eq=False)
 class ReminderService:
-    """Schedules every reminder of the silo's table and delivers ticks as grain calls."""
+    """Schedules the reminders of the silo's table that it owns and delivers their ticks.
+
+    ``refresh_interval``: re-read the whole table that often (``None``: only at start and
+    when the owner filter changes).
+    """
 
     table: ReminderTable
     catalog: Catalog
     minimum_period: float
     wall_clock: Callable[[], float] | None = None
+    refresh_interval: float | None = None
     _entries: dict[tuple[GrainId, str], ReminderEntry] = attrs.field(factory=dict, init=False)
     _heap: list[tuple[float, int, GrainId, str]] = attrs.field(factory=list, init=False)
     _seq: int = attrs.field(default=0, init=False)
     _seqs: dict[tuple[GrainId, str], int] = attrs.field(factory=dict, init=False)
     _wakeup: trio.Event = attrs.field(factory=trio.Event, init=False)
     _offset: float = attrs.field(default=0.0, init=False)
+    _owns: Callable[[GrainId], bool] | None = attrs.field(default=None, init=False)
+    _reread: bool = attrs.field(default=False, init=False)
+    # keys registered or unregistered here while a table read is under way (None: no read)
+    _touched: set[tuple[GrainId, str]] | None = attrs.field(default=None, init=False)
     ticks_delivered: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.refresh_interval is not None and not self.refresh_interval > 0:
+            raise ValueError(f"refresh_interval must be > 0 seconds, got {self.refresh_interval}")
 
     def now(self) -> float:
         """Wall-clock seconds, advancing with Trio's clock."""
         return trio.current_time() + self._offset
 
+    def owns(self, grain_id: GrainId) -> bool:
+        """Whether this service fires the reminders of *grain_id* (see set_owner_filter)."""
+        return self._owns is None or self._owns(grain_id)
+
+    def set_owner_filter(self, owns: Callable[[GrainId], bool] | None) -> None:
+        """Fire only the reminders of grains for which *owns* is true (``None``: all).
+
+        Reminders no longer owned are dropped at once; the table is re-read (by
+        :meth:`run`) to schedule the ones now owned.
+        """
+        self._owns = owns
+        for grain_id, name in list(self._entries):
+            if not self.owns(grain_id):
+                self._unschedule(grain_id, name)
+        self._reread = True
+        self._wakeup.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         wall = self.wall_clock or time.time
         self._offset = wall() - trio.current_time()
-        for entry in await self.table.read_all():
-            self._schedule(entry)
+        self._reread = False
+        await self._refresh(catch_up=True)
+        interval = math.inf if self.refresh_interval is None else self.refresh_interval
+        next_refresh = trio.current_time() + interval
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
                 self._wakeup = trio.Event()
-                if not self._heap:
+                if self._reread or trio.current_time() >= next_refresh:
+                    self._reread = False
+                    try:
+                        await self._refresh()
+                        next_refresh = trio.current_time() + interval
+                    except Exception as exc:
+                        retry = min(interval, _REREAD_RETRY)
+                        log.warning(
+                            "reading the reminder table failed, retrying in %s s: %s", retry, exc
+                        )
+                        next_refresh = trio.current_time() + retry
+                    continue
+                deadline = next_refresh
+                if self._heap:
+                    when, seq, grain_id, name = self._heap[0]
+                    found = self._entries.get((grain_id, name))
+                    if found is None or seq != self._seqs.get((grain_id, name)):
+                        heapq.heappop(self._heap)  # unregistered or rescheduled since
+                        continue
+                    entry = found
+                    now = self.now()
+                    if when <= now:
+                        heapq.heappop(self._heap)
+                        nursery.start_soon(self._deliver, entry, when)
+                        self._push(entry, _next_slot(entry, when))
+                        continue
+                    deadline = min(deadline, trio.current_time() + (when - now))
+                with trio.move_on_at(deadline):
                     await self._wakeup.wait()
-                    continue
-                when, seq, grain_id, name = self._heap[0]
-                found = self._entries.get((grain_id, name))
-                if found is None or seq != self._seqs.get((grain_id, name)):
-                    heapq.heappop(self._heap)  # unregistered or rescheduled since
-                    continue
-                entry = found
-                now = self.now()
-                if when > now:
-                    with trio.move_on_after(when - now):
-                        await self._wakeup.wait()
-                    continue
-                heapq.heappop(self._heap)
-                nursery.start_soon(self._deliver, entry, when)
-                self._push(entry, _next_slot(entry, when))
+
+    async def _refresh(self, *, catch_up: bool = False) -> None:
+        """Schedule the owned rows of the table, and drop what is no longer there or owned.
+
+        At start (*catch_up*) a tick missed while the silo was down fires at once; a row
+        picked up later (written by another silo, or moved here by the owner filter)
+        resumes at its next tick, since its previous owner may have fired the last one.
+        """
+        touched: set[tuple[GrainId, str]] = set()
+        self._touched = touched
+        try:
+            rows = await self.table.read_all()
+        finally:
+            self._touched = None
+        current = {(r.grain_id, r.name): r for r in rows if self.owns(r.grain_id)}
+        for key in list(self._entries):
+            if key not in current and key not in touched:
+                self._unschedule(*key)
+        for key, row in current.items():
+            if key in touched:
+                continue  # changed here after the read: the local state is newer
+            scheduled = self._entries.get(key)
+            if scheduled is None or scheduled.etag != row.etag:
+                self._schedule(row, catch_up=catch_up)
 
     def _push(self, entry: ReminderEntry, when: float) -> None:
         self._seq += 1
@@ -171,9 +257,14 @@ class ReminderService:
         heapq.heappush(self._heap, (when, self._seq, entry.grain_id, entry.name))
         self._wakeup.set()
 
-    def _schedule(self, entry: ReminderEntry) -> None:
+    def _schedule(self, entry: ReminderEntry, *, catch_up: bool = True) -> None:
         self._entries[(entry.grain_id, entry.name)] = entry
-        self._push(entry, _first_tick_after(entry, self.now()))
+        now = self.now()
+        self._push(entry, _first_tick_after(entry, now) if catch_up else _resume_at(entry, now))
+
+    def _touch(self, grain_id: GrainId, name: str) -> None:
+        if self._touched is not None:
+            self._touched.add((grain_id, name))
 
     def _unschedule(self, grain_id: GrainId, name: str) -> None:
         self._entries.pop((grain_id, name), None)
@@ -181,6 +272,8 @@ class ReminderService:
         self._wakeup.set()
 
     async def _deliver(self, entry: ReminderEntry, when: float) -> None:
+        if not self.owns(entry.grain_id):
+            return  # the filter changed after the tick was taken off the heap
         status = TickStatus(entry.start_at, entry.period, when)
         try:
             await self.catalog.invoke_by_id(
@@ -212,11 +305,16 @@ class ReminderService:
         entry = ReminderEntry(grain_id, name, self.now() + due, float(period))
         etag = await self.table.upsert(entry)
         entry = attrs.evolve(entry, etag=etag)
-        self._schedule(entry)
+        self._touch(grain_id, name)
+        if self.owns(grain_id):
+            self._schedule(entry)
+        else:
+            self._unschedule(grain_id, name)  # another silo fires it
         return GrainReminder(grain_id, name, entry.start_at, entry.period)
 
     async def unregister(self, grain_id: GrainId, name: str) -> bool:
         removed = await self.table.remove(grain_id, name, None)
+        self._touch(grain_id, name)
         self._unschedule(grain_id, name)
         return removed
 

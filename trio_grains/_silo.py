@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -18,10 +19,14 @@ import cattrs
 import trio
 
 from ._catalog import Catalog
+from ._cluster import SiloCluster
 from ._config import ProviderConfig, SiloConfig
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, MembershipError, SiloDeclaredDeadError
 from ._grain import GrainClassRegistry, GrainInterface
 from ._ids import GrainId, GrainKey
+from ._membership import SiloStatus
+from ._membership_service import MembershipService
+from ._ownership import PartitionBalancer, owner_filter_for
 from ._plugins import Plugins, load_plugins
 from ._registry import ProviderContext, ProviderRegistry
 from ._reminders import ReminderService
@@ -39,11 +44,17 @@ class SiloStatistics:
     """A snapshot of what a silo is doing, from :meth:`Silo.statistics`."""
 
     name: str
+    silo_id: str
     activations: int
     activations_by_type: Mapping[str, int]
     activations_created: int
     queued_calls: int
     waiting_callers: int
+    #: in a cluster: calls sent to other silos and not answered yet, calls this silo
+    #: forwarded or re-sent because the grain was elsewhere, and its cluster's size
+    remote_calls_pending: int = 0
+    calls_forwarded: int = 0
+    active_silos: int = 1
 
 
 @attrs.frozen
@@ -55,6 +66,10 @@ class _Resolved:
     provider: str  # the registered provider name ("sqlite", ...)
     factory: Any
     options: dict[str, Any]  # for the factory (the core's stream options taken out)
+
+
+def _owns_nothing(_grain_id: GrainId) -> bool:
+    return False
 
 
 def _import_grain_class(path: str) -> type:
@@ -86,10 +101,26 @@ class Silo:
         self._providers: dict[tuple[str, str], Any] = {}
         self._stream_options: dict[str, StreamOptions] = {}
         self._stream_providers: dict[str, StreamProvider] = {}
+        # A cluster member's id names this incarnation: a restarted silo is a new member.
+        suffix = "" if config.clustering is None else "-" + secrets.token_hex(4)
+        self._silo_id = config.name + suffix
+        self._membership: MembershipService | None = None
+        self._balancers: list[PartitionBalancer] = []
 
     @property
     def name(self) -> str:
         return self._config.name
+
+    @property
+    def silo_id(self) -> str:
+        """This silo's id in the cluster (its name plus an incarnation suffix when
+        clustered), as in membership rows and directory entries."""
+        return self._silo_id
+
+    @property
+    def cluster(self) -> SiloCluster | None:
+        """The silo's cluster side, ``None`` for a silo that runs alone."""
+        return self._catalog.cluster
 
     @property
     def config(self) -> SiloConfig:
@@ -148,13 +179,18 @@ class Silo:
     def statistics(self) -> SiloStatistics:
         catalog = self._catalog
         acts = catalog.activations()
+        cluster = catalog.cluster
         return SiloStatistics(
             name=self.name,
+            silo_id=self.silo_id,
             activations=len(acts),
             activations_by_type=dict(catalog.count_by_type()),
             activations_created=catalog.activations_created,
             queued_calls=sum(a.queued for a in acts),
             waiting_callers=catalog.pending_calls(),
+            remote_calls_pending=0 if cluster is None else cluster.messenger.pending(),
+            calls_forwarded=0 if cluster is None else cluster.forwarded + cluster.rerouted,
+            active_silos=1 if cluster is None else len(cluster.locator.view.active()),
         )
 
     def __repr__(self) -> str:
@@ -208,6 +244,62 @@ class Silo:
             if kind == "storage":
                 self._catalog.storages[name] = (provider, resolved.provider)
 
+    async def _open_cluster(self, stack: contextlib.AsyncExitStack) -> SiloCluster | None:
+        """Open the clustering provider and this silo's transport endpoint, if configured."""
+        pconf = self._config.clustering
+        if pconf is None:
+            return None
+        factory = self._plugins.clustering.get(pconf.provider)
+        ctx = ProviderContext(
+            name="default",
+            silo_name=self.name,
+            cluster_id=self._config.cluster_id,
+            converter=self._converter,
+        )
+        backend = await stack.enter_async_context(factory(ctx, dict(pconf.options)))
+        transport = await stack.enter_async_context(backend.open_endpoint(self.silo_id))
+        placement = self._plugins.placement
+        cluster = SiloCluster(
+            self._catalog,
+            backend,
+            transport,
+            self.silo_id,
+            placement,
+            placement.strategy_for_name(self._config.default_placement),
+            self._config.roles,
+        )
+        self._catalog.cluster = cluster
+        return cluster
+
+    def _membership_service(self, cluster: SiloCluster | None) -> Any:
+        if cluster is None:
+            return contextlib.nullcontext()
+        backend_table = cluster.locator.membership
+        self._membership = MembershipService(
+            backend_table,
+            cluster.entry(),
+            heartbeat_interval=self._config.heartbeat_interval,
+            dead_after=self._config.dead_after,
+            load=lambda: len(self._catalog._activations),
+        )
+        return self._membership
+
+    async def _leave_gracefully(self) -> None:
+        """Tell the cluster this silo is going (placement stops choosing it)."""
+        membership = self._membership
+        if membership is None:
+            return
+        if membership.declared_dead.is_set():
+            self._catalog.crashed = True  # its grains may be active elsewhere already
+            return
+        if self._catalog.crashed:
+            return
+        with trio.move_on_after(self._config.dead_after):
+            try:
+                await membership.set_status(SiloStatus.SHUTTING_DOWN)
+            except MembershipError:
+                pass
+
 
 @contextlib.asynccontextmanager
 async def open_silo(
@@ -241,39 +333,77 @@ async def open_silo(
         async with contextlib.AsyncExitStack() as providers:
             # outside the nursery, so that a provider's error is raised unwrapped
             await silo._open_providers(providers, factories)
+            cluster = await silo._open_cluster(providers)
             async with trio.open_nursery() as nursery:
                 await nursery.start(silo._catalog.run)
+                if cluster is not None:
+                    await nursery.start(cluster.run)
                 service = ReminderService(
                     table=silo.provider("reminders", "default"),
                     catalog=silo._catalog,
                     minimum_period=config.minimum_reminder_period,
                     wall_clock=wall_clock,
+                    refresh_interval=None if cluster is None else config.reminder_refresh,
                 )
+                if cluster is not None:
+                    service.set_owner_filter(_owns_nothing)  # until the first view
+                    cluster.view_listeners.append(
+                        lambda view: service.set_owner_filter(owner_filter_for(silo.silo_id, view))
+                    )
                 await nursery.start(service.run)
                 silo._catalog.reminders = service
+                balancers: list[PartitionBalancer] = []
                 for name in config.streams:
                     stream_provider = StreamProvider(
                         name,
                         silo.provider("streams", name),
                         silo._stream_options[name],
                         silo._catalog,
+                        owned=None if cluster is None else (),
                     )
                     await nursery.start(stream_provider.run)
                     silo._stream_providers[name] = stream_provider
-                try:
-                    yield silo
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    with trio.CancelScope(shield=True):
-                        for stream_provider in silo._stream_providers.values():
-                            await stream_provider.stop()  # hand held items back first
-                        await silo._catalog.shutdown()
-                    nursery.cancel_scope.cancel()
+                    if cluster is not None:
+                        balancer = PartitionBalancer(
+                            provider_name=name,
+                            partitions=stream_provider.partitions,
+                            silo_id=silo.silo_id,
+                            directory=cluster.locator.directory.directory,
+                            set_owned=stream_provider.set_owned_partitions,
+                            alive=cluster.locator.alive,
+                        )
+                        await nursery.start(balancer.run)
+                        cluster.view_listeners.append(balancer.update)
+                        balancers.append(balancer)
+                silo._balancers = balancers
+                async with silo._membership_service(cluster) as membership:
+                    if cluster is not None:
+                        cluster.on_view(membership.view)
+                        nursery.start_soon(cluster.follow, membership)
+                    try:
+                        yield silo
+                    except BaseException as exc:
+                        body_error = exc
+                        raise
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await silo._leave_gracefully()
+                            if not silo._catalog.crashed:
+                                for balancer in balancers:  # drains, then frees the leases
+                                    await balancer.release_all()
+                            for stream_provider in silo._stream_providers.values():
+                                await stream_provider.stop()  # hand held items back first
+                            await silo._catalog.shutdown()
+                nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The block's own exception comes back wrapped by the silo's nursery: unwrap it, so
         # ``except KeyError`` around ``async with open_silo()`` works as users expect.
         if body_error is not None and list(group.exceptions) == [body_error]:
             raise body_error from None
+        dead = group.subgroup(SiloDeclaredDeadError)
+        if dead is not None:
+            leaf: BaseException = dead
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
         raise

@@ -99,7 +99,13 @@ class StreamProvider:
     ``self.get_stream_provider(name)`` in a grain."""
 
     def __init__(
-        self, name: str, adapter: StreamAdapter, options: StreamOptions, catalog: Catalog
+        self,
+        name: str,
+        adapter: StreamAdapter,
+        options: StreamOptions,
+        catalog: Catalog,
+        *,
+        owned: Iterable[int] | None = None,
     ) -> None:
         if not isinstance(adapter, StreamAdapter):
             raise PluginError(
@@ -114,7 +120,8 @@ class StreamProvider:
             raise StreamError(f"stream provider {name!r}: partitions() must be an int >= 1")
         self._catalog = catalog
         self._codec: Codec = catalog.codec
-        self._owned: set[int] = set(range(self.partitions))
+        # all partitions in a lone silo; in a cluster, what the partition balancer gives
+        self._owned: set[int] = set(range(self.partitions)) if owned is None else set(owned)
         self._agents: dict[int, _Agent] = {}
         self._nursery: trio.Nursery | None = None
         self._subs: dict[StreamId, dict[str, _Subscription]] = {}

@@ -1,8 +1,9 @@
 """Tools for testing grains and the providers that plugins ship.
 
 Conformance kits, in the spirit of ``trio.testing.check_two_way_stream`` and Orleans'
-storage TestKit: every storage provider, reminder table and stream adapter
-(:func:`check_stream_adapter`) should pass them::
+storage TestKit: every storage provider, reminder table, stream adapter
+(:func:`check_stream_adapter`) and clustering transport (:func:`check_transport`) should
+pass them::
 
     from trio_grains.testing import check_grain_storage
 
@@ -15,6 +16,8 @@ in-memory providers. Each check is also available alone (:data:`STORAGE_CHECKS`,
 :data:`REMINDER_CHECKS`), e.g. to parametrize a pytest test over them.
 """
 
+from ._cluster import TestCluster as TestCluster
+from ._cluster import open_test_cluster as open_test_cluster
 from ._reminder_kit import REMINDER_CHECKS as REMINDER_CHECKS
 from ._reminder_kit import REMINDER_DURABILITY_CHECKS as REMINDER_DURABILITY_CHECKS
 from ._reminder_kit import ReminderTableCheck as ReminderTableCheck
@@ -29,6 +32,10 @@ from ._stream_kit import STREAM_CHECKS as STREAM_CHECKS
 from ._stream_kit import StreamAdapterCheck as StreamAdapterCheck
 from ._stream_kit import StreamAdapterOpener as StreamAdapterOpener
 from ._stream_kit import check_stream_adapter as check_stream_adapter
+from ._transport_kit import TRANSPORT_CHECKS as TRANSPORT_CHECKS
+from ._transport_kit import ClusterBackendOpener as ClusterBackendOpener
+from ._transport_kit import TransportCheck as TransportCheck
+from ._transport_kit import check_transport as check_transport
 
 __all__ = [
     "REMINDER_CHECKS",
@@ -36,17 +43,28 @@ __all__ = [
     "STORAGE_CHECKS",
     "STORAGE_DURABILITY_CHECKS",
     "STREAM_CHECKS",
+    "TRANSPORT_CHECKS",
+    "ClusterBackendOpener",
     "ReminderTableCheck",
     "ReminderTableOpener",
     "StorageCheck",
     "StorageOpener",
     "StreamAdapterCheck",
     "StreamAdapterOpener",
+    "TestCluster",
+    "TransportCheck",
     "check_grain_storage",
     "check_reminder_table",
     "check_stream_adapter",
+    "check_transport",
+    "open_test_cluster",
 ]
 
-for _name in ("check_grain_storage", "check_reminder_table", "check_stream_adapter"):
+for _name in (
+    "check_grain_storage",
+    "check_reminder_table",
+    "check_stream_adapter",
+    "check_transport",
+):
     globals()[_name].__module__ = __name__
 del _name

@@ -181,3 +181,49 @@ async def test_closed_connection_refuses_use(nats_url: str) -> None:
     with pytest.raises(ConnectionClosedError):
         await nc.request("core.closed", b"")
     assert [m async for m in sub] == []
+
+
+async def test_publish_nowait_buffers_like_publish(nc: Connection) -> None:
+    sub = await nc.subscribe("core.nowait")
+    nc.publish_nowait("core.nowait", b"one")
+    nc.publish_nowait("core.nowait", b"two", headers={"K": "v"})
+    nc.publish_nowait("core.nowait", reply="core.reply")
+    await nc.publish("core.nowait", b"awaited")
+    first, second, third, fourth = [await sub.next_msg() for _ in range(4)]
+    assert (first.data, first.headers) == (b"one", None)
+    assert (second.data, second.headers) == (b"two", {"K": "v"})
+    assert (third.data, third.reply) == (b"", "core.reply")
+    assert fourth.data == b"awaited"
+    with pytest.raises(ValueError, match="max_payload"):
+        nc.publish_nowait("core.nowait", b"x" * (nc.max_payload + 1))
+    with pytest.raises(ValueError, match="bad subject"):
+        nc.publish_nowait("core now", b"")
+
+
+async def test_publish_nowait_would_block_when_the_buffer_is_full(nats_url: str) -> None:
+    async with connect(nats_url, max_pending_bytes=1000) as nc:
+        sub = await nc.subscribe("core.full")
+        sent = 0
+        with pytest.raises(trio.WouldBlock):  # noqa: PT012 - the loop fills the buffer
+            while True:
+                nc.publish_nowait("core.full", b"x" * 100)
+                sent += 1
+        assert 0 < sent <= 10
+        assert nc.statistics().pending_bytes >= 1000
+        await nc.publish("core.full", b"last")  # waits for room, then buffers
+        got = [(await sub.next_msg()).data for _ in range(sent + 1)]
+        assert got == [b"x" * 100] * sent + [b"last"]
+        nc.publish_nowait("core.full", b"room again")
+        assert (await sub.next_msg()).data == b"room again"
+
+
+async def test_publish_nowait_on_a_closed_connection(nats_url: str) -> None:
+    async with connect(nats_url) as nc:
+        pass
+    with pytest.raises(ConnectionClosedError):
+        nc.publish_nowait("core.closed", b"")
+    async with connect(nats_url, max_pending_bytes=1) as nc:
+        await nc.drain()
+    nc._buf += b"x"  # full and closed: closed wins over WouldBlock
+    with pytest.raises(ConnectionClosedError):
+        nc.publish_nowait("core.closed", b"")

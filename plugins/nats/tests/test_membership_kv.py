@@ -6,6 +6,7 @@ Real time with small intervals; every wait is bounded by a generous ``trio.fail_
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -15,7 +16,9 @@ from trio_grains_nats import Connection, JetStream, connect
 from trio_grains_nats.membership import (
     KvMembershipTable,
     decode_silo_key,
+    decode_token,
     encode_silo_key,
+    encode_token,
     membership_bucket,
 )
 from trio_grains_nats.testing import FreezingRelay, run_freezing_relay
@@ -63,6 +66,14 @@ def test_keys_and_bucket_names() -> None:
         assert all(c.isalnum() or c in "-_=" for c in key)
         assert decode_silo_key(key) == silo_id
     assert encode_silo_key("=") != "="
+    for text in ["", "=", "a.b", "*", ">", " ", "\ud800 lone surrogate", "日本"]:
+        token = encode_token(text)
+        assert token
+        assert all(c.isascii() and (c.isalnum() or c in "-_=") for c in token)
+        assert decode_token(token) == text
+    assert encode_token("") == "=" != encode_token("=")
+    with pytest.raises(ValueError, match="empty"):
+        encode_silo_key("")
     assert membership_bucket("prod") == "grains-membership-prod"
     with pytest.raises(ValueError, match="cluster name"):
         membership_bucket("a.b")
@@ -102,6 +113,54 @@ async def test_table_contract(js: JetStream) -> None:
         await table.heartbeat(a.silo_id)
     again = await table.join(_entry(a.silo_id))  # after a leave
     assert again.version > rejoined.version
+
+
+async def test_grain_types_and_load(js: JetStream) -> None:
+    table = await KvMembershipTable.open(js, _cluster(), entry_ttl=TTL)
+    entry = SiloEntry("s1", "grains.silo.s1", grain_types=["cart", "user"], load=3)
+    joined = await table.join(entry)
+    assert (joined.grain_types, joined.load) == (frozenset({"cart", "user"}), 3)
+    loaded = await table.heartbeat("s1", load=17)
+    assert loaded.load == 17
+    assert loaded.version > joined.version
+    kept = await table.heartbeat("s1")
+    assert kept.load == 17
+    assert kept.grain_types == frozenset({"cart", "user"})
+    zero = await table.heartbeat("s1", load=0)
+    assert zero.load == 0
+    assert (await table.snapshot()).get("s1") == zero
+    active = await table.set_status("s1", SiloStatus.ACTIVE)
+    assert active is not None
+    assert (active.grain_types, active.load) == (frozenset({"cart", "user"}), 0)
+
+
+async def test_rows_without_the_new_fields_decode_with_defaults(js: JetStream) -> None:
+    table = await KvMembershipTable.open(js, _cluster(), entry_ttl=TTL)
+    old_row = {
+        "silo_id": "old silo",
+        "address": "grains.silo.old",
+        "status": "active",
+        "roles": ["web"],
+        "started_at": 1.5,
+        "heartbeat_at": 2.5,
+    }
+    revision = await table.kv.put(encode_silo_key("old silo"), json.dumps(old_row).encode())
+    view = await table.snapshot()
+    assert view.get("old silo") == SiloEntry(
+        "old silo",
+        "grains.silo.old",
+        SiloStatus.ACTIVE,
+        roles=frozenset({"web"}),
+        started_at=1.5,
+        heartbeat_at=2.5,
+        version=revision,
+        grain_types=frozenset(),
+        load=0,
+    )
+    beat = await table.heartbeat("old silo", load=4)  # rewritten with the new fields
+    assert (beat.load, beat.grain_types, beat.roles) == (4, frozenset(), frozenset({"web"}))
+    stored = json.loads((await table.kv.get(encode_silo_key("old silo"))).value)
+    assert (stored["load"], stored["grain_types"]) == (4, [])
 
 
 async def test_watch_and_ttl_expiry(js: JetStream) -> None:

@@ -76,10 +76,27 @@ class Connection(Wire):
         reconnect, is behind), in which case it waits for room. Use :meth:`flush` to know
         the server has it.
         """
+        await self._wait_to_write()
+        self._write_pub(subject, reply, payload, headers)
+
+    def publish_nowait(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        reply: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """:meth:`publish` without waiting (not a checkpoint).
+
+        Raises :class:`trio.WouldBlock` when the outgoing buffer holds
+        ``max_pending_bytes`` or more, :class:`ConnectionClosedError` when the connection
+        is closed (or draining); otherwise buffers the message exactly as :meth:`publish`
+        does (also while reconnecting).
+        """
         if len(self._buf) >= self._max_pending_bytes:
-            await self._wait_for_room()
-        else:
-            await checkpoint_if_cancelled()
+            self._check_open()
+            raise trio.WouldBlock
         self._write_pub(subject, reply, payload, headers)
 
     async def subscribe(
@@ -118,10 +135,7 @@ class Connection(Wire):
         ``fail_after``. Raises :class:`NoRespondersError` when nobody subscribes to
         *subject*.
         """
-        if len(self._buf) >= self._max_pending_bytes:
-            await self._wait_for_room()
-        else:
-            await checkpoint_if_cancelled()
+        await self._wait_to_write()
         self._req_seq += 1
         seq = str(self._req_seq)
         token = seq.encode()
@@ -195,6 +209,13 @@ class Connection(Wire):
         from ._jetstream import JetStream
 
         return JetStream(self, prefix=prefix)
+
+    async def _wait_to_write(self) -> None:
+        """A checkpoint for cancellation; waits while the outgoing buffer is full."""
+        if len(self._buf) >= self._max_pending_bytes:
+            await self._wait_for_room()
+        else:
+            await checkpoint_if_cancelled()
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         await checkpoint_if_cancelled()

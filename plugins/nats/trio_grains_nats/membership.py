@@ -47,7 +47,14 @@ from ._exceptions import (
 from ._jetstream import JetStream
 from ._kv import KeyValue, KvEntry, create_key_value
 
-__all__ = ["KvMembershipTable", "decode_silo_key", "encode_silo_key", "membership_bucket"]
+__all__ = [
+    "KvMembershipTable",
+    "decode_silo_key",
+    "decode_token",
+    "encode_silo_key",
+    "encode_token",
+    "membership_bucket",
+]
 
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _KEY_SAFE = re.compile(r"[A-Za-z0-9_-]")
@@ -63,28 +70,49 @@ def membership_bucket(cluster: str) -> str:
     return f"grains-membership-{cluster}"
 
 
+def encode_token(text: str) -> str:
+    """*text* as one NATS subject token that is also a KV key, for any string.
+
+    ``A-Z a-z 0-9 _ -`` are kept, every other character becomes ``=XX`` per UTF-8 byte
+    (lone surrogates included); the empty string is ``=``, which no other string
+    encodes to. :func:`decode_token` reverses it.
+    """
+    if not text:
+        return "="
+    return "".join(
+        ch
+        if _KEY_SAFE.fullmatch(ch)
+        else "".join(f"={b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        for ch in text
+    )
+
+
+def decode_token(token: str) -> str:
+    """The inverse of :func:`encode_token`."""
+    if token == "=":
+        return ""
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "=":
+            raw.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw += token[i].encode()
+            i += 1
+    return raw.decode("utf-8", "surrogatepass")
+
+
 def encode_silo_key(silo_id: str) -> str:
-    """A KV key for *silo_id*: safe characters kept, others as ``=XX`` (UTF-8 bytes)."""
+    """A KV key for *silo_id* (:func:`encode_token`; a silo id cannot be empty)."""
     if not silo_id:
         raise ValueError("a silo id cannot be empty")
-    return "".join(
-        ch if _KEY_SAFE.fullmatch(ch) else "".join(f"={b:02X}" for b in ch.encode())
-        for ch in silo_id
-    )
+    return encode_token(silo_id)
 
 
 def decode_silo_key(key: str) -> str:
     """The inverse of :func:`encode_silo_key`."""
-    raw = bytearray()
-    i = 0
-    while i < len(key):
-        if key[i] == "=":
-            raw.append(int(key[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            raw += key[i].encode()
-            i += 1
-    return raw.decode()
+    return decode_token(key)
 
 
 def _encode(entry: SiloEntry) -> bytes:
@@ -96,6 +124,8 @@ def _encode(entry: SiloEntry) -> bytes:
             "roles": sorted(entry.roles),
             "started_at": entry.started_at,
             "heartbeat_at": entry.heartbeat_at,
+            "grain_types": sorted(entry.grain_types),
+            "load": entry.load,
         },
         separators=(",", ":"),
     ).encode()
@@ -115,6 +145,9 @@ def _decode(kv_entry: KvEntry) -> SiloEntry | None:
             started_at=float(data["started_at"]),
             heartbeat_at=float(data["heartbeat_at"]),
             version=kv_entry.revision,
+            # rows written before these fields existed decode with the defaults
+            grain_types=[str(t) for t in data.get("grain_types", ())],
+            load=int(data.get("load", 0)),
         )
     except (ValueError, KeyError, TypeError):
         return None  # e.g. a TTL delete marker, or something that is not ours
@@ -183,15 +216,16 @@ class KvMembershipTable(MembershipTable):
                 except WrongLastSequenceError:  # KeyExistsError included: look again
                     continue
 
-    async def heartbeat(self, silo_id: str) -> SiloEntry:
+    async def heartbeat(self, silo_id: str, *, load: int | None = None) -> SiloEntry:
         with _translated():
             while True:
                 old = await self._get(silo_id)
                 _check_alive(silo_id, old)
                 assert old is not None
+                new_load = old.load if load is None else load
                 try:
                     return await self._write(
-                        attrs.evolve(old, heartbeat_at=self.clock()), old.version
+                        attrs.evolve(old, heartbeat_at=self.clock(), load=new_load), old.version
                     )
                 except WrongLastSequenceError:
                     continue  # written meanwhile (maybe DEAD): look again

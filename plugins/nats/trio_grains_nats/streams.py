@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import re
-import ssl
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -59,11 +58,12 @@ from trio_grains import (
     unescape_token,
 )
 
-from ._connection import Connection, connect
+from ._connection import Connection
 from ._exceptions import NatsError, NotFoundError
 from ._jetstream import MSG_ID, PublishItem
 from ._jsmsg import JsMsgMetadata
 from ._msg import Msg
+from ._options import CONNECT_OPTIONS, ConnectOptions, parse_connect_options
 from ._subscription import Subscription
 
 __all__ = [
@@ -88,10 +88,10 @@ FETCH_EXPIRES = 5.0
 
 
 @attrs.frozen(kw_only=True)
-class JetStreamStreamConfig:
-    """The provider's options, validated (see :func:`parse_options`)."""
+class JetStreamStreamConfig(ConnectOptions):
+    """The provider's options, validated (see :func:`parse_options`); the connection's
+    (servers, credentials, TLS) are :class:`ConnectOptions`'."""
 
-    servers: tuple[str, ...] = ()
     data_dir: str | None = None
     stream: str = "GRAINS"
     prefix: str = "grains"
@@ -105,35 +105,9 @@ class JetStreamStreamConfig:
     consumer_prefix: str = "grains"
     max_ack_pending: int = -1
     fetch_expires: float = FETCH_EXPIRES
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    nkeys_seed: str | None = None
-    creds: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        if not (self.tls_ca or self.tls_cert):
-            return None
-        ctx = ssl.create_default_context(cafile=self.tls_ca)
-        if self.tls_cert:
-            ctx.load_cert_chain(self.tls_cert, self.tls_key)
-        return ctx
 
 
-_STRINGS = (
-    "data_dir",
-    "user",
-    "password",
-    "token",
-    "nkeys_seed",
-    "creds",
-    "tls_ca",
-    "tls_cert",
-    "tls_key",
-)
+_STRINGS = ("data_dir",)
 _INTS: dict[str, int] = {"partitions": 1, "replicas": 1}
 _LIMITS = ("max_bytes", "max_msgs", "max_ack_pending")  # -1 (or 0): unlimited
 _SECONDS: dict[str, bool] = {  # name -> zero allowed
@@ -143,7 +117,8 @@ _SECONDS: dict[str, bool] = {  # name -> zero allowed
     "fetch_expires": False,
 }
 KNOWN_OPTIONS = frozenset(
-    {"servers", "stream", "prefix", "consumer_prefix", *_STRINGS, *_INTS, *_LIMITS, *_SECONDS}
+    {"stream", "prefix", "consumer_prefix", *CONNECT_OPTIONS, *_STRINGS, *_INTS, *_LIMITS}
+    | set(_SECONDS)
 )
 
 
@@ -165,16 +140,7 @@ def parse_options(name: str, options: Mapping[str, Any]) -> JetStreamStreamConfi
             f"[streams.{name}] the jetstream stream provider has no option "
             f"{', '.join(map(repr, unknown))}; options: {', '.join(known)}"
         )
-    kwargs: dict[str, Any] = {}
-    if "servers" in options:
-        servers = options["servers"]
-        if isinstance(servers, str):
-            servers = [s for s in (p.strip() for p in servers.split(",")) if s]
-        if not isinstance(servers, list | tuple) or not all(
-            isinstance(s, str) and s.strip() for s in servers
-        ):
-            raise bad("servers", "a server URL or a list of them")
-        kwargs["servers"] = tuple(s.strip() for s in servers)
+    kwargs = parse_connect_options(options, bad)
     for key in _STRINGS:
         if key in options:
             if not isinstance(options[key], str) or not options[key]:
@@ -212,8 +178,6 @@ def parse_options(name: str, options: Mapping[str, Any]) -> JetStreamStreamConfi
     config = JetStreamStreamConfig(**kwargs)
     if config.ack_wait <= 1.0:
         raise bad("ack_wait", "more than 1 second (the silo renews held items every ack_wait/3)")
-    if config.tls_key and not config.tls_cert:
-        raise ConfigError(f"[streams.{name}] option 'tls_key' needs 'tls_cert'")
     return config
 
 
@@ -546,18 +510,7 @@ async def open_jetstream_stream_adapter(
                 await stack.enter_async_context(_embedded_server(config.data_dir, context.name))
             ]
         nc = await stack.enter_async_context(
-            connect(
-                servers,
-                name=f"{context.silo_name} streams.{context.name}",
-                user=config.user,
-                password=config.password,
-                token=config.token,
-                nkeys_seed=config.nkeys_seed,
-                creds=config.creds,
-                tls=config.tls_context(),
-                reconnect_wait=0.5,
-                max_reconnect_attempts=-1,
-            )
+            config.connect(name=f"{context.silo_name} streams.{context.name}", servers=servers)
         )
         adapter = JetStreamStreamAdapter(nc, config)
         await adapter.setup()

@@ -1,0 +1,203 @@
+"""Several silos of one cluster in one Trio run (in-memory membership, directory, transport)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from trio_grains import (
+    Grain,
+    GrainInterface,
+    ProviderConfig,
+    SiloConfig,
+    SiloUnavailableError,
+    grain_type,
+    persistent_state,
+)
+from trio_grains.testing import open_test_cluster
+
+ACTIVATIONS: Counter[str] = Counter()
+LIVE: dict[str, str] = {}  # grain id -> silo id of its live activation
+DOUBLE: list[str] = []
+
+
+@attrs.define
+class Tally:
+    count: int = 0
+    activations: int = 0
+
+
+@grain_type("counter")
+class ICounter(GrainInterface):
+    async def add(self, n: int) -> int: ...
+    async def where(self) -> str: ...
+
+
+class CounterGrain(Grain, ICounter):
+    tally = persistent_state(Tally)
+
+    async def on_activate(self) -> None:
+        gid = str(self.grain_id)
+        if gid in LIVE:
+            DOUBLE.append(gid)
+        LIVE[gid] = self._silo_id()
+        ACTIVATIONS[gid] += 1
+        self.tally.state.activations += 1
+        await self.tally.write()
+
+    async def on_deactivate(self, reason: str) -> None:
+        LIVE.pop(str(self.grain_id), None)
+
+    def _silo_id(self) -> str:
+        cluster = self._activation.runtime.cluster
+        assert cluster is not None
+        return cluster.silo_id
+
+    async def add(self, n: int) -> int:
+        self.tally.state.count += n
+        await self.tally.write()
+        return self.tally.state.count
+
+    async def where(self) -> str:
+        return self._silo_id()
+
+
+class Boom(Exception):
+    pass
+
+
+class EchoGrain(Grain):
+    async def echo(self, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        return value
+
+    async def fail(self) -> None:
+        raise Boom("on purpose")
+
+    async def call_counter(self, other: ICounter, n: int) -> int:
+        return await other.add(n)
+
+    async def slow(self, seconds: float) -> str:
+        try:
+            await trio.sleep(seconds)
+        except trio.Cancelled:
+            CANCELLED.append(str(self.grain_id))
+            raise
+        return "done"
+
+
+CANCELLED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    ACTIVATIONS.clear()
+    LIVE.clear()
+    DOUBLE.clear()
+    CANCELLED.clear()
+
+
+async def test_calls_from_a_client_activate_each_grain_once_spread_over_silos() -> None:
+    async with open_test_cluster(3, grains=[CounterGrain]) as cluster:
+        refs = [cluster.get_grain(ICounter, f"g{i}") for i in range(300)]
+        async with trio.open_nursery() as nursery:
+            for ref in refs:
+                nursery.start_soon(ref.add, 1)
+        async with trio.open_nursery() as nursery:
+            for ref in refs:
+                nursery.start_soon(ref.add, 1)
+        assert len(ACTIVATIONS) == 300
+        assert set(ACTIVATIONS.values()) == {1}
+        assert not DOUBLE
+        hosts = Counter(LIVE.values())
+        assert len(hosts) == 3  # random placement used every silo
+        assert cluster.memory is not None
+        directory = cluster.memory.directory
+        entries = [await directory.lookup(ref.grain_id) for ref in refs]
+        assert all(e is not None and e.silo_id == LIVE[str(e.grain_id)] for e in entries)
+        assert await refs[7].add(0) == 2
+
+
+async def test_fifty_concurrent_first_calls_from_three_silos_make_one_activation() -> None:
+    async with open_test_cluster(3, grains=[CounterGrain]) as cluster:
+        results: list[int] = []
+
+        async def call(silo_index: int) -> None:
+            ref = cluster.silos[silo_index].get_grain(ICounter, "contended")
+            results.append(await ref.add(1))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(call, i % 3)
+        assert Counter({"counter/contended": 1}) == ACTIVATIONS
+        assert sorted(results) == list(range(1, 51))
+
+
+async def test_results_exceptions_and_references_cross_silos() -> None:
+    async with open_test_cluster(2, grains=[CounterGrain, EchoGrain]) as cluster:
+        echo = cluster.get_grain(EchoGrain, "e")
+        assert await echo.echo({"a": [1, 2]}) == {"a": [1, 2]}
+        with pytest.raises(Boom, match="on purpose"):
+            await echo.fail()
+        counter = cluster.get_grain(ICounter, "c")
+        assert await echo.call_counter(counter, 5) == 5
+        assert await counter.add(1) == 6
+
+
+async def test_a_callers_deadline_travels_with_the_call(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_cluster(2, grains=[EchoGrain], client=True) as cluster:
+        echo = cluster.get_grain(EchoGrain, "slow")
+        with trio.move_on_after(1):
+            await echo.slow(100)
+        await trio.sleep(0.5)
+        assert CANCELLED == ["echo/slow"]
+
+
+async def test_a_grain_type_no_silo_hosts_is_a_clear_error() -> None:
+    async with open_test_cluster(2, grains=[EchoGrain]) as cluster:
+        with pytest.raises(SiloUnavailableError, match="no active silo hosts grain type 'counter'"):
+            await cluster.get_grain(ICounter, "x").add(1)
+        # and the silos keep serving
+        assert await cluster.get_grain(EchoGrain, "e").echo({}) == {}
+
+
+async def test_a_graceful_stop_moves_grains_and_keeps_their_state(tmp_path: Path) -> None:
+    sqlite = ProviderConfig(provider="sqlite", options={"path": str(tmp_path / "s.db")})
+    config = SiloConfig(storage={"default": sqlite})
+    async with open_test_cluster(2, grains=[CounterGrain], config=config) as cluster:
+        refs = [cluster.get_grain(ICounter, f"g{i}") for i in range(20)]
+        for ref in refs:
+            assert await ref.add(3) == 3
+        leaving = cluster.silos[0]
+        await cluster.stop_silo(leaving)
+        await cluster.wait_for_active(1)
+        for ref in refs:
+            assert await ref.add(1) == 4
+            assert await ref.where() == cluster.silos[0].silo_id
+        assert not DOUBLE
+
+
+async def test_a_killed_silo_is_declared_dead_and_its_grains_come_back_elsewhere(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_cluster(3, grains=[CounterGrain]) as cluster:
+        refs = [cluster.get_grain(ICounter, f"g{i}") for i in range(60)]
+        for ref in refs:
+            await ref.add(1)
+        victim = cluster.silos[1]
+        on_victim = [ref for ref in refs if LIVE[str(ref.grain_id)] == victim.silo_id]
+        assert on_victim
+        await cluster.kill_silo(victim)
+        for gid in [g for g, s in LIVE.items() if s == victim.silo_id]:
+            del LIVE[gid]  # killed activations never deactivate
+        start = trio.current_time()
+        await cluster.wait_for_active(2)
+        detected = trio.current_time() - start
+        assert detected <= SiloConfig().dead_after + 2 * SiloConfig().heartbeat_interval
+        for ref in on_victim:
+            await ref.add(1)
+            assert LIVE[str(ref.grain_id)] != victim.silo_id
+        assert not DOUBLE

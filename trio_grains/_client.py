@@ -1,0 +1,246 @@
+"""Clients: Trio programs outside the cluster that call its grains.
+
+``async with open_client(config) as client:`` opens the clustering provider (over NATS:
+one connection), a transport endpoint of its own and a watch of the membership table, and
+gives references whose calls go to the grain's silo (located through the directory, placed
+by a hosting silo when the grain is not active anywhere). The client hosts nothing and
+does not join the membership table. Nothing it starts outlives the block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import trio
+
+from ._cluster import call_anywhere
+from ._config import PluginsConfig, ProviderConfig
+from ._exceptions import (
+    ConfigError,
+    GrainCallTimeoutError,
+    GrainMethodError,
+    MembershipUnavailableError,
+)
+from ._grain import GrainInterface, class_info
+from ._ids import GrainId, GrainKey
+from ._locator import Locator
+from ._membership import MembershipTable, MembershipView
+from ._messaging import TimeoutWheel
+from ._plugins import Plugins, load_plugins
+from ._reference import GrainReference, reference_class
+from ._registry import ProviderContext
+from ._remote import Messenger
+from ._serialization import Codec, make_converter
+
+__all__ = ["Client", "ClientConfig", "ClientStatistics", "open_client"]
+
+log = logging.getLogger("trio_grains.client")
+
+G = TypeVar("G", bound=GrainInterface)
+
+
+def _default_client_name() -> str:
+    return f"client-{socket.gethostname()}-{os.getpid()}"
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ClientConfig:
+    """How a client reaches its cluster; every field but ``clustering`` has a default.
+
+    * ``cluster_id``: the cluster to call (as the silos' ``cluster_id``).
+    * ``clustering``: the clustering provider and its options, as the silos have them
+      (default: ``nats`` on ``nats://127.0.0.1:4222``).
+    * ``response_timeout``: how long a call waits for its reply.
+    """
+
+    name: str = attrs.field(factory=_default_client_name)
+    cluster_id: str = "dev"
+    clustering: ProviderConfig = attrs.field(factory=lambda: ProviderConfig(provider="nats"))
+    response_timeout: float = attrs.field(default=30.0, validator=_positive)
+    plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
+        """Structure *data* (e.g. parsed TOML); :class:`ConfigError` names every bad key."""
+        converter = cattrs.Converter(forbid_extra_keys=True)
+        try:
+            return converter.structure(dict(data), cls)
+        except cattrs.BaseValidationError as exc:
+            problems = "\n  ".join(cattrs.transform_error(exc, path="config"))
+            raise ConfigError(f"invalid client configuration:\n  {problems}") from exc
+
+
+@attrs.frozen
+class ClientStatistics:
+    """A snapshot of a client, from :meth:`Client.statistics`."""
+
+    name: str
+    endpoint_id: str
+    active_silos: int
+    pending_calls: int
+    messages_sent: int
+    messages_received: int
+
+
+class Client:
+    """A connection to a cluster. Get one from :func:`open_client`."""
+
+    def __init__(self, config: ClientConfig, plugins: Plugins) -> None:
+        self._config = config
+        self._plugins = plugins
+        self._converter = make_converter(self._reference_from_id)
+        plugins.configure_converter(self._converter)
+        self._codec = Codec(self._converter)
+        self._endpoint_id = f"{config.name}-{secrets.token_hex(4)}"
+        self._locator: Locator | None = None
+        self._messenger: Messenger | None = None
+        self._view_changed = trio.Event()
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def converter(self) -> cattrs.Converter:
+        return self._converter
+
+    @property
+    def membership_view(self) -> MembershipView:
+        """The latest membership view the client has seen."""
+        return self._running()[0].view
+
+    def get_grain(self, grain_class: type[G], key: GrainKey, *, key_ext: str | None = None) -> G:
+        """A reference to grain ``(type of grain_class, key)``; *grain_class* may be an
+        interface (the client needs no grain classes). No I/O."""
+        grain_id = GrainId.create(class_info(grain_class).grain_type, key, key_ext)
+        return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
+
+    def get_grain_by_id(self, grain_class: type[G], grain_id: GrainId | str) -> G:
+        """A reference from a stored id (``GrainId`` or its text form)."""
+        if isinstance(grain_id, str):
+            grain_id = GrainId.parse(grain_id)
+        return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
+
+    def _reference_from_id(self, iface: type, grain_id: GrainId) -> Any:
+        return self.get_grain_by_id(iface, grain_id)
+
+    async def invoke(
+        self, ref: GrainReference, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        locator, messenger = self._running()
+        method = ref._info.methods.get(name)
+        if method is None:
+            raise GrainMethodError(f"{ref.interface.__qualname__} has no grain method {name!r}")
+        return await call_anywhere(locator, messenger, ref._grain_id, method, args, kwargs)
+
+    async def wait_for_silos(self, count: int = 1) -> MembershipView:
+        """Wait until at least *count* silos are ``ACTIVE``; the view that has them."""
+        locator = self._running()[0]
+        while len(locator.view.active()) < count:
+            await self._view_changed.wait()
+        await trio.lowlevel.checkpoint()
+        return locator.view
+
+    def statistics(self) -> ClientStatistics:
+        locator, messenger = self._running()
+        return ClientStatistics(
+            name=self.name,
+            endpoint_id=self._endpoint_id,
+            active_silos=len(locator.view.active()),
+            pending_calls=messenger.pending(),
+            messages_sent=messenger.sent,
+            messages_received=messenger.received,
+        )
+
+    def _running(self) -> tuple[Locator, Messenger]:
+        if self._locator is None or self._messenger is None:
+            raise RuntimeError("the client is not open: use 'async with open_client(...)'")
+        return self._locator, self._messenger
+
+    def _on_view(self, view: MembershipView) -> None:
+        locator, messenger = self._running()
+        for silo_id in locator.set_view(view):
+            messenger.fail_calls_to(silo_id, "died or left")
+        self._view_changed.set()
+        self._view_changed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Client {self._endpoint_id!r} cluster={self._config.cluster_id!r}>"
+
+
+async def watch_views(
+    table: MembershipTable, on_view: Callable[[MembershipView], None], retry: float = 1.0
+) -> None:
+    """Feed every view of *table* to *on_view*, re-opening the watch when it is lost."""
+    while True:
+        try:
+            async with table.watch() as views:
+                async for view in views:
+                    on_view(view)
+        except MembershipUnavailableError as exc:
+            log.warning("membership watch lost: %s; retrying", exc)
+        await trio.sleep(retry)
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    config: ClientConfig | None = None, *, plugins: Sequence[object] = ()
+) -> AsyncIterator[Client]:
+    """Connect to a cluster for the duration of an ``async with`` block."""
+    config = config or ClientConfig()
+    loaded = load_plugins(config.plugins, extra=plugins)
+    client = Client(config, loaded)
+    factory = loaded.clustering.get(config.clustering.provider)
+    ctx = ProviderContext(
+        name="default",
+        silo_name=config.name,
+        cluster_id=config.cluster_id,
+        converter=client._converter,
+    )
+    async with (
+        factory(ctx, dict(config.clustering.options)) as backend,
+        backend.open_endpoint(client._endpoint_id) as transport,
+        trio.open_nursery() as nursery,
+    ):
+        wheel = TimeoutWheel(config.response_timeout, _timeout_error)
+        locator = Locator(
+            membership=backend.membership,
+            directory=backend.directory,
+            placement=loaded.placement,
+            default_strategy=loaded.placement.strategy_for_name("random"),
+            hosted=None,
+            self_id=None,
+        )
+        messenger = Messenger(
+            transport, client._codec, wheel, client._endpoint_id, locator.address_of
+        )
+        client._locator, client._messenger = locator, messenger
+        locator.set_view(await backend.membership.snapshot())
+        nursery.start_soon(wheel.run)
+        await nursery.start(messenger.run)
+        nursery.start_soon(watch_views, backend.membership, client._on_view)
+        try:
+            yield client
+        finally:
+            client._locator = client._messenger = None
+            nursery.cancel_scope.cancel()
+
+
+def _timeout_error(call: Any, timeout: float) -> Exception:
+    return GrainCallTimeoutError(
+        f"no reply from {call.describe()} within {timeout} s (response_timeout): its silo "
+        "may be overloaded or unreachable; raise ClientConfig.response_timeout if it is slow"
+    )

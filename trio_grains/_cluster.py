@@ -1,0 +1,342 @@
+"""A silo's part in a cluster: remote calls in and out, directory registration, forwarding.
+
+:class:`SiloCluster` is attached to the silo's :class:`~trio_grains._catalog.Catalog`
+when the silo is configured with a clustering provider. The catalog asks it to:
+
+* :meth:`~SiloCluster.invoke` grains that are not activated here (locate, then call
+  locally or over the transport; "not here" answers and lost races are retried);
+* :meth:`~SiloCluster.register` every new activation in the grain directory before it
+  runs (create-if-absent: losing the race raises
+  :class:`~trio_grains._exceptions.ActivationRaceLostError` and the calls go to the winner),
+  and :meth:`~SiloCluster.unregister` it after ``on_deactivate``;
+* :meth:`~SiloCluster.reroute` calls that were queued on an activation that is gone.
+
+Requests from other silos and clients arrive in :meth:`SiloCluster._on_request`: a call
+to an activation that is here is posted to its mailbox with a callback that sends the
+reply (no task per call); anything else is placed or forwarded.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import outcome
+import trio
+
+from . import _envelope as env
+from ._activation import DEAD
+from ._directory import DirectoryEntry
+from ._exceptions import (
+    ActivationRaceLostError,
+    DirectoryError,
+    GrainCallError,
+    GrainMethodError,
+    GrainsError,
+    SiloUnavailableError,
+)
+from ._ids import GrainId
+from ._locator import Locator
+from ._membership import MembershipView, SiloEntry, SiloStatus
+from ._messaging import ABANDONED, DONE, Call, log_one_way_outcome
+from ._remote import Messenger, RerouteError
+
+if TYPE_CHECKING:
+    from ._activation import Activation
+    from ._catalog import Catalog
+    from ._grain import MethodInfo
+    from ._membership_service import MembershipService
+    from ._placement import PlacementRegistry, PlacementStrategy
+    from ._reference import GrainReference
+    from ._transport import ClusterBackend, Transport
+
+__all__ = ["MAX_ATTEMPTS", "SiloCluster", "call_anywhere"]
+
+log = logging.getLogger("trio_grains.cluster")
+
+MAX_ATTEMPTS = 8  # locate-and-call attempts (or forwards) before a call gives up
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before locating again after a "not here" answer."""
+    return 0.0 if attempt == 0 else min(1.0, 0.02 * 2**attempt)
+
+
+async def call_anywhere(
+    locator: Locator,
+    messenger: Messenger,
+    grain_id: GrainId,
+    method: MethodInfo,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    local: Callable[..., Awaitable[Any]] | None = None,
+) -> Any:
+    """Locate *grain_id* and call it there (through *local* if that is this silo); on a
+    "not here" answer, or a lost activation race, locate it again."""
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            await trio.sleep(backoff(attempt))
+        silo_id, flags = await locator.locate(grain_id)
+        try:
+            if local is not None and silo_id == locator.self_id:
+                return await local(grain_id, method, args, kwargs)
+            return await messenger.call(silo_id, grain_id, method, args, kwargs, flags=flags)
+        except RerouteError:
+            if local is None or silo_id != locator.self_id:
+                locator.directory.cache.invalidate(grain_id)
+    raise SiloUnavailableError(
+        f"could not reach an activation of {grain_id} in {MAX_ATTEMPTS} attempts (its silo "
+        "is stopping or the directory keeps changing); retry later"
+    )
+
+
+class SiloCluster:
+    """The cluster side of one silo (see the module docstring)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        backend: ClusterBackend,
+        transport: Transport,
+        silo_id: str,
+        placement: PlacementRegistry,
+        default_strategy: PlacementStrategy,
+        roles: tuple[str, ...] = (),
+    ) -> None:
+        self.catalog = catalog
+        self.silo_id = silo_id
+        self.roles = roles
+        self.locator = Locator(
+            membership=backend.membership,
+            directory=backend.directory,
+            placement=placement,
+            default_strategy=default_strategy,
+            hosted=catalog.registry,
+            self_id=silo_id,
+            local_load=lambda: len(catalog._activations),
+        )
+        self.messenger = Messenger(
+            transport, catalog.codec, catalog.wheel, silo_id, self.locator.address_of
+        )
+        self.messenger.on_request = self._on_request
+        #: called with every new membership view (stream balancers, reminder ownership)
+        self.view_listeners: list[Callable[[MembershipView], None]] = []
+        self._nursery: trio.Nursery | None = None
+        self._janitor_send, self._janitor_receive = trio.open_memory_channel[str](1000)
+        self.forwarded = 0
+        self.rerouted = 0
+        self.stale_entries_removed = 0
+
+    def entry(self) -> SiloEntry:
+        """This silo's membership row, before joining."""
+        return SiloEntry(
+            silo_id=self.silo_id,
+            address=self.messenger.transport.address,
+            roles=self.roles,
+            grain_types=[str(t) for t in self.catalog.registry.types()],
+            started_at=time.time(),
+        )
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.messenger.run)
+            nursery.start_soon(self._janitor)
+            task_status.started()
+
+    async def follow(self, membership: MembershipService) -> None:
+        """Apply every membership view the service sees (run in the silo's nursery)."""
+        seen = -1
+
+        def newer(view: MembershipView) -> bool:
+            return view.version > seen
+
+        while True:
+            view = await membership.wait_view(newer)
+            seen = view.version
+            self.on_view(view)
+
+    def on_view(self, view: MembershipView) -> None:
+        gone = self.locator.set_view(view)
+        active = [e.silo_id for e in view.active()]
+        for silo_id in gone:
+            dead = view.status_of(silo_id) is SiloStatus.DEAD
+            self.messenger.fail_calls_to(silo_id, "died" if dead else "left")
+            # One janitor per cluster. A silo that left cleanly has unregistered its grains
+            # (this finds nothing); one whose row expired unseen has not.
+            if active and active[0] == self.silo_id:
+                try:
+                    self._janitor_send.send_nowait(silo_id)
+                except trio.WouldBlock:
+                    log.warning("janitor is behind; entries of %s are removed lazily", silo_id)
+        for listener in self.view_listeners:
+            listener(view)
+
+    async def _janitor(self) -> None:
+        """Remove directory entries of dead silos, so their grains can move at once."""
+        async for silo_id in self._janitor_receive:
+            while True:
+                try:
+                    removed = await self.locator.directory.remove_silo(silo_id)
+                except DirectoryError as exc:
+                    log.warning("could not remove entries of dead silo %s: %s", silo_id, exc)
+                    await trio.sleep(1.0)
+                    continue
+                self.stale_entries_removed += removed
+                log.info("removed %d directory entries of dead silo %s", removed, silo_id)
+                break
+
+    # -- calls out ----------------------------------------------------------------------------
+
+    async def invoke(
+        self, ref: GrainReference, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        method = ref._info.methods.get(name)
+        if method is None:
+            raise GrainMethodError(f"{ref.interface.__qualname__} has no grain method {name!r}")
+        return await self.call(ref._grain_id, method, args, kwargs)
+
+    async def call(
+        self, grain_id: GrainId, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Call *method* on *grain_id* wherever it is (or is placed)."""
+        return await call_anywhere(
+            self.locator, self.messenger, grain_id, method, args, kwargs, local=self._call_here
+        )
+
+    async def _call_here(
+        self, grain_id: GrainId, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        info = self.catalog._implementation(grain_id, None)
+        act = self.catalog.local_activation(grain_id, info)
+        local = act.methods.get(method.name)
+        if local is None:
+            raise GrainMethodError(f"{info.describe()} has no grain method {method.name!r}")
+        try:
+            return await self.catalog.deliver(act, local, args, kwargs)
+        except ActivationRaceLostError:
+            raise RerouteError(grain_id) from None  # the winner's entry is in the cache now
+
+    def reroute(self, call: Call) -> None:
+        """Send a call that never ran here to wherever its grain is now."""
+        if call.state == ABANDONED or call.method is None or self._nursery is None:
+            if call.state != ABANDONED:
+                call.fail(SiloUnavailableError(f"the silo stopped before {call.describe()} ran"))
+            return
+        self.rerouted += 1
+        self._nursery.start_soon(self._reroute, call)
+
+    async def _reroute(self, call: Call) -> None:
+        assert call.method is not None
+        assert isinstance(call.target, GrainId)
+        with trio.CancelScope(deadline=call.deadline):
+            result = await outcome.acapture(
+                self.call, call.target, call.method, call.args, call.kwargs
+            )
+            if call.state not in (DONE, ABANDONED):
+                call.finish(result)
+
+    # -- the directory ------------------------------------------------------------------------
+
+    async def register(self, act: Activation) -> None:
+        """Register *act* in the directory, or raise ActivationRaceLostError."""
+        directory = self.locator.directory
+        entry = DirectoryEntry.new(act.grain_id, self.silo_id)
+        for _ in range(3):
+            winner = await directory.register(entry)
+            if winner.same_activation(entry):
+                act.directory_entry = winner
+                return
+            if winner.silo_id == self.silo_id or not await self.locator.alive(winner.silo_id):
+                # Ours from an activation that is gone (it could not unregister), or a dead
+                # silo's: stale either way.
+                await directory.unregister(winner)
+                continue
+            break
+        raise ActivationRaceLostError(act.grain_id, winner.silo_id)
+
+    async def unregister(self, act: Activation) -> None:
+        entry, act.directory_entry = act.directory_entry, None
+        if entry is None:
+            return
+        with trio.move_on_after(5.0):
+            try:
+                await self.locator.directory.unregister(entry)
+            except DirectoryError as exc:
+                log.warning("could not unregister %s: %s", act.grain_id, exc)
+
+    # -- calls in -----------------------------------------------------------------------------
+
+    def _on_request(self, req: env.Request) -> None:
+        messenger = self.messenger
+        catalog = self.catalog
+        try:
+            grain_id = GrainId.parse(req.grain_id)
+            info = catalog._implementation(grain_id, None)
+            method = info.methods.get(req.method)
+            if method is None:
+                raise GrainMethodError(f"{info.describe()} has no grain method {req.method!r}")
+            kwargs = catalog.codec.decode_call(method, req.args)
+        except (GrainsError, ValueError) as exc:
+            messenger.reply_error(req, exc)
+            return
+        call = Call(method, (), kwargs, target=grain_id)
+        call.kind = method.kind
+        if req.timeout is not None:
+            call.deadline = trio.current_time() + req.timeout
+        if req.reply_to:
+            call.on_done = functools.partial(self._send_reply, req, method)
+        else:
+            call.on_done = log_one_way_outcome(call.describe())
+        act = catalog._activations.get(grain_id)
+        if act is not None and act.state != DEAD:  # queue it there
+            act.post(call)
+            return
+        if not catalog.accepting:
+            if req.reply_to:
+                messenger.reply(req, env.REROUTE, b"")
+            return
+        if info.max_local_workers is None and req.flags & env.LOCATE:
+            if req.hops >= MAX_ATTEMPTS:
+                messenger.reply_error(req, GrainCallError(f"{grain_id}: too many forwards"))
+                return
+            assert self._nursery is not None
+            self._nursery.start_soon(self._place_and_forward, req, call, grain_id)
+            return
+        catalog.local_activation(grain_id, info).post(call)
+
+    async def _place_and_forward(self, req: env.Request, call: Call, grain_id: GrainId) -> None:
+        try:
+            silo_id, _ = await self.locator.locate(grain_id)
+        except (GrainsError, DirectoryError) as exc:
+            call.fail(exc)
+            return
+        if silo_id == self.silo_id or not self.messenger.forward(req, silo_id):
+            info = self.catalog._implementation(grain_id, None)
+            try:
+                self.catalog.local_activation(grain_id, info).post(call)
+            except SiloUnavailableError as exc:
+                call.fail(exc)
+        else:
+            self.forwarded += 1
+
+    def _send_reply(
+        self, req: env.Request, method: MethodInfo, result: outcome.Outcome[Any]
+    ) -> None:
+        codec = self.catalog.codec
+        if isinstance(result, outcome.Value):
+            try:
+                payload = codec.encode_result(method, result.value)
+            except GrainsError as exc:
+                self.messenger.reply(req, env.ERROR, codec.encode_exception(exc))
+                return
+            self.messenger.reply(req, env.OK, payload)
+        else:
+            assert isinstance(result, outcome.Error)
+            self.messenger.reply(req, env.ERROR, codec.encode_exception(result.error))

@@ -1,0 +1,132 @@
+"""Where a grain's activation is, or should be: the directory, its cache, and placement.
+
+Silos and clients both locate grains the same way (:meth:`Locator.locate`):
+
+1. the per-endpoint directory cache, if its entry's silo is not known to be dead;
+2. else the directory itself; an entry of a dead (or departed) silo is stale and is
+   removed, so the grain can be activated again;
+3. else placement: the grain class's strategy (or the configured default) picks one of the
+   ``ACTIVE`` silos that host the grain type, by the membership view. An endpoint that
+   does not host the class (a client, or a silo without it) cannot know its strategy: it
+   sends the call to any hosting silo with the ``LOCATE`` flag, and that silo places it,
+   as an Orleans gateway does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from ._directory import CachedDirectory, DirectoryCache, GrainDirectory
+from ._envelope import LOCATE
+from ._exceptions import SiloUnavailableError
+from ._grain import GrainClassRegistry
+from ._ids import GrainId
+from ._membership import MembershipTable, MembershipView, SiloStatus
+from ._placement import PlacementRegistry, PlacementStrategy, PlacementTarget, SiloInfo
+
+__all__ = ["Locator"]
+
+
+class Locator:
+    """One endpoint's view of the cluster: membership, cached directory, placement."""
+
+    def __init__(
+        self,
+        *,
+        membership: MembershipTable,
+        directory: GrainDirectory,
+        placement: PlacementRegistry,
+        default_strategy: PlacementStrategy,
+        hosted: GrainClassRegistry | None,
+        self_id: str | None,
+        local_load: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.membership = membership
+        self.directory = CachedDirectory(directory, DirectoryCache())
+        self.placement = placement
+        self.default_strategy = default_strategy
+        self.hosted = hosted
+        self.self_id = self_id
+        self.local_load = local_load
+        self.view = MembershipView()
+        self._random = random.Random()
+
+    # -- the membership view ------------------------------------------------------------------
+
+    def set_view(self, view: MembershipView) -> list[str]:
+        """Adopt *view* (if newer); return the silos that died or left since the last one."""
+        if view.version < self.view.version:
+            return []
+        old = self.view
+        self.view = view
+        gone = [
+            silo_id
+            for silo_id, entry in old.entries.items()
+            if entry.alive and view.status_of(silo_id) in (None, SiloStatus.DEAD)
+        ]
+        for silo_id in gone:
+            self.directory.cache.invalidate_silo(silo_id)
+        return gone
+
+    def address_of(self, silo_id: str) -> str | None:
+        entry = self.view.get(silo_id)
+        return None if entry is None or not entry.alive else entry.address
+
+    async def alive(self, silo_id: str) -> bool:
+        """Is *silo_id* alive? A silo missing from our view may just be newer than it: ask
+        the table before calling its entries stale."""
+        status = self.view.status_of(silo_id)
+        if status is None:
+            self.set_view(await self.membership.snapshot())
+            status = self.view.status_of(silo_id)
+        return status is not None and status is not SiloStatus.DEAD
+
+    # -- locating -----------------------------------------------------------------------------
+
+    async def locate(self, grain_id: GrainId) -> tuple[str, int]:
+        """``(silo_id, flags)``: where to send a call to *grain_id*."""
+        cached = self.directory.cache.get(grain_id)
+        if cached is not None:
+            if self.view.status_of(cached.silo_id) not in (None, SiloStatus.DEAD):
+                return cached.silo_id, 0
+            self.directory.cache.invalidate(grain_id)
+        entry = await self.directory.lookup(grain_id, cached=False)
+        if entry is not None:
+            if await self.alive(entry.silo_id):
+                return entry.silo_id, 0
+            await self.directory.unregister(entry)  # a dead silo's: the grain may move
+        return self.place(grain_id)
+
+    def candidates(self, grain_type: str) -> list[SiloInfo]:
+        """The ``ACTIVE`` silos hosting *grain_type*, as placement directors see them."""
+        return [
+            SiloInfo(
+                name=entry.silo_id,
+                roles=entry.roles,
+                activation_count=(
+                    self.local_load() if entry.silo_id == self.self_id else entry.load
+                ),
+                is_local=entry.silo_id == self.self_id,
+            )
+            for entry in self.view.active()
+            if grain_type in entry.grain_types
+        ]
+
+    def place(self, grain_id: GrainId) -> tuple[str, int]:
+        grain_type = str(grain_id.type)
+        silos = self.candidates(grain_type)
+        if not silos:
+            hosting = sorted({t for e in self.view.active() for t in e.grain_types})
+            raise SiloUnavailableError(
+                f"no active silo hosts grain type '{grain_type}' (for {grain_id}); active "
+                f"silos host: {', '.join(hosting) or '(no silo is active)'}. Start a silo "
+                "with that grain class, or check the cluster id and clustering options"
+            )
+        info = self.hosted.get(grain_id.type) if self.hosted is not None else None
+        if info is None:
+            # We cannot apply the class's strategy: a hosting silo places it for us.
+            chosen = self._random.choice(silos)
+            return chosen.name, (LOCATE if len(silos) > 1 else 0)
+        strategy = info.placement or self.default_strategy
+        return self.placement.choose_silo(strategy, PlacementTarget(grain_id), silos).name, 0
