@@ -261,9 +261,13 @@ class KvMembershipTable(MembershipTable):
     async def watch(self) -> AsyncIterator[AsyncIterator[MembershipView]]:
         with _translated():
             async with self.kv.watch() as watcher:
+                # The stream's last sequence once the watch's consumer exists: the initial
+                # rows are in once an entry at or past it arrives (the per-message pending
+                # count, ``delta``, can read 0 early while rows are being written).
                 info = await self.js.stream_info(f"KV_{self.kv.bucket}")
                 empty = not (info.state and info.state.messages)
-                yield _KvViews(watcher, initial_done=empty)
+                last = info.state.last_seq if info.state else 0
+                yield _KvViews(watcher, initial_done=empty, initial_last=last)
 
 
 @attrs.define(eq=False)
@@ -272,6 +276,7 @@ class _KvViews:
 
     watcher: AsyncIterator[KvEntry]
     initial_done: bool
+    initial_last: int = 0  # the first view waits for an entry at or past this revision
     rows: dict[str, SiloEntry] = attrs.field(factory=dict)
     version: int = 0
     yielded_first: bool = False
@@ -299,7 +304,7 @@ class _KvViews:
                     self.rows.pop(silo_id, None)
                 else:
                     self.rows[silo_id] = row
-                if not self.yielded_first and kv_entry.delta > 0:
+                if not self.yielded_first and kv_entry.revision < self.initial_last:
                     continue  # still catching up with the current rows
                 self.yielded_first = True
                 return MembershipView(self.rows, self.version)
