@@ -15,7 +15,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 import cattrs
@@ -29,7 +29,7 @@ from ._exceptions import (
     GrainMethodError,
     MembershipUnavailableError,
 )
-from ._grain import GrainInterface, class_info
+from ._grain import GrainClassRegistry, GrainInterface, class_info
 from ._ids import GrainId, GrainKey
 from ._locator import Locator
 from ._membership import MembershipTable, MembershipView
@@ -39,6 +39,11 @@ from ._reference import GrainReference, reference_class
 from ._registry import ProviderContext
 from ._remote import Messenger
 from ._serialization import Codec, make_converter
+from ._stream_agents import StreamProvider
+from ._streams import StreamOptions
+
+if TYPE_CHECKING:
+    from ._catalog import Catalog
 
 __all__ = ["Client", "ClientConfig", "ClientStatistics", "open_client"]
 
@@ -64,12 +69,15 @@ class ClientConfig:
     * ``clustering``: the clustering provider and its options, as the silos have them
       (default: ``nats`` on ``nats://127.0.0.1:4222``).
     * ``response_timeout``: how long a call waits for its reply.
+    * ``streams``: stream providers to publish to, configured as the silos have them
+      (``client.get_stream_provider(name)``). A client publishes; it pulls nothing.
     """
 
     name: str = attrs.field(factory=_default_client_name)
     cluster_id: str = "dev"
     clustering: ProviderConfig = attrs.field(factory=lambda: ProviderConfig(provider="nats"))
     response_timeout: float = attrs.field(default=30.0, validator=_positive)
+    streams: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
 
     @classmethod
@@ -108,6 +116,7 @@ class Client:
         self._locator: Locator | None = None
         self._messenger: Messenger | None = None
         self._view_changed = trio.Event()
+        self._streams: dict[str, StreamProvider] = {}
 
     @property
     def name(self) -> str:
@@ -133,6 +142,20 @@ class Client:
         if isinstance(grain_id, str):
             grain_id = GrainId.parse(grain_id)
         return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
+
+    def get_stream_provider(self, name: str = "default") -> StreamProvider:
+        """The stream provider configured as ``streams[name]``, for publishing::
+
+        await client.get_stream_provider().get_stream("orders", order_id).publish(order)
+        """
+        try:
+            return self._streams[name]
+        except KeyError:
+            raise ConfigError(
+                f"the client has no stream provider named {name!r}; configured: "
+                f"{', '.join(sorted(self._streams)) or '(none)'}. Add it to "
+                "ClientConfig.streams, as the silos have it"
+            ) from None
 
     def _reference_from_id(self, iface: type, grain_id: GrainId) -> Any:
         return self.get_grain_by_id(iface, grain_id)
@@ -232,11 +255,44 @@ async def open_client(
         nursery.start_soon(wheel.run)
         await nursery.start(messenger.run)
         nursery.start_soon(watch_views, backend.membership, client._on_view)
-        try:
-            yield client
-        finally:
-            client._locator = client._messenger = None
-            nursery.cancel_scope.cancel()
+        async with contextlib.AsyncExitStack() as stack:
+            await _open_streams(client, ctx, loaded, stack, nursery)
+            try:
+                yield client
+            finally:
+                client._locator = client._messenger = None
+                nursery.cancel_scope.cancel()
+
+
+@attrs.define(eq=False)
+class _PublishOnly:
+    """What a stream provider needs from its runtime when it only publishes."""
+
+    codec: Codec
+    registry: GrainClassRegistry = attrs.field(factory=GrainClassRegistry)
+    streams: dict[str, StreamProvider] = attrs.field(factory=dict)
+
+    async def invoke_by_id(self, grain_id: GrainId, name: str, args: tuple[Any, ...]) -> Any:
+        raise RuntimeError("a client pulls no stream partitions: nothing is delivered to it")
+
+
+async def _open_streams(
+    client: Client,
+    ctx: ProviderContext,
+    loaded: Plugins,
+    stack: contextlib.AsyncExitStack,
+    nursery: trio.Nursery,
+) -> None:
+    runtime = _PublishOnly(client._codec)
+    for name, pconf in client._config.streams.items():
+        options, adapter_options = StreamOptions.split(name, dict(pconf.options))
+        factory = loaded.streams.get(pconf.provider)
+        adapter = await stack.enter_async_context(
+            factory(attrs.evolve(ctx, name=name), adapter_options)
+        )
+        provider = StreamProvider(name, adapter, options, cast("Catalog", runtime), owned=())
+        await nursery.start(provider.run)
+        client._streams[name] = provider
 
 
 def _timeout_error(call: Any, timeout: float) -> Exception:

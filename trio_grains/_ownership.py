@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
@@ -141,6 +142,10 @@ class PartitionBalancer:
     #: asked about a lease holder missing from the view (it may be newer than the view,
     #: or long gone); ``None``: such a holder counts as alive
     alive: Callable[[str], Awaitable[bool]] | None = None
+    #: seconds to wait before pulling a partition whose owner died (the adapter's
+    #: ``takeover_delay``: its held items must come back before newer ones)
+    takeover_delay: float = 0.0
+    _not_before: dict[int, float] = attrs.field(factory=dict, init=False)
     _view: MembershipView | None = attrs.field(default=None, init=False)
     _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
@@ -169,6 +174,15 @@ class PartitionBalancer:
 
     def update(self, view: MembershipView) -> None:
         """Take *view* as the current membership and wake :meth:`run` to reconcile."""
+        old = self._view
+        if old is not None and self.takeover_delay > 0:
+            # The partitions of a silo that died wait until what it held comes back.
+            now = trio.current_time()
+            before = [entry.silo_id for entry in old.active()]
+            for silo_id in before:
+                if view.status_of(silo_id) is SiloStatus.DEAD:
+                    for p in owned_partitions(silo_id, before, self.partitions):
+                        self._not_before[p] = now + self.takeover_delay
         self._view = view
         self._wake.set()
 
@@ -244,8 +258,16 @@ class PartitionBalancer:
                 waiting.add(partition)
                 failure = exc
         self._waiting = frozenset(waiting)
-        # 3. pull what is held
-        gained = (desired & set(self._leases)) - self._owned
+        # 3. pull what is held (a dead silo's partitions once its items are back)
+        now = trio.current_time()
+        gained = frozenset(
+            p
+            for p in (desired & set(self._leases)) - self._owned
+            if self._not_before.get(p, -math.inf) <= now
+        )
+        if len(gained) < len((desired & set(self._leases)) - self._owned):
+            waiting.update((desired & set(self._leases)) - self._owned - gained)
+            self._waiting = frozenset(waiting)
         if gained or not self._synced:
             await self._set(self._owned | gained)
         if failure is not None:

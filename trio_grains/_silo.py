@@ -371,6 +371,7 @@ async def open_silo(
                             directory=cluster.locator.directory.directory,
                             set_owned=stream_provider.set_owned_partitions,
                             alive=cluster.locator.alive,
+                            takeover_delay=stream_provider.adapter.takeover_delay,
                         )
                         await nursery.start(balancer.run)
                         cluster.view_listeners.append(balancer.update)

@@ -202,16 +202,26 @@ class StreamProvider:
             return
         async with trio.open_nursery() as nursery:
             for partition in sorted(set(self._agents) - wanted):
-                nursery.start_soon(self._agents.pop(partition).stop)
+                nursery.start_soon(self._release, self._agents.pop(partition))
         for partition in sorted(wanted - set(self._agents)):
             self._start_agent(partition)
+
+    async def _release(self, agent: _Agent) -> None:
+        """Stop *agent* (its held items go back), then let the adapter end its pulls."""
+        await agent.stop()
+        try:
+            await self.adapter.release(agent.partition)
+        except StreamError as exc:
+            log.warning(
+                "stream provider %r: releasing partition %d: %s", self.name, agent.partition, exc
+            )
 
     async def stop(self) -> None:
         """Stop every agent (draining) and give held items back; the silo calls it."""
         self._owned = set()
         async with trio.open_nursery() as nursery:
             for agent in self._agents.values():
-                nursery.start_soon(agent.stop)
+                nursery.start_soon(self._release, agent)
         self._agents.clear()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()

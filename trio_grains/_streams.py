@@ -169,6 +169,11 @@ class StreamAdapter(abc.ABC):
     supports_read_from: ClassVar[bool] = False
     """True if :meth:`read_from` works (retention keeps items after they are acked)."""
 
+    takeover_delay: float = 0.0
+    """Seconds a silo that takes a partition over from a silo that *died* waits before
+    pulling it: the items the dead silo held come back only after the backend's ack wait,
+    and must be delivered before newer items of their keys (JetStream: ``ack_wait``)."""
+
     progress_interval: float | None = None
     """Seconds between :meth:`in_progress` calls for items the core still holds, or
     ``None`` when the adapter has no ack wait to renew."""
@@ -213,6 +218,11 @@ class StreamAdapter(abc.ABC):
 
     async def in_progress(self, items: Sequence[ReceivedItem]) -> None:  # noqa: B027
         """The core still works on *items*: restart their ack wait. Default: nothing."""
+
+    async def release(self, partition: int) -> None:  # noqa: B027
+        """This silo stops pulling *partition* (it moves to another silo): end any
+        outstanding request and make items fetched but not yet returned by :meth:`receive`
+        deliverable again at once, so the next owner gets them first. Default: nothing."""
 
     async def read_from(self, partition: int, sequence: int, max_items: int) -> list[ReceivedItem]:
         """Up to *max_items* stored items of *partition* with a sequence >= *sequence*,

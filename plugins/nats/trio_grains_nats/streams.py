@@ -83,7 +83,7 @@ _WPI = b"+WPI"
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
-FETCH_EXPIRES = 5.0
+FETCH_EXPIRES = 2.0
 """Seconds one pull request waits for items before it is renewed."""
 
 
@@ -100,7 +100,7 @@ class JetStreamStreamConfig(ConnectOptions):
     max_age: float = 0.0
     max_bytes: int = -1
     max_msgs: int = -1
-    ack_wait: float = 30.0
+    ack_wait: float = 10.0
     duplicate_window: float = 120.0
     consumer_prefix: str = "grains"
     max_ack_pending: int = -1
@@ -210,6 +210,7 @@ class JetStreamStreamAdapter(StreamAdapter):
         self._js = nc.jetstream()
         self.config = config
         self.progress_interval = config.ack_wait / 3
+        self.takeover_delay = config.ack_wait + 1.0
         self._prefix = config.prefix
         self._strip = len(config.prefix) + 1
         self._parts: list[_Partition] = []
@@ -406,6 +407,31 @@ class JetStreamStreamAdapter(StreamAdapter):
                 except NatsError as exc:
                     raise StreamError(f"pull from {part.durable} failed: {exc}") from exc
                 self._take(part, msg)
+
+    async def release(self, partition: int) -> None:
+        """Give the partition up: wait for the outstanding pull request to end (the server
+        ends it with a status at its expiry, at most ``fetch_expires`` seconds; items it
+        still delivers meanwhile are not lost in a closed inbox), then nak every item
+        fetched but not returned, so the next owner gets them before newer ones."""
+        part = self._partition(partition)
+        if part.reply is not None:
+            with trio.move_on_at(part.deadline):
+                while part.reply is not None:
+                    try:
+                        msg = await part.sub.next_msg()
+                    except NatsError as exc:
+                        raise StreamError(f"releasing partition {partition}: {exc}") from exc
+                    self._take(part, msg)
+        part.reply = None
+        while True:
+            try:
+                msg = part.sub._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self._take(part, msg)
+        part.reply = None
+        given_back, part.buffer = list(part.buffer), collections.deque()
+        await self._send([item.handle for item in given_back], _NAK)
 
     # --- acknowledgements ----------------------------------------------------------------------
 
