@@ -29,6 +29,7 @@ import json
 import sys
 from typing import Any
 
+import cluster_bench  # noqa: F401 - registers cluster
 import local_calls  # noqa: F401 - registers local-calls
 import nats_bench  # noqa: F401 - registers nats
 import storage  # noqa: F401 - registers storage

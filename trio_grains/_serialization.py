@@ -13,14 +13,13 @@ said so), and otherwise raises :class:`~trio_grains.RemoteGrainError`.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import sys
 import traceback
 import typing
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import attrs
 import cattrs
@@ -82,14 +81,35 @@ def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Con
     return conv
 
 
+class _Plan:
+    """What encoding one grain method's calls needs, worked out once per method."""
+
+    __slots__ = ("hints", "params", "result_hint", "sig")
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:
+            hints = {}
+        self.sig = inspect.signature(func)
+        self.hints = hints
+        self.result_hint = _hint(hints, "return")
+        # The fast path of encode_call: the parameters after ``self`` when all are plain
+        # positional-or-keyword ones, each with its annotation to encode by.
+        params = list(self.sig.parameters.values())[1:]
+        self.params: tuple[tuple[str, Any], ...] | None = (
+            tuple((p.name, _hint(hints, p.name)) for p in params)
+            if all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+            else None
+        )
+
+
 @attrs.define(eq=False)
 class Codec:
     """Bytes in and out through one converter and msgpack."""
 
     converter: cattrs.Converter
-    _hints: dict[Callable[..., Any], tuple[inspect.Signature, dict[str, Any]]] = attrs.field(
-        factory=dict, init=False
-    )
+    _plans: dict[Callable[..., Any], _Plan] = attrs.field(factory=dict, init=False)
 
     def dumps(self, value: Any, type_: Any = Any) -> bytes:
         try:
@@ -113,56 +133,76 @@ class Codec:
         except Exception as exc:
             raise SerializationError(f"cannot decode a {type_!r}: {exc}") from exc
 
-    def _signature(self, func: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, Any]]:
-        entry = self._hints.get(func)
-        if entry is None:
-            try:
-                hints = typing.get_type_hints(func)
-            except Exception:
-                hints = {}
-            entry = (inspect.signature(func), hints)
-            self._hints[func] = entry
-        return entry
+    def _plan(self, func: Callable[..., Any]) -> _Plan:
+        plan = self._plans.get(func)
+        if plan is None:
+            plan = self._plans[func] = _Plan(func)
+        return plan
+
+    # The four methods below are on every remote call's path: they translate errors with
+    # plain try/except (``_reraise``), not a context manager, and build no message text
+    # unless something fails.
 
     def encode_call(
         self, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> bytes:
         """Encode arguments by the method's parameter annotations (unannotated: as they are)."""
-        sig, hints = self._signature(method.func)
-        try:
-            bound = sig.bind(None, *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{method.name}(): {exc}") from None
+        plan = self._plan(method.func)
+        params = plan.params
+        unstructure = self.converter.unstructure
         payload = {}
-        for name, value in list(bound.arguments.items())[1:]:
-            with _translating(f"cannot encode argument {name!r} of {method.name}()"):
-                payload[name] = self.converter.unstructure(value, _hint(hints, name))
-        with _translating(f"cannot encode the arguments of {method.name}()"):
+        if params is not None and not kwargs and len(args) == len(params):
+            # All arguments positional, one per parameter: what sig.bind would give.
+            for (name, hint), value in zip(params, args, strict=True):
+                try:
+                    payload[name] = unstructure(value, hint)
+                except Exception as exc:
+                    _reraise(exc, f"cannot encode argument {name!r} of {method.name}()")
+        else:
+            try:
+                bound = plan.sig.bind(None, *args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{method.name}(): {exc}") from None
+            hints = plan.hints
+            for name, value in list(bound.arguments.items())[1:]:
+                try:
+                    payload[name] = unstructure(value, _hint(hints, name))
+                except Exception as exc:
+                    _reraise(exc, f"cannot encode argument {name!r} of {method.name}()")
+        try:
             return msgpack.packb(payload)  # type: ignore[no-any-return]
+        except Exception as exc:
+            _reraise(exc, f"cannot encode the arguments of {method.name}()")
 
     def decode_call(self, method: MethodInfo, data: bytes) -> dict[str, Any]:
-        _, hints = self._signature(method.func)
-        with _translating(f"cannot decode the arguments of {method.name}()"):
+        hints = self._plan(method.func).hints
+        try:
             raw = msgpack.unpackb(data, strict_map_key=False)
+            items = raw.items()
+        except Exception as exc:
+            _reraise(exc, f"cannot decode the arguments of {method.name}()")
+        structure = self.converter.structure
         decoded = {}
-        for name, value in raw.items():
-            with _translating(f"cannot decode argument {name!r} of {method.name}()"):
-                decoded[name] = self.converter.structure(value, _hint(hints, name))
+        for name, value in items:
+            try:
+                decoded[name] = structure(value, _hint(hints, name))
+            except Exception as exc:
+                _reraise(exc, f"cannot decode argument {name!r} of {method.name}()")
         return decoded
 
     def encode_result(self, method: MethodInfo, value: Any) -> bytes:
-        _, hints = self._signature(method.func)
-        with _translating(f"cannot encode the result of {method.name}()"):
-            return msgpack.packb(  # type: ignore[no-any-return]
-                self.converter.unstructure(value, _hint(hints, "return"))
-            )
+        hint = self._plan(method.func).result_hint
+        try:
+            return msgpack.packb(self.converter.unstructure(value, hint))  # type: ignore[no-any-return]
+        except Exception as exc:
+            _reraise(exc, f"cannot encode the result of {method.name}()")
 
     def decode_result(self, method: MethodInfo, data: bytes) -> Any:
-        _, hints = self._signature(method.func)
-        with _translating(f"cannot decode the result of {method.name}()"):
-            return self.converter.structure(
-                msgpack.unpackb(data, strict_map_key=False), _hint(hints, "return")
-            )
+        hint = self._plan(method.func).result_hint
+        try:
+            return self.converter.structure(msgpack.unpackb(data, strict_map_key=False), hint)
+        except Exception as exc:
+            _reraise(exc, f"cannot decode the result of {method.name}()")
 
     def encode_exception(self, exc: BaseException) -> bytes:
         cls = type(exc)
@@ -209,15 +249,12 @@ def _hint(hints: dict[str, Any], name: str) -> Any:
     return Any if hint is None or hint is type(None) else hint
 
 
-@contextlib.contextmanager
-def _translating(what: str) -> Iterator[None]:
-    """Turn any encoding failure into a :class:`SerializationError` saying *what* failed."""
-    try:
-        yield
-    except SerializationError:
-        raise
-    except Exception as exc:
-        raise SerializationError(f"{what}: {type(exc).__name__}: {exc}") from exc
+def _reraise(exc: Exception, what: str) -> NoReturn:
+    """Raise the encoding failure *exc* (being handled) as a :class:`SerializationError`
+    saying *what* failed; one that already is a SerializationError goes on as it is."""
+    if isinstance(exc, SerializationError):
+        raise exc
+    raise SerializationError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _find_exception_class(type_name: str) -> type[BaseException] | None:

@@ -1,0 +1,246 @@
+"""The processes of ``benchmarks/run.py cluster``: silos, the caller, the raw NATS floor.
+
+Run by ``cluster_bench.py``, one process per role::
+
+    python benchmarks/_cluster_proc.py ROLE NATS_URL [CLUSTER_ID NAME]
+
+Roles: ``host`` (a silo hosting :class:`EchoGrain`), ``caller`` (a silo that does not host
+it, so every call to an echo grain crosses to a hosting silo), ``responder`` and
+``requester`` (the floor: our NATS connection doing raw request/reply).
+
+Each process prints one JSON line ``{"ready": ...}`` once it runs, then reads one JSON
+command per line on stdin and answers each with a JSON line on stdout (``failover``
+answers twice). End of stdin stops it (the parent also kills it in a ``finally``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import trio
+import trio_grains_nats as tgn
+
+from trio_grains import Grain, ProviderConfig, SiloConfig, open_silo
+
+PAYLOAD = b"x" * 64
+FLOOR_SUBJECT = "bench.cluster.rr"
+
+
+class EchoGrain(Grain):
+    async def echo(self, data: bytes) -> bytes:
+        return data
+
+    async def where(self) -> str:
+        cluster = self._activation.runtime.cluster
+        assert cluster is not None
+        return cluster.silo_id
+
+
+def say(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+async def commands() -> Any:
+    """The JSON commands on stdin, until end of file."""
+    while True:
+        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        if not line:
+            return
+        if line.strip():
+            yield json.loads(line)
+
+
+async def run_many(n: int, in_flight: int, one_call: Any) -> float:
+    """*n* calls of ``await one_call(i)`` by *in_flight* tasks; the wall time."""
+    per_task = n // in_flight
+
+    async def worker(i: int) -> None:
+        for _ in range(per_task):
+            await one_call(i)
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(in_flight):
+            nursery.start_soon(worker, i)
+    return time.perf_counter() - t0
+
+
+# --- silos ----------------------------------------------------------------------------------
+
+
+def echo_refs(silo: Any, prefix: str, count: int) -> list[Any]:
+    return [silo.get_grain(EchoGrain, f"{prefix}{i}") for i in range(count)]
+
+
+async def echo_calls(silo: Any, prefix: str, n: int, in_flight: int) -> float:
+    """*n* echo calls, caller task i calling grain ``<prefix>i``; the wall time."""
+    refs = echo_refs(silo, prefix, in_flight)
+
+    async def one_call(i: int) -> None:
+        await refs[i].echo(PAYLOAD)
+
+    return await run_many(n, in_flight, one_call)
+
+
+async def wait_active(cluster: Any, silo_id: str) -> None:
+    """Until *silo_id* is active in this silo's membership view (polled: a benchmark aid)."""
+    with trio.fail_after(30):
+        while silo_id not in {e.silo_id for e in cluster.locator.view.active()}:  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+async def silo_main(url: str, cluster_id: str, name: str, host: bool) -> None:
+    config = SiloConfig(
+        name=name,
+        cluster_id=cluster_id,
+        clustering=ProviderConfig(provider="nats", options={"servers": url}),
+    )
+    async with open_silo(config, grains=[EchoGrain] if host else []) as silo:
+        cluster = silo.cluster
+        assert cluster is not None
+        say(
+            {
+                "ready": silo.silo_id,
+                "heartbeat_interval": config.heartbeat_interval,
+                "dead_after": config.dead_after,
+            }
+        )
+        async with trio.open_nursery() as nursery:
+            async for cmd in commands():
+                what = cmd["cmd"]
+                if what == "stats":
+                    stats = silo.statistics()
+                    say(
+                        {
+                            "activations": stats.activations,
+                            "activations_created": stats.activations_created,
+                            "sent": cluster.messenger.sent,
+                            "received": cluster.messenger.received,
+                            "cpu": time.process_time(),
+                        }
+                    )
+                elif what == "wait_silo":  # until this silo sees *silo* active
+                    await wait_active(cluster, cmd["silo"])
+                    say({"ok": True})
+                elif what == "warm":  # call each grain once; where are they?
+                    refs = echo_refs(silo, cmd["prefix"], cmd["keys"])
+                    where = Counter([await ref.where() for ref in refs])
+                    for ref in refs:
+                        assert await ref.echo(PAYLOAD) == PAYLOAD
+                    say({"where": dict(where)})
+                elif what == "calls":
+                    sent, cpu = cluster.messenger.sent, time.process_time()
+                    seconds = await echo_calls(silo, cmd["prefix"], cmd["n"], cmd["in_flight"])
+                    say(
+                        {
+                            "seconds": seconds,
+                            "sent": cluster.messenger.sent - sent,
+                            "cpu": time.process_time() - cpu,
+                        }
+                    )
+                elif what == "find":  # a key whose activation is on *victim*
+                    for i in range(1000):
+                        key = f"{cmd['prefix']}{i}"
+                        if await silo.get_grain(EchoGrain, key).where() == cmd["victim"]:
+                            say({"key": key})
+                            break
+                    else:
+                        say({"key": None})
+                elif what == "failover":
+                    nursery.start_soon(failover, silo, cmd["key"], cmd["victim"])
+                else:
+                    say({"error": f"unknown command {what!r}"})
+            nursery.cancel_scope.cancel()
+
+
+async def failover(silo: Any, key: str, victim: str) -> None:
+    """Call the grain in a loop: say "calling" after its first success on *victim*, then
+    the (system-wide monotonic) time of the first success on another silo."""
+    ref = silo.get_grain(EchoGrain, key)
+    announced = False
+    errors: Counter[str] = Counter()
+    while True:
+        try:
+            where = await ref.where()
+        except Exception as exc:  # the victim died: calls fail until it is declared dead
+            errors[type(exc).__name__] += 1
+            await trio.sleep(0.001)
+            continue
+        if where != victim:
+            say({"recovered_at": time.monotonic(), "silo": where, "errors": dict(errors)})
+            return
+        if not announced:
+            announced = True
+            say({"calling": True})
+        await trio.sleep(0.002)
+
+
+# --- the floor: raw request/reply on our NATS connection -------------------------------------
+
+
+async def responder_main(url: str) -> None:
+    async with tgn.connect(url, name="cluster-bench responder") as nc:
+        sub = await nc.subscribe(FLOOR_SUBJECT, max_pending=262_144)
+        await nc.flush()
+
+        async def respond() -> None:
+            async for msg in sub:
+                await msg.respond(msg.data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(respond)
+            say({"ready": "responder"})
+            async for _ in commands():
+                pass
+            nursery.cancel_scope.cancel()
+
+
+async def requester_main(url: str) -> None:
+    async with tgn.connect(url, name="cluster-bench requester") as nc:
+        say({"ready": "requester"})
+        async for cmd in commands():
+
+            async def one_call(_i: int) -> None:
+                msg = await nc.request(FLOOR_SUBJECT, PAYLOAD)
+                assert len(msg.data) == len(PAYLOAD)
+
+            cpu = time.process_time()
+            seconds = await run_many(cmd["n"], cmd["in_flight"], one_call)
+            say({"seconds": seconds, "cpu": time.process_time() - cpu})
+
+
+def main(argv: list[str]) -> None:
+    role, url = argv[0], argv[1]
+    profile_dir = os.environ.get("CLUSTER_BENCH_PROFILE")
+    if profile_dir:  # cProfile this process; the stats go to <dir>/<role>.prof at exit
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            run_role(role, url, argv)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(profile_dir, f"{role}.prof"))
+    else:
+        run_role(role, url, argv)
+
+
+def run_role(role: str, url: str, argv: list[str]) -> None:
+    if role in ("host", "caller"):
+        trio.run(silo_main, url, argv[2], argv[3], role == "host")
+    elif role == "responder":
+        trio.run(responder_main, url)
+    elif role == "requester":
+        trio.run(requester_main, url)
+    else:
+        raise SystemExit(f"unknown role {role!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
