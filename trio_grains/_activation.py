@@ -300,9 +300,12 @@ class Activation:
     async def _run_in(self, scope: trio.CancelScope, call: Call) -> None:
         """Run *call* under the mailbox's scope, bounded by a remote caller's deadline."""
         call.scope = scope
-        scope.deadline = call.deadline
-        await self.run_turn(call)
-        scope.deadline = math.inf
+        if call.deadline == math.inf:
+            await self.run_turn(call)
+        else:
+            scope.deadline = call.deadline
+            await self.run_turn(call)
+            scope.deadline = math.inf
 
     async def _run_turn_in_own_scope(self, call: Call) -> None:
         with trio.CancelScope(deadline=call.deadline) as scope:

@@ -229,6 +229,19 @@ class SiloCluster:
             if call.state != ABANDONED:
                 call.fail(SiloUnavailableError(f"the silo stopped before {call.describe()} ran"))
             return
+        on_done = call.on_done
+        if (
+            not self.catalog.accepting
+            and isinstance(on_done, functools.partial)
+            and on_done.func == self._send_reply
+        ):
+            # This silo is stopping: a call sent on from here would be failed by its
+            # shutdown (its own calls are dropped, then its tasks cancelled) and that error
+            # relayed to the caller. The call never ran: answer "not here", and the caller
+            # locates the grain again.
+            call.state = DONE
+            self.messenger.reply(on_done.args[0], env.REROUTE, b"")
+            return
         self.rerouted += 1
         self._nursery.start_soon(self._reroute, call)
 

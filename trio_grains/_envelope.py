@@ -16,6 +16,7 @@ caller does not host the grain class, so it cannot apply its placement strategy)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -65,7 +66,10 @@ class Request:
             and isinstance(self.grain_id, str)
             and isinstance(self.method, str)
             and isinstance(self.args, bytes)
-            and (self.timeout is None or isinstance(self.timeout, (int, float)))
+            and (
+                self.timeout is None
+                or (isinstance(self.timeout, (int, float)) and not math.isnan(self.timeout))
+            )
             and isinstance(self.hops, int)
             and isinstance(self.flags, int)
         ):

@@ -59,6 +59,9 @@ class MembershipService:
     activate: bool = True
     #: reports this silo's activation count with each heartbeat (``SiloEntry.load``)
     load: Callable[[], int] | None = None
+    #: leave the table even when cancelled (a silo stopped by its host's cancel scope);
+    #: ``False``: a cancelled service behaves like a crash and is declared dead later
+    leave_when_cancelled: bool = False
     declared_dead: trio.Event = attrs.field(factory=trio.Event, init=False)
     _view: MembershipView = attrs.field(factory=MembershipView, init=False)
     _view_changed: trio.Event = attrs.field(factory=trio.Event, init=False)
@@ -151,7 +154,7 @@ class MembershipService:
         try:
             return await self._nursery_manager.__aexit__(exc_type, exc, tb)
         finally:
-            if not cancelled and not self.declared_dead.is_set():
+            if (self.leave_when_cancelled or not cancelled) and not self.declared_dead.is_set():
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + self.dead_after
                     await self._leave()

@@ -45,6 +45,7 @@ class Call:
         "label",
         "method",
         "on_done",
+        "result",
         "scope",
         "state",
         "target",
@@ -71,6 +72,7 @@ class Call:
         self.task: trio.lowlevel.Task | None = None
         self.scope: trio.CancelScope | None = None
         self.on_done: Callable[[outcome.Outcome[Any]], None] | None = None
+        self.result: outcome.Outcome[Any] | None = None  # finished before anyone waited
         self.wheel: TimeoutWheel | None = None
         self.bucket = 0
         self.label = label
@@ -96,6 +98,8 @@ class Call:
             trio.lowlevel.reschedule(task, result)
         elif self.on_done is not None:
             self.on_done(result)
+        else:
+            self.result = result  # e.g. a reply that came while the caller was sending
 
     def abandon(self) -> None:
         """The caller stopped waiting: skip the call, or cancel its running turn."""
@@ -117,10 +121,15 @@ class Call:
             trio.lowlevel.reschedule(task, outcome.Error(exc))
         elif self.on_done is not None:
             self.on_done(outcome.Error(exc))
+        else:
+            self.result = outcome.Error(exc)
 
 
 async def wait_reply(call: Call) -> Any:
     """Park the current task until *call* is finished; cancellation abandons the call."""
+    if call.result is not None:
+        await trio.lowlevel.checkpoint()
+        return call.result.unwrap()
     call.task = trio.lowlevel.current_task()
 
     def abort(_: Any) -> trio.lowlevel.Abort:

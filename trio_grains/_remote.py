@@ -194,25 +194,32 @@ class Messenger:
                 return
 
     async def _receive_loop(self) -> None:
-        transport = self.transport
-        pending = self._pending
+        receive = self.transport.receive
+        on_message = self._on_message
         while True:
             try:
-                data = await transport.receive()
+                data = await receive()
             except TransportClosedError:
                 return
-            self.received += 1
+            on_message(data)
+
+    def _on_message(self, data: bytes) -> None:
+        """One incoming message: a reply wakes its caller, a request goes to the silo."""
+        self.received += 1
+        try:
+            fields = env.decode(data)
+            if fields[0] == env.REPLY:
+                entry = self._pending.get(fields[1])
+                if entry is not None:
+                    entry[0].finish(outcome.Value((fields[2], fields[3])))
+                return
+            request = env.Request(fields)
+        except (SerializationError, ValueError, TypeError) as exc:
+            self.malformed += 1
+            log.warning("dropped a malformed message of %d bytes: %s", len(data), exc)
+            return
+        if self.on_request is not None:
             try:
-                fields = env.decode(data)
-                if fields[0] == env.REPLY:
-                    entry = pending.get(fields[1])
-                    if entry is not None:
-                        entry[0].finish(outcome.Value((fields[2], fields[3])))
-                    continue
-                request = env.Request(fields)
-            except (SerializationError, ValueError, TypeError) as exc:
-                self.malformed += 1
-                log.warning("dropped a malformed message of %d bytes: %s", len(data), exc)
-                continue
-            if self.on_request is not None:
                 self.on_request(request)
+            except Exception:
+                log.exception("a request to %s.%s() failed", request.grain_id, request.method)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -35,6 +36,8 @@ from ._stream_agents import StreamProvider, check_implicit_providers
 from ._streams import StreamOptions
 
 __all__ = ["Silo", "SiloStatistics", "open_silo"]
+
+log = logging.getLogger("trio_grains.silo")
 
 G = TypeVar("G", bound=GrainInterface)
 
@@ -281,8 +284,17 @@ class Silo:
             heartbeat_interval=self._config.heartbeat_interval,
             dead_after=self._config.dead_after,
             load=lambda: len(self._catalog._activations),
+            leave_when_cancelled=True,  # a cancelled silo still deactivates and leaves
         )
         return self._membership
+
+    def _left_cleanly(self) -> bool:
+        membership = self._membership
+        return (
+            membership is not None
+            and not membership.declared_dead.is_set()
+            and not self._catalog.crashed
+        )
 
     async def _leave_gracefully(self) -> None:
         """Tell the cluster this silo is going (placement stops choosing it)."""
@@ -293,6 +305,7 @@ class Silo:
             self._catalog.crashed = True  # its grains may be active elsewhere already
             return
         if self._catalog.crashed:
+            membership.leave_when_cancelled = False  # killed: say no goodbye
             return
         with trio.move_on_after(self._config.dead_after):
             try:
@@ -328,6 +341,17 @@ async def open_silo(
     loaded.placement.get(config.default_placement)  # an unknown name fails here, listing all
     silo = Silo(config, loaded, registry)
     factories = silo._resolve_providers()
+    if config.clustering is not None:
+        per_silo = [f"[{r.kind}.{r.name}]" for r in factories if r.provider == "memory"]
+        if per_silo:
+            log.warning(
+                "silo %s joins a cluster with per-silo in-memory providers (%s): a grain that "
+                "moves loses that state, reminders registered through another silo never "
+                "fire, stream items published on another silo are never delivered. Use "
+                "shared backends (sqlite on one machine, postgres, jetstream)",
+                silo.silo_id,
+                ", ".join(per_silo),
+            )
     body_error: BaseException | None = None
     try:
         async with contextlib.AsyncExitStack() as providers:
@@ -377,24 +401,31 @@ async def open_silo(
                         cluster.view_listeners.append(balancer.update)
                         balancers.append(balancer)
                 silo._balancers = balancers
-                async with silo._membership_service(cluster) as membership:
-                    if cluster is not None:
-                        cluster.on_view(membership.view)
-                        nursery.start_soon(cluster.follow, membership)
-                    try:
-                        yield silo
-                    except BaseException as exc:
-                        body_error = exc
-                        raise
-                    finally:
+                try:
+                    async with silo._membership_service(cluster) as membership:
+                        if cluster is not None:
+                            cluster.on_view(membership.view)
+                            nursery.start_soon(cluster.follow, membership)
+                        try:
+                            yield silo
+                        except BaseException as exc:
+                            body_error = exc
+                            raise
+                        finally:
+                            with trio.CancelScope(shield=True):
+                                await silo._leave_gracefully()
+                                if not silo._catalog.crashed:
+                                    for balancer in balancers:  # drain, then free leases
+                                        await balancer.release_all()
+                                for stream_provider in silo._stream_providers.values():
+                                    await stream_provider.stop()  # hand held items back
+                                await silo._catalog.shutdown()
+                finally:
+                    if silo._left_cleanly():
+                        # Callers whose view still shows this silo get "not here" answers
+                        # for a moment, rather than silence from a closed endpoint.
                         with trio.CancelScope(shield=True):
-                            await silo._leave_gracefully()
-                            if not silo._catalog.crashed:
-                                for balancer in balancers:  # drains, then frees the leases
-                                    await balancer.release_all()
-                            for stream_provider in silo._stream_providers.values():
-                                await stream_provider.stop()  # hand held items back first
-                            await silo._catalog.shutdown()
+                            await trio.sleep(min(1.0, config.heartbeat_interval))
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The block's own exception comes back wrapped by the silo's nursery: unwrap it, so

@@ -9,8 +9,9 @@ Like Orleans' ``InProcessTestCluster``::
         await cluster.start_silo()                  # a fresh member
 
 By default the silos share a :class:`~trio_grains.MemoryCluster` (membership, directory
-and transport in memory); pass ``clustering=ProviderConfig("nats", {...})`` to run the
-same silos over a real NATS server. Time-based behaviour (heartbeats, failure detection)
+and transport in memory); pass
+``clustering=ProviderConfig(provider="nats", options={...})`` to run the same silos over a
+real NATS server. Time-based behaviour (heartbeats, failure detection)
 follows Trio's clock, so a ``MockClock`` with autojump makes it instant.
 """
 
@@ -112,6 +113,10 @@ class TestCluster:
         declare it dead after ``dead_after`` seconds."""
         member = self._member(silo)
         silo._catalog.crashed = True
+        if self.memory is not None and silo.cluster is not None:
+            # A killed process sends nothing more: not even the failures of the calls it
+            # had queued, which its shutdown below would otherwise still reply with.
+            self.memory.cut_off.add(silo.cluster.messenger.transport.address)
         member.scope.cancel()
         await member.done.wait()
 
