@@ -181,8 +181,10 @@ class KvGrainDirectory(GrainDirectory):
         info = await self.js.stream_info(f"KV_{self.kv.bucket}")
         if not info.state.messages:
             return []  # a watch of an empty bucket would never deliver anything
-        # Once non-empty, a bucket never becomes empty (history 1 keeps delete markers, no
-        # TTLs), so the watch delivers at least one entry and ends with delta == 0.
+        # The watch delivers the latest entry of every key; the stream's last message is
+        # one of them, so reaching its sequence means the snapshot is complete. (The
+        # pending count, delta, can read 0 too early while keys are being written.)
+        last = info.state.last_seq
         found: list[tuple[str, DirectoryEntry]] = []
         async with self.kv.watch() as watcher:
             async for kv_entry in watcher:
@@ -191,7 +193,7 @@ class KvGrainDirectory(GrainDirectory):
                         found.append((kv_entry.key, _decode(kv_entry)))
                     except DirectoryError:
                         pass  # not ours to judge here; lookup reports it
-                if kv_entry.delta == 0:
+                if kv_entry.revision >= last:
                     break
         return found
 
