@@ -289,11 +289,13 @@ class Silo:
         return self._membership
 
     def _left_cleanly(self) -> bool:
+        """Left the cluster normally, and other silos go on (callers may still come)."""
         membership = self._membership
         return (
             membership is not None
             and not membership.declared_dead.is_set()
             and not self._catalog.crashed
+            and any(e.silo_id != self.silo_id for e in membership.view.active())
         )
 
     async def _leave_gracefully(self) -> None:

@@ -182,5 +182,6 @@ async def open_test_cluster(
                 yield cluster
         finally:
             with trio.CancelScope(shield=True):
-                for silo in reversed(cluster.silos):
-                    await cluster.stop_silo(silo)
+                async with trio.open_nursery() as stopping:
+                    for silo in reversed(cluster.silos):
+                        stopping.start_soon(cluster.stop_silo, silo)
