@@ -134,7 +134,7 @@ class Activation:
             self.writers -= 1
         if self.running == 0 and self.deactivate_reason is not None and self.state == ACTIVE:
             self.runtime.deactivate_soon(self, self.deactivate_reason)
-        if self._lot is not None:
+        if self._lot:  # (a ParkingLot is false while nobody is parked)
             self._lot.unpark_all()
 
     def post(self, call: Call) -> None:

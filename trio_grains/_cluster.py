@@ -58,6 +58,7 @@ __all__ = ["MAX_ATTEMPTS", "SiloCluster", "call_anywhere"]
 log = logging.getLogger("trio_grains.cluster")
 
 MAX_ATTEMPTS = 8  # locate-and-call attempts (or forwards) before a call gives up
+_GRAIN_ID_CACHE_SIZE = 10_000
 
 
 def backoff(attempt: int) -> float:
@@ -80,7 +81,11 @@ async def call_anywhere(
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
             await trio.sleep(backoff(attempt))
-        silo_id, flags = await locator.locate(grain_id)
+        cached = locator.cached(grain_id)  # the common case, without a coroutine
+        if cached is not None:
+            silo_id, flags = cached, 0
+        else:
+            silo_id, flags = await locator.locate(grain_id)
         try:
             if local is not None and silo_id == locator.self_id:
                 return await local(grain_id, method, args, kwargs)
@@ -127,6 +132,8 @@ class SiloCluster:
         self.view_listeners: list[Callable[[MembershipView], None]] = []
         self._nursery: trio.Nursery | None = None
         self._janitor_send, self._janitor_receive = trio.open_memory_channel[str](1000)
+        #: parsed grain ids of incoming requests (bounded: cleared when full)
+        self._grain_ids: dict[str, GrainId] = {}
         self.forwarded = 0
         self.rerouted = 0
         self.stale_entries_removed = 0
@@ -290,7 +297,12 @@ class SiloCluster:
         messenger = self.messenger
         catalog = self.catalog
         try:
-            grain_id = GrainId.parse(req.grain_id)
+            grain_id = self._grain_ids.get(req.grain_id)
+            if grain_id is None:
+                grain_id = GrainId.parse(req.grain_id)
+                if len(self._grain_ids) >= _GRAIN_ID_CACHE_SIZE:
+                    self._grain_ids.clear()
+                self._grain_ids[req.grain_id] = grain_id
             info = catalog._implementation(grain_id, None)
             method = info.methods.get(req.method)
             if method is None:

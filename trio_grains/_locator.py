@@ -84,13 +84,21 @@ class Locator:
 
     # -- locating -----------------------------------------------------------------------------
 
-    async def locate(self, grain_id: GrainId) -> tuple[str, int]:
-        """``(silo_id, flags)``: where to send a call to *grain_id*."""
+    def cached(self, grain_id: GrainId) -> str | None:
+        """The silo of *grain_id* by the directory cache, if that silo is not known to be
+        dead (no I/O: :meth:`locate`'s first step, for the call path)."""
         cached = self.directory.cache.get(grain_id)
         if cached is not None:
             if self.view.status_of(cached.silo_id) not in (None, SiloStatus.DEAD):
-                return cached.silo_id, 0
+                return cached.silo_id
             self.directory.cache.invalidate(grain_id)
+        return None
+
+    async def locate(self, grain_id: GrainId) -> tuple[str, int]:
+        """``(silo_id, flags)``: where to send a call to *grain_id*."""
+        silo_id = self.cached(grain_id)
+        if silo_id is not None:
+            return silo_id, 0
         entry = await self.directory.lookup(grain_id, cached=False)
         if entry is not None:
             if await self.alive(entry.silo_id):

@@ -94,20 +94,21 @@ class Messenger:
         data = env.encode_request(
             call_id, reply_to, str(grain_id), method.name, payload, timeout, 0, flags
         )
-        if len(data) > self.transport.max_message_size:
-            raise MessageTooLargeError(
-                f"the call {grain_id}.{method.name}() is {len(data)} bytes, more than the "
-                f"transport carries ({self.transport.max_message_size}): pass large data "
-                "through storage or a stream and send a key instead"
-            )
+        # The transport checks the size (and sends nothing if it is too large).
         if method.one_way:
-            await self.transport.send(address, data)
+            try:
+                await self.transport.send(address, data)
+            except MessageTooLargeError:
+                raise self._too_large(data, grain_id, method) from None
             self.sent += 1
             return None
         call = Call(method, args, kwargs, target=grain_id)
         self._pending[call_id] = (call, silo_id)
         try:
-            await self.transport.send(address, data)
+            try:
+                await self.transport.send(address, data)
+            except MessageTooLargeError:
+                raise self._too_large(data, grain_id, method) from None
             self.sent += 1
             self.wheel.add(call)
             status, body = await wait_reply(call)
@@ -118,6 +119,13 @@ class Messenger:
         if status == env.ERROR:
             raise self.codec.decode_exception(body)
         raise RerouteError(silo_id)
+
+    def _too_large(self, data: bytes, grain_id: GrainId, method: MethodInfo) -> Exception:
+        return MessageTooLargeError(
+            f"the call {grain_id}.{method.name}() is {len(data)} bytes, more than the "
+            f"transport carries ({self.transport.max_message_size}): pass large data "
+            "through storage or a stream and send a key instead"
+        )
 
     def fail_calls_to(self, silo_id: str, why: str) -> int:
         """Fail every call waiting for a reply from *silo_id* (it died or left)."""
@@ -194,14 +202,15 @@ class Messenger:
                 return
 
     async def _receive_loop(self) -> None:
-        receive = self.transport.receive
+        receive_batch = self.transport.receive_batch
         on_message = self._on_message
         while True:
             try:
-                data = await receive()
+                batch = await receive_batch()
             except TransportClosedError:
                 return
-            on_message(data)
+            for data in batch:
+                on_message(data)
 
     def _on_message(self, data: bytes) -> None:
         """One incoming message: a reply wakes its caller, a request goes to the silo."""
