@@ -201,3 +201,26 @@ async def test_a_killed_silo_is_declared_dead_and_its_grains_come_back_elsewhere
             await ref.add(1)
             assert LIVE[str(ref.grain_id)] != victim.silo_id
         assert not DOUBLE
+
+
+async def test_cancelling_a_caller_cancels_the_remote_turn(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_cluster(2, grains=[EchoGrain, CounterGrain]) as cluster:
+        # an echo grain activated on the second silo, called from the first: remote turns
+        caller, host = cluster.silos
+        for i in range(100):
+            remote = caller.get_grain(EchoGrain, f"k{i}")
+            await remote.echo({})
+            if remote.grain_id not in caller._catalog._activations:
+                break
+        assert remote.grain_id in host._catalog._activations
+        from_client = cluster.get_grain(EchoGrain, "c1")
+        with trio.CancelScope() as scope:  # no deadline: only the CANCEL message can do it
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(from_client.slow, 100)
+                nursery.start_soon(remote.slow, 100)
+                await trio.sleep(1)
+                scope.cancel()
+        await trio.sleep(0.5)
+        assert sorted(CANCELLED) == sorted(["echo/c1", str(remote.grain_id)])
+        assert cluster.client.statistics().pending_calls == 0
+        assert caller.statistics().remote_calls_pending == 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ __all__ = ["MAX_ATTEMPTS", "SiloCluster", "call_anywhere"]
 log = logging.getLogger("trio_grains.cluster")
 
 MAX_ATTEMPTS = 8  # locate-and-call attempts (or forwards) before a call gives up
+_FORWARDED_REMEMBERED = 10_000  # (caller, call id) -> silo of calls forwarded from here
 _GRAIN_ID_CACHE_SIZE = 10_000
 
 
@@ -128,6 +130,13 @@ class SiloCluster:
             transport, catalog.codec, catalog.wheel, silo_id, self.locator.address_of
         )
         self.messenger.on_request = self._on_request
+        self.messenger.on_cancel = self._on_cancel
+        #: inbound calls by (reply_to, call_id), while they exist, for CANCEL messages
+        self._inbound: weakref.WeakValueDictionary[tuple[str, int], Call] = (
+            weakref.WeakValueDictionary()
+        )
+        #: calls placed elsewhere from here (LOCATE), so a CANCEL can follow them
+        self._forwarded: dict[tuple[str, int], str] = {}
         #: called with every new membership view (stream balancers, reminder ownership)
         self.view_listeners: list[Callable[[MembershipView], None]] = []
         self._nursery: trio.Nursery | None = None
@@ -317,6 +326,7 @@ class SiloCluster:
             call.deadline = trio.current_time() + req.timeout
         if req.reply_to:
             call.on_done = functools.partial(self._send_reply, req, method)
+            self._inbound[(req.reply_to, req.call_id)] = call
         else:
             call.on_done = log_one_way_outcome(call.describe())
         act = catalog._activations.get(grain_id)
@@ -350,6 +360,22 @@ class SiloCluster:
                 call.fail(exc)
         else:
             self.forwarded += 1
+            self._inbound.pop((req.reply_to, req.call_id), None)
+            if len(self._forwarded) >= _FORWARDED_REMEMBERED:
+                self._forwarded.clear()
+            self._forwarded[(req.reply_to, req.call_id)] = silo_id
+
+    def _on_cancel(self, reply_to: str, call_id: int) -> None:
+        """The caller was cancelled: skip its call if queued, cancel its turn if running
+        (or pass the cancel on, if the call was forwarded from here)."""
+        call = self._inbound.pop((reply_to, call_id), None)
+        if call is not None:
+            call.abandon()
+            return
+        silo_id = self._forwarded.pop((reply_to, call_id), None)
+        address = None if silo_id is None else self.locator.address_of(silo_id)
+        if address is not None:
+            self.messenger.send_nowait(address, env.encode_cancel(call_id, reply_to))
 
     def _send_reply(
         self, req: env.Request, method: MethodInfo, result: outcome.Outcome[Any]

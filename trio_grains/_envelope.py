@@ -6,6 +6,7 @@ as opaque bytes inside it::
 
     request: [0, call_id, reply_to, grain_id, method, args, timeout, hops, flags]
     reply:   [1, call_id, status, payload, silo_id]
+    cancel:  [2, call_id, reply_to]     (the caller was cancelled: cancel the turn)
 
 ``reply_to`` is the caller's transport address (``""`` for one-way calls, which get no
 reply); ``timeout`` the seconds left of the caller's deadline (``None``: none), so a
@@ -24,6 +25,7 @@ import msgpack
 from ._exceptions import SerializationError
 
 __all__ = [
+    "CANCEL",
     "ERROR",
     "LOCATE",
     "OK",
@@ -32,11 +34,12 @@ __all__ = [
     "REROUTE",
     "Request",
     "decode",
+    "encode_cancel",
     "encode_reply",
     "encode_request",
 ]
 
-REQUEST, REPLY = 0, 1
+REQUEST, REPLY, CANCEL = 0, 1, 2
 OK, ERROR, REROUTE = 0, 1, 2  # reply statuses; REROUTE: "not here, locate it again"
 LOCATE = 1  # request flag
 
@@ -106,6 +109,10 @@ def encode_reply(call_id: int, status: int, payload: bytes, silo_id: str) -> byt
     return _pack([REPLY, call_id, status, payload, silo_id])  # type: ignore[no-any-return]
 
 
+def encode_cancel(call_id: int, reply_to: str) -> bytes:
+    return _pack([CANCEL, call_id, reply_to])  # type: ignore[no-any-return]
+
+
 def decode(data: bytes) -> list[Any]:
     """The fields of a message; :class:`SerializationError` if it is not an envelope."""
     try:
@@ -123,6 +130,13 @@ def decode(data: bytes) -> list[Any]:
         and isinstance(fields[1], int)
         and isinstance(fields[2], int)
         and isinstance(fields[3], bytes)
+    ):
+        return fields
+    if (
+        kind == CANCEL
+        and len(fields) == 3
+        and isinstance(fields[1], int)
+        and isinstance(fields[2], str)
     ):
         return fields
     raise SerializationError(f"not a trio-grains message: kind {kind!r}, {len(fields)} fields")

@@ -36,6 +36,7 @@ class Call:
     """One call (or timer tick) on its way to, or inside, an activation."""
 
     __slots__ = (
+        "__weakref__",  # a silo finds the inbound call a CANCEL message names
         "args",
         "bucket",
         "deadline",

@@ -55,6 +55,8 @@ class Messenger:
         self.address_of = address_of
         #: silo requests go here (a silo sets it; a client ignores requests)
         self.on_request: Callable[[env.Request], None] | None = None
+        #: a caller cancelled its call: ``on_cancel(reply_to, call_id)`` (silos set it)
+        self.on_cancel: Callable[[str, int], None] | None = None
         self._pending: dict[int, tuple[Call, str]] = {}
         self._next_id = 0
         self._backlog_send, self._backlog = trio.open_memory_channel[tuple[str, bytes]](math.inf)
@@ -111,7 +113,12 @@ class Messenger:
                 raise self._too_large(data, grain_id, method) from None
             self.sent += 1
             self.wheel.add(call)
-            status, body = await wait_reply(call)
+            try:
+                status, body = await wait_reply(call)
+            except trio.Cancelled:
+                # Tell the silo, so the turn is cancelled too (or skipped if still queued).
+                self.send_nowait(address, env.encode_cancel(call_id, self.transport.address))
+                raise
         finally:
             del self._pending[call_id]
         if status == env.OK:
@@ -221,6 +228,10 @@ class Messenger:
                 entry = self._pending.get(fields[1])
                 if entry is not None:
                     entry[0].finish(outcome.Value((fields[2], fields[3])))
+                return
+            if fields[0] == env.CANCEL:
+                if self.on_cancel is not None:
+                    self.on_cancel(fields[2], fields[1])
                 return
             request = env.Request(fields)
         except (SerializationError, ValueError, TypeError) as exc:
