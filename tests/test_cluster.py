@@ -16,6 +16,7 @@ from trio_grains import (
     SiloConfig,
     SiloUnavailableError,
     grain_type,
+    idempotent,
     persistent_state,
 )
 from trio_grains.testing import open_test_cluster
@@ -79,6 +80,11 @@ class EchoGrain(Grain):
 
     async def call_counter(self, other: ICounter, n: int) -> int:
         return await other.add(n)
+
+    @idempotent
+    async def settle(self, seconds: float) -> str:
+        await trio.sleep(seconds)
+        return "settled"
 
     async def slow(self, seconds: float) -> str:
         try:
@@ -224,3 +230,34 @@ async def test_cancelling_a_caller_cancels_the_remote_turn(autojump_clock: trio.
         assert sorted(CANCELLED) == sorted(["echo/c1", str(remote.grain_id)])
         assert cluster.client.statistics().pending_calls == 0
         assert caller.statistics().remote_calls_pending == 0
+
+
+async def test_idempotent_calls_in_flight_to_a_dead_silo_are_sent_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_cluster(3, grains=[EchoGrain]) as cluster:
+        for i in range(100):
+            ref = cluster.get_grain(EchoGrain, f"i{i}")
+            await ref.echo({})
+            victim = next(s for s in cluster.silos if ref.grain_id in s._catalog._activations)
+            if victim is not cluster.silos[0]:
+                break
+        results: list[str] = []
+        errors: list[BaseException] = []
+
+        async def call(method: str) -> None:
+            try:
+                results.append(await getattr(ref, method)(3))
+            except SiloUnavailableError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "settle")  # idempotent: sent again after the death
+            nursery.start_soon(call, "slow")  # not: fails, may or may not have run
+            await trio.sleep(1)
+            await cluster.kill_silo(victim)
+        assert results == ["settled"]
+        assert len(errors) == 1
+        assert "may or may not have run" in str(errors[0])
+        survivor = next(s for s in cluster.silos if ref.grain_id in s._catalog._activations)
+        assert survivor is not victim

@@ -45,6 +45,7 @@ from ._grain import GrainInterface as GrainInterface
 from ._grain import always_interleave as always_interleave
 from ._grain import collection_age as collection_age
 from ._grain import grain_type as grain_type
+from ._grain import idempotent as idempotent
 from ._grain import one_way as one_way
 from ._grain import read_only as read_only
 from ._grain import reentrant as reentrant
@@ -200,6 +201,7 @@ __all__ = [
     "escape_token",
     "grain_type",
     "hookimpl",
+    "idempotent",
     "implicit_subscription",
     "one_way",
     "open_client",

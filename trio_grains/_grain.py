@@ -112,6 +112,14 @@ def read_only(fn: F) -> F:
     return fn
 
 
+def idempotent(fn: F) -> F:
+    """Running this method twice has the effect of running it once. In a cluster, a call
+    in flight to a silo that dies is then sent again (to the grain's next activation)
+    instead of failing with ``SiloUnavailableError``. Declare it on the interface too."""
+    fn.__grain_idempotent__ = True  # type: ignore[attr-defined]
+    return fn
+
+
 def one_way(fn: F) -> F:
     """Callers do not wait for this method: it returns ``None`` at once, errors are logged."""
     fn.__grain_one_way__ = True  # type: ignore[attr-defined]
@@ -130,6 +138,7 @@ class MethodInfo:
     always_interleave: bool = False
     read_only: bool = False
     one_way: bool = False
+    idempotent: bool = False
     #: how calls interleave on the implementing class (``_messaging.EXCLUSIVE`` ...)
     kind: int = 0
 
@@ -203,6 +212,7 @@ def _build_info(cls: type) -> GrainClassInfo:
                 always_interleave=interleave,
                 read_only=ro,
                 one_way=_flag(name, "__grain_one_way__", mro),
+                idempotent=_flag(name, "__grain_idempotent__", mro),
                 kind=INTERLEAVE if interleave or is_reentrant else READ_ONLY if ro else EXCLUSIVE,
             )
     if issubclass(cls, Grain):

@@ -135,9 +135,13 @@ class Messenger:
         )
 
     def fail_calls_to(self, silo_id: str, why: str) -> int:
-        """Fail every call waiting for a reply from *silo_id* (it died or left)."""
+        """Fail every call waiting for a reply from *silo_id* (it died or left); calls of
+        ``@idempotent`` methods are sent again instead (to wherever the grain goes)."""
         doomed = [call for call, silo in self._pending.values() if silo == silo_id]
         for call in doomed:
+            if call.method is not None and call.method.idempotent:
+                call.finish(outcome.Value((env.REROUTE, b"")))
+                continue
             call.fail(
                 SiloUnavailableError(
                     f"silo {silo_id!r} {why} before {call.describe()} replied; the call may "
