@@ -12,12 +12,14 @@ import trio
 from trio_grains import (
     Grain,
     GrainInterface,
+    PreferLocalPlacement,
     ProviderConfig,
     SiloConfig,
     SiloUnavailableError,
     grain_type,
     idempotent,
     persistent_state,
+    placement,
 )
 from trio_grains.testing import open_test_cluster
 
@@ -261,3 +263,33 @@ async def test_idempotent_calls_in_flight_to_a_dead_silo_are_sent_again(
         assert "may or may not have run" in str(errors[0])
         survivor = next(s for s in cluster.silos if ref.grain_id in s._catalog._activations)
         assert survivor is not victim
+
+
+@placement(PreferLocalPlacement())
+class LocalGrain(Grain):
+    async def where(self) -> str:
+        cluster = self._activation.runtime.cluster
+        assert cluster is not None
+        return cluster.silo_id
+
+    async def leave(self) -> None:
+        self.deactivate_on_idle()
+
+
+async def test_a_stale_cache_entry_is_mended_by_a_not_here_answer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_cluster(3, grains=[LocalGrain]) as cluster:
+        a, b, c = cluster.silos
+        assert await a.get_grain(LocalGrain, "g").where() == a.silo_id
+        from_c = c.get_grain(LocalGrain, "g")
+        assert await from_c.where() == a.silo_id  # c caches "g is on a"
+        await a.get_grain(LocalGrain, "g").leave()
+        await trio.sleep(1)  # deactivated on a
+        assert await b.get_grain(LocalGrain, "g").where() == b.silo_id  # now on b
+        assert await from_c.where() == b.silo_id  # a answered "not here"; c re-located
+        assert c.cluster is not None
+        cached = c.cluster.locator.directory.cache.peek(from_c.grain_id)
+        assert cached is not None
+        assert cached.silo_id == b.silo_id
+        assert from_c.grain_id not in a._catalog._activations

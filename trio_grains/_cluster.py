@@ -64,8 +64,9 @@ _GRAIN_ID_CACHE_SIZE = 10_000
 
 
 def backoff(attempt: int) -> float:
-    """Seconds to wait before locating again after a "not here" answer."""
-    return 0.0 if attempt == 0 else min(1.0, 0.02 * 2**attempt)
+    """Seconds to wait before locating again after a "not here" answer: none the first
+    time (a stale cache entry), then growing (an activation on its way somewhere)."""
+    return 0.0 if attempt <= 1 else min(1.0, 0.01 * 2**attempt)
 
 
 async def call_anywhere(
@@ -246,15 +247,11 @@ class SiloCluster:
                 call.fail(SiloUnavailableError(f"the silo stopped before {call.describe()} ran"))
             return
         on_done = call.on_done
-        if (
-            not self.catalog.accepting
-            and isinstance(on_done, functools.partial)
-            and on_done.func == self._send_reply
-        ):
-            # This silo is stopping: a call sent on from here would be failed by its
-            # shutdown (its own calls are dropped, then its tasks cancelled) and that error
-            # relayed to the caller. The call never ran: answer "not here", and the caller
-            # locates the grain again.
+        if isinstance(on_done, functools.partial) and on_done.func == self._send_reply:
+            # A call from another endpoint that never ran here: answer "not here". Its
+            # caller locates the grain again, which also mends the caller's stale cache
+            # entry (sending it on from here would leave it pointing here); and a
+            # stopping silo must not send calls on: its shutdown would fail them.
             call.state = DONE
             self.messenger.reply(on_done.args[0], env.REROUTE, b"")
             return
