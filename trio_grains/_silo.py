@@ -21,13 +21,11 @@ import trio
 
 from ._catalog import Catalog
 from ._cluster import SiloCluster
+from ._cluster_member import ClusterMember, warn_per_silo_providers
 from ._config import ProviderConfig, SiloConfig
-from ._exceptions import ConfigError, MembershipError, SiloDeclaredDeadError
+from ._exceptions import ConfigError, SiloDeclaredDeadError
 from ._grain import GrainClassRegistry, GrainInterface
 from ._ids import GrainId, GrainKey
-from ._membership import SiloStatus
-from ._membership_service import MembershipService
-from ._ownership import PartitionBalancer, owner_filter_for
 from ._plugins import Plugins, load_plugins
 from ._registry import ProviderContext, ProviderRegistry
 from ._reminders import ReminderService
@@ -71,10 +69,6 @@ class _Resolved:
     options: dict[str, Any]  # for the factory (the core's stream options taken out)
 
 
-def _owns_nothing(_grain_id: GrainId) -> bool:
-    return False
-
-
 def _import_grain_class(path: str) -> type:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
@@ -107,8 +101,7 @@ class Silo:
         # A cluster member's id names this incarnation: a restarted silo is a new member.
         suffix = "" if config.clustering is None else "-" + secrets.token_hex(4)
         self._silo_id = config.name + suffix
-        self._membership: MembershipService | None = None
-        self._balancers: list[PartitionBalancer] = []
+        self._member: ClusterMember | None = None
 
     @property
     def name(self) -> str:
@@ -247,74 +240,6 @@ class Silo:
             if kind == "storage":
                 self._catalog.storages[name] = (provider, resolved.provider)
 
-    async def _open_cluster(self, stack: contextlib.AsyncExitStack) -> SiloCluster | None:
-        """Open the clustering provider and this silo's transport endpoint, if configured."""
-        pconf = self._config.clustering
-        if pconf is None:
-            return None
-        factory = self._plugins.clustering.get(pconf.provider)
-        ctx = ProviderContext(
-            name="default",
-            silo_name=self.name,
-            cluster_id=self._config.cluster_id,
-            converter=self._converter,
-        )
-        backend = await stack.enter_async_context(factory(ctx, dict(pconf.options)))
-        transport = await stack.enter_async_context(backend.open_endpoint(self.silo_id))
-        placement = self._plugins.placement
-        cluster = SiloCluster(
-            self._catalog,
-            backend,
-            transport,
-            self.silo_id,
-            placement,
-            placement.strategy_for_name(self._config.default_placement),
-            self._config.roles,
-        )
-        self._catalog.cluster = cluster
-        return cluster
-
-    def _membership_service(self, cluster: SiloCluster | None) -> Any:
-        if cluster is None:
-            return contextlib.nullcontext()
-        backend_table = cluster.locator.membership
-        self._membership = MembershipService(
-            backend_table,
-            cluster.entry(),
-            heartbeat_interval=self._config.heartbeat_interval,
-            dead_after=self._config.dead_after,
-            load=lambda: len(self._catalog._activations),
-            leave_when_cancelled=True,  # a cancelled silo still deactivates and leaves
-        )
-        return self._membership
-
-    def _left_cleanly(self) -> bool:
-        """Left the cluster normally, and other silos go on (callers may still come)."""
-        membership = self._membership
-        return (
-            membership is not None
-            and not membership.declared_dead.is_set()
-            and not self._catalog.crashed
-            and any(e.silo_id != self.silo_id for e in membership.view.active())
-        )
-
-    async def _leave_gracefully(self) -> None:
-        """Tell the cluster this silo is going (placement stops choosing it)."""
-        membership = self._membership
-        if membership is None:
-            return
-        if membership.declared_dead.is_set():
-            self._catalog.crashed = True  # its grains may be active elsewhere already
-            return
-        if self._catalog.crashed:
-            membership.leave_when_cancelled = False  # killed: say no goodbye
-            return
-        with trio.move_on_after(self._config.dead_after):
-            try:
-                await membership.set_status(SiloStatus.SHUTTING_DOWN)
-            except MembershipError:
-                pass
-
 
 @contextlib.asynccontextmanager
 async def open_silo(
@@ -343,23 +268,17 @@ async def open_silo(
     loaded.placement.get(config.default_placement)  # an unknown name fails here, listing all
     silo = Silo(config, loaded, registry)
     factories = silo._resolve_providers()
-    if config.clustering is not None:
-        per_silo = [f"[{r.kind}.{r.name}]" for r in factories if r.provider == "memory"]
-        if per_silo:
-            log.warning(
-                "silo %s joins a cluster with per-silo in-memory providers (%s): a grain that "
-                "moves loses that state, reminders registered through another silo never "
-                "fire, stream items published on another silo are never delivered. Use "
-                "shared backends (sqlite on one machine, postgres, jetstream)",
-                silo.silo_id,
-                ", ".join(per_silo),
-            )
+    member = None if config.clustering is None else ClusterMember(silo)
+    if member is not None:
+        warn_per_silo_providers(
+            silo.silo_id, [f"[{r.kind}.{r.name}]" for r in factories if r.provider == "memory"]
+        )
     body_error: BaseException | None = None
     try:
         async with contextlib.AsyncExitStack() as providers:
             # outside the nursery, so that a provider's error is raised unwrapped
             await silo._open_providers(providers, factories)
-            cluster = await silo._open_cluster(providers)
+            cluster = None if member is None else await member.open(providers)
             async with trio.open_nursery() as nursery:
                 await nursery.start(silo._catalog.run)
                 if cluster is not None:
@@ -371,14 +290,10 @@ async def open_silo(
                     wall_clock=wall_clock,
                     refresh_interval=None if cluster is None else config.reminder_refresh,
                 )
-                if cluster is not None:
-                    service.set_owner_filter(_owns_nothing)  # until the first view
-                    cluster.view_listeners.append(
-                        lambda view: service.set_owner_filter(owner_filter_for(silo.silo_id, view))
-                    )
+                if member is not None:
+                    member.own_reminders(service)
                 await nursery.start(service.run)
                 silo._catalog.reminders = service
-                balancers: list[PartitionBalancer] = []
                 for name in config.streams:
                     stream_provider = StreamProvider(
                         name,
@@ -389,25 +304,17 @@ async def open_silo(
                     )
                     await nursery.start(stream_provider.run)
                     silo._stream_providers[name] = stream_provider
-                    if cluster is not None:
-                        balancer = PartitionBalancer(
-                            provider_name=name,
-                            partitions=stream_provider.partitions,
-                            silo_id=silo.silo_id,
-                            directory=cluster.locator.directory.directory,
-                            set_owned=stream_provider.set_owned_partitions,
-                            alive=cluster.locator.alive,
-                            takeover_delay=stream_provider.adapter.takeover_delay,
-                        )
-                        await nursery.start(balancer.run)
-                        cluster.view_listeners.append(balancer.update)
-                        balancers.append(balancer)
-                silo._balancers = balancers
+                    if member is not None:
+                        await member.balance(stream_provider, nursery)
+                silo._member = member
                 try:
-                    async with silo._membership_service(cluster) as membership:
-                        if cluster is not None:
-                            cluster.on_view(membership.view)
-                            nursery.start_soon(cluster.follow, membership)
+                    membership = contextlib.nullcontext() if member is None else member.join()
+                    async with membership:
+                        if member is not None:
+                            assert cluster is not None
+                            assert member.membership is not None
+                            cluster.on_view(member.membership.view)
+                            nursery.start_soon(cluster.follow, member.membership)
                         try:
                             yield silo
                         except BaseException as exc:
@@ -415,19 +322,14 @@ async def open_silo(
                             raise
                         finally:
                             with trio.CancelScope(shield=True):
-                                await silo._leave_gracefully()
-                                if not silo._catalog.crashed:
-                                    for balancer in balancers:  # drain, then free leases
-                                        await balancer.release_all()
+                                if member is not None:
+                                    await member.start_leaving()
                                 for stream_provider in silo._stream_providers.values():
                                     await stream_provider.stop()  # hand held items back
                                 await silo._catalog.shutdown()
                 finally:
-                    if silo._left_cleanly():
-                        # Callers whose view still shows this silo get "not here" answers
-                        # for a moment, rather than silence from a closed endpoint.
-                        with trio.CancelScope(shield=True):
-                            await trio.sleep(min(1.0, config.heartbeat_interval))
+                    if member is not None:
+                        await member.linger()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The block's own exception comes back wrapped by the silo's nursery: unwrap it, so
