@@ -13,6 +13,8 @@ def test_plugins_lists_builtins_with_their_plugin(capsys: pytest.CaptureFixture[
     assert "trio_grains.builtin.placement" in out
     assert "random" in out
     assert "prefer-local" in out
+    clustering = out.split("clustering providers:\n", 1)[1].split("placement strategies:")[0]
+    assert "memory               from trio_grains.builtin.memory" in clustering
 
 
 def test_blocked_essential_plugin_is_one_clear_line(

@@ -1,7 +1,8 @@
 """The ``trio-grains`` command.
 
 For now: ``trio-grains plugins`` shows what the plugin manager loads and which provider
-names each plugin registers (the silo, client and demo commands come with clustering).
+names each plugin registers (the silo, client and demo commands come with the reference
+application).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def _plugins(args: argparse.Namespace) -> int:
     for title, registry in (
         ("storage providers", loaded.storage),
         ("stream providers", loaded.streams),
+        ("reminder tables", loaded.reminders),
+        ("clustering providers", loaded.clustering),
         ("placement strategies", loaded.placement),
     ):
         print(f"{title}:")
