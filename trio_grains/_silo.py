@@ -26,6 +26,7 @@ from ._config import ProviderConfig, SiloConfig
 from ._exceptions import ConfigError, SiloDeclaredDeadError
 from ._grain import GrainClassRegistry, GrainInterface
 from ._ids import GrainId, GrainKey
+from ._membership import MembershipView
 from ._plugins import Plugins, load_plugins
 from ._registry import ProviderContext, ProviderRegistry
 from ._reminders import ReminderService
@@ -112,6 +113,13 @@ class Silo:
         """This silo's id in the cluster (its name plus an incarnation suffix when
         clustered), as in membership rows and directory entries."""
         return self._silo_id
+
+    @property
+    def membership_view(self) -> MembershipView | None:
+        """The latest cluster membership this silo has seen (every silo's row: status,
+        address, grain types, load); ``None`` for a silo that runs alone."""
+        cluster = self._catalog.cluster
+        return None if cluster is None else cluster.locator.view
 
     @property
     def cluster(self) -> SiloCluster | None:

@@ -123,7 +123,7 @@ class TestCluster:
     async def wait_for_active(self, count: int) -> None:
         """Wait until every silo and the client see exactly *count* active silos."""
         while True:
-            views = [s._catalog.cluster.locator.view for s in self.silos if s._catalog.cluster]
+            views = [v for s in self.silos if (v := s.membership_view) is not None]
             if self._client is not None:
                 views.append(self._client.membership_view)
             if all(len(v.active()) == count for v in views):
