@@ -26,7 +26,6 @@ import collections
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import trio
 from _cluster_grains import CellGrain
+from _processes import write_atomically
 
 from trio_grains import ClientConfig, GrainCallTimeoutError, SiloUnavailableError, open_client
 
@@ -45,12 +45,6 @@ CONCURRENCY: int = SETTINGS["concurrency"]
 
 retries: collections.Counter[str] = collections.Counter()
 errors: list[str] = []
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 async def set_until_done(cell: CellGrain, seq: int) -> tuple[str, bool]:

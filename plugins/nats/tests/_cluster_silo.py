@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,25 +24,13 @@ from typing import Any
 
 import trio
 from _cluster_grains import CellGrain, HitResult, RaceGrain
+from _processes import read_if_exists, write_atomically
 
 from trio_grains import Silo, SiloConfig, open_silo
 
 SETTINGS: dict[str, Any] = json.loads(sys.argv[1])
 DIR = Path(SETTINGS["dir"])
 LABEL: str = SETTINGS["label"]
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_if_exists(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
 
 
 async def wait_for_file(path: Path) -> str:

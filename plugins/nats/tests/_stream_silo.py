@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import trio
+from _processes import write_atomically
 from _stream_grains import NumGrain, record_to
 
 from trio_grains import SiloConfig, open_silo
@@ -30,12 +30,6 @@ from trio_grains import SiloConfig, open_silo
 SETTINGS: dict[str, Any] = json.loads(sys.argv[1])
 DIR = Path(SETTINGS["dir"])
 LABEL: str = SETTINGS["label"]
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 async def main() -> None:

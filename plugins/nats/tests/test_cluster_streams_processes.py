@@ -25,17 +25,15 @@ are printed when the test fails.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
-import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import trio
+from _processes import Processes, processes, read_if_exists
 
 from trio_grains import ClientConfig, StreamId, open_client, partition_for
 from trio_grains._ownership import owned_partitions
@@ -51,70 +49,6 @@ PARTITIONS = 16  # the 20 keys fall in all 16
 KEYS = [f"k{i}" for i in range(20)]
 ROUND_PAUSE = 0.05  # seconds between two rounds of publishes (one item per key each)
 HOLD = 0.04  # seconds a grain holds an item before it records it (and it is acknowledged)
-
-
-class Processes:
-    """The test's child processes, each logging to ``<dir>/<name>.log``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.procs: dict[str, trio.Process] = {}
-        self.expected_dead: set[str] = set()
-
-    async def start(self, name: str, settings: dict[str, Any]) -> None:
-        with (self.dir / f"{name}.log").open("ab") as out:
-            self.procs[name] = await trio.lowlevel.open_process(
-                [sys.executable, str(SILO_SCRIPT), json.dumps(settings)],
-                stdout=out,
-                stderr=out,
-                cwd=str(HERE),
-            )
-
-    async def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
-        with trio.move_on_after(10):
-            await proc.wait()
-
-    def check_running(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.returncode is not None and name not in self.expected_dead:
-                raise AssertionError(f"process {name} exited with {proc.returncode}")
-
-    def assert_clean_logs(self, *names: str) -> None:
-        """No tracebacks or errors were logged by these processes."""
-        for name in names:
-            text = (self.dir / f"{name}.log").read_text(errors="replace")
-            bad = [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line]
-            assert not bad, f"{name}.log: {bad[:5]}"
-
-    def dump_logs(self) -> None:
-        for log in sorted(self.dir.glob("*.log")):
-            text = log.read_text(errors="replace")
-            print(f"===== {log.name} (last 6000 chars) =====\n{text[-6000:]}", file=sys.stderr)
-
-
-@contextlib.asynccontextmanager
-async def processes(directory: Path) -> AsyncIterator[Processes]:
-    """Child processes SIGKILLed at the end, their logs printed if the block fails."""
-    procs = Processes(directory)
-    try:
-        yield procs
-    except BaseException:
-        procs.dump_logs()
-        raise
-    finally:
-        with trio.CancelScope(shield=True):
-            for name in procs.procs:
-                await procs.kill(name)
-
-
-def read_if_exists(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
 
 
 class Delivery(NamedTuple):
@@ -193,7 +127,7 @@ async def test_stream_partitions_move_between_silo_processes_without_loss_or_dis
     )
     async with processes(tmp_path) as procs:
         for label in ("a", "b"):
-            await procs.start(label, settings(label, silos=2))
+            await procs.start(label, SILO_SCRIPT, settings(label, silos=2))
         silo_ids = {label: await wait_until_ready(procs, label) for label in ("a", "b")}
         with trio.fail_after(20):  # the first two share every partition
             while not layout_is(tmp_path, silo_ids, "ab"):
@@ -226,7 +160,7 @@ async def test_stream_partitions_move_between_silo_processes_without_loss_or_dis
             # Rendezvous hashing over random silo ids gives it no partition with a key
             # about once in 700 runs: then it is killed and another one joins instead.
             for newcomer in ("c", "d"):
-                await procs.start(newcomer, settings(newcomer, silos=3))
+                await procs.start(newcomer, SILO_SCRIPT, settings(newcomer, silos=3))
                 silo_ids[newcomer] = await wait_until_ready(procs, newcomer)
                 ids = [silo_ids[lab] for lab in ("a", "b", newcomer)]
                 gained = owned_partitions(silo_ids[newcomer], ids, PARTITIONS)
