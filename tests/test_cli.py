@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import trio
 
 from trio_grains.cli import main
 
@@ -25,3 +31,51 @@ def test_blocked_essential_plugin_is_one_clear_line(
     err = capsys.readouterr().err
     assert err.startswith("trio-grains: error: ")
     assert "essential" in err
+
+
+def test_silo_with_a_bad_config_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "silo.toml"
+    config.write_text('cluster_id = "shop"\nbogus = 1\n[storage.default]\nprovider = "nope"\n')
+    assert main(["silo", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("trio-grains: error: invalid silo configuration: ")
+    assert "bogus" in err
+    config.write_text('[storage.default]\nprovider = "nope"\n')
+    assert main(["silo", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown storage provider 'nope'; available: memory" in err
+    assert main(["silo", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    config.write_text("name = [unclosed\n")
+    assert main(["silo", "--config", str(config)]) == 2
+    assert "is not valid TOML" in capsys.readouterr().err
+
+
+async def test_silo_command_serves_until_sigterm_then_stops(tmp_path: Path) -> None:
+    config = tmp_path / "silo.toml"
+    config.write_text(
+        'name = "solo"\n[storage.default]\nprovider = "sqlite"\n'
+        f'options = {{ path = "{tmp_path / "s.db"}" }}\n'
+    )
+    out = tmp_path / "out.txt"
+    with out.open("wb") as sink:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trio_grains.cli", "silo", "--config", str(config)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with trio.fail_after(30):
+            while "is serving" not in out.read_text():  # noqa: ASYNC110 - another process
+                await trio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    text = out.read_text()
+    assert "silo solo is serving (alone)" in text
+    assert text.rstrip().endswith("silo stopped")
