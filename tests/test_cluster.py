@@ -12,6 +12,7 @@ import trio
 from trio_grains import (
     Grain,
     GrainInterface,
+    GrainMethodError,
     PreferLocalPlacement,
     ProviderConfig,
     SiloConfig,
@@ -293,3 +294,15 @@ async def test_a_stale_cache_entry_is_mended_by_a_not_here_answer(
         assert cached is not None
         assert cached.silo_id == b.silo_id
         assert from_c.grain_id not in a._catalog._activations
+
+
+async def test_a_client_calls_by_name_with_plain_data() -> None:
+    async with open_test_cluster(2, grains=[CounterGrain, EchoGrain]) as cluster:
+        client = cluster.client
+        assert await client.call("counter/x", "add", {"n": 2}) == 2
+        assert await client.call("counter/x", "add", {"n": 3}) == 5
+        assert await client.call("echo/e", "echo", {"value": {"a": [1, 2]}}) == {"a": [1, 2]}
+        with pytest.raises(Boom):
+            await client.call("echo/e", "fail")
+        with pytest.raises(GrainMethodError, match="no grain method 'nope'"):
+            await client.call("echo/e", "nope")

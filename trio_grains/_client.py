@@ -10,6 +10,8 @@ does not join the membership table. Nothing it starts outlives the block.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import secrets
@@ -29,7 +31,7 @@ from ._exceptions import (
     GrainMethodError,
     MembershipUnavailableError,
 )
-from ._grain import GrainClassRegistry, GrainInterface, class_info
+from ._grain import GrainClassRegistry, GrainInterface, MethodInfo, class_info
 from ._ids import GrainId, GrainKey
 from ._locator import Locator
 from ._membership import MembershipTable, MembershipView
@@ -169,6 +171,20 @@ class Client:
             raise GrainMethodError(f"{ref.interface.__qualname__} has no grain method {name!r}")
         return await call_anywhere(locator, messenger, ref._grain_id, method, args, kwargs)
 
+    async def call(
+        self, grain_id: GrainId | str, method: str, arguments: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Call *method* of grain *grain_id* with keyword *arguments* as plain data (what
+        the grain's annotations structure from, e.g. parsed JSON); the result comes back
+        as plain data. For tools and gateways; typed code uses :meth:`get_grain`.
+        """
+        locator, messenger = self._running()
+        if isinstance(grain_id, str):
+            grain_id = GrainId.parse(grain_id)
+        arguments = dict(arguments or {})
+        info = _plain_method(method, tuple(sorted(arguments)))
+        return await call_anywhere(locator, messenger, grain_id, info, (), arguments)
+
     async def wait_for_silos(self, count: int = 1) -> MembershipView:
         """Wait until at least *count* silos are ``ACTIVE``; the view that has them."""
         locator = self._running()[0]
@@ -194,7 +210,9 @@ class Client:
         return self._locator, self._messenger
 
     def _on_view(self, view: MembershipView) -> None:
-        locator, messenger = self._running()
+        if self._locator is None or self._messenger is None:
+            return  # the client is closing
+        locator, messenger = self._locator, self._messenger
         for silo_id in locator.set_view(view):
             messenger.fail_calls_to(silo_id, "died or left")
         self._view_changed.set()
@@ -202,6 +220,22 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self._endpoint_id!r} cluster={self._config.cluster_id!r}>"
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_method(name: str, parameters: tuple[str, ...]) -> MethodInfo:
+    """A method description for :meth:`Client.call`: keyword parameters, no annotations
+    (so arguments and result travel as the plain data they are)."""
+
+    async def method(self: object, **kwargs: Any) -> Any:  # never called: a signature
+        raise NotImplementedError
+
+    method.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+        + [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY) for p in parameters]
+    )
+    method.__name__ = name
+    return MethodInfo(name=name, func=method)
 
 
 async def watch_views(
@@ -261,7 +295,8 @@ async def open_client(
                 yield client
             finally:
                 client._locator = client._messenger = None
-                nursery.cancel_scope.cancel()
+        # only now: the stream adapters closed above still needed their connections' tasks
+        nursery.cancel_scope.cancel()
 
 
 @attrs.define(eq=False)

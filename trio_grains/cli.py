@@ -2,6 +2,9 @@
 
 * ``trio-grains silo --config silo.toml`` runs a silo (a :class:`~trio_grains.SiloConfig`
   in TOML) until Ctrl-C or ``SIGTERM``, then stops it gracefully.
+* ``trio-grains client --config client.toml silos|stats|call|publish ...``: small
+  operations on a cluster through a client (list the silos, show statistics, call a grain
+  method with JSON arguments, publish a JSON value to a stream).
 * ``trio-grains plugins`` shows what the plugin manager loads and which provider names
   each plugin registers.
 
@@ -12,6 +15,7 @@ unreachable server) end with one line saying what to do, not a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -22,6 +26,7 @@ from typing import Any
 import trio
 
 from . import __version__
+from ._client import Client, ClientConfig, open_client
 from ._config import PluginsConfig, SiloConfig
 from ._exceptions import ConfigError, GrainsError, SiloDeclaredDeadError
 from ._plugins import load_plugins
@@ -89,6 +94,73 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _client_command(config: ClientConfig, args: argparse.Namespace) -> None:
+    async with open_client(config) as client:
+        with trio.move_on_after(args.wait):
+            await client.wait_for_silos(1)
+        await _CLIENT_COMMANDS[args.operation](client, args)
+
+
+async def _silos(client: Client, args: argparse.Namespace) -> None:
+    entries = client.membership_view.entries.values()
+    if not entries:
+        print("no silos in the membership table")
+    for e in entries:
+        types = ", ".join(sorted(e.grain_types)) or "-"
+        print(f"{e.silo_id:<32} {e.status.value:<14} load {e.load:<7} {e.address}  [{types}]")
+
+
+async def _stats(client: Client, args: argparse.Namespace) -> None:
+    stats = client.statistics()
+    active = client.membership_view.active()
+    print(f"active silos: {len(active)}")
+    print(f"activations:  {sum(e.load for e in active)} (at the silos' last heartbeats)")
+    for e in active:
+        print(f"  {e.silo_id:<32} {e.load}")
+    print(f"client:       {stats.endpoint_id}, {stats.messages_sent} messages sent")
+
+
+async def _call(client: Client, args: argparse.Namespace) -> None:
+    arguments = _json_argument(args.arguments, "arguments")
+    if not isinstance(arguments, dict):
+        raise ConfigError('call arguments must be a JSON object of keyword arguments: {"n": 1}')
+    result = await client.call(args.grain, args.method, arguments)
+    print(json.dumps(result, default=str))
+
+
+async def _publish(client: Client, args: argparse.Namespace) -> None:
+    value = _json_argument(args.value, "value")
+    stream = client.get_stream_provider(args.provider).get_stream(args.namespace, args.key)
+    token = await stream.publish(value)
+    print(f"published to {args.namespace}/{args.key}: {token}")
+
+
+def _json_argument(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"the {what} {text!r} is not JSON: {exc}") from None
+
+
+_CLIENT_COMMANDS = {"silos": _silos, "stats": _stats, "call": _call, "publish": _publish}
+
+
+def _client(args: argparse.Namespace) -> int:
+    config = ClientConfig.from_dict(load_toml(args.config))
+    try:
+        trio.run(_client_command, config, args)
+    except BaseExceptionGroup as group:
+        # An error of ours raised inside the client's nursery: report it, not the group.
+        ours, rest = group.split(GrainsError)
+        if ours is None or rest is not None:
+            raise
+        leaf: BaseException = ours
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+    return 0
+
+
 def _one_line(message: str) -> str:
     """A multi-line error (e.g. every bad key of a config) as one line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
@@ -107,6 +179,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     silo = commands.add_parser("silo", help="run a silo until Ctrl-C or SIGTERM")
     silo.add_argument("--config", required=True, help="the silo's TOML configuration file")
     silo.set_defaults(func=_silo)
+    client = commands.add_parser("client", help="operate on a cluster through a client")
+    client.add_argument("--config", required=True, help="the client's TOML configuration")
+    client.add_argument(
+        "--wait", type=float, default=5.0, help="seconds to wait for an active silo"
+    )
+    operations = client.add_subparsers(dest="operation", required=True)
+    operations.add_parser("silos", help="list the silos of the membership table")
+    operations.add_parser("stats", help="show cluster statistics")
+    call = operations.add_parser("call", help="call a grain method with JSON arguments")
+    call.add_argument("grain", help="the grain id, e.g. cart/bob65")
+    call.add_argument("method")
+    call.add_argument("arguments", nargs="?", default="{}", help='e.g. \'{"item": "apple"}\'')
+    publish = operations.add_parser("publish", help="publish a JSON value to a stream")
+    publish.add_argument("namespace")
+    publish.add_argument("key")
+    publish.add_argument("value", help="a JSON value")
+    publish.add_argument("--provider", default="default", help="the stream provider name")
+    client.set_defaults(func=_client)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

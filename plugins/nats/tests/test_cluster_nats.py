@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import attrs
 import pytest
@@ -200,3 +202,72 @@ async def test_stream_partitions_spread_over_silos_and_move_without_loss(nats_ur
         # per-key order, even across the kill (the dead silo's items come back first)
         firsts = sorted(set(items), key=items.index)
         assert firsts == sorted(firsts), f"{key}: {items}"
+
+
+async def test_the_client_command_lists_silos_calls_grains_and_publishes(
+    nats_url: str, tmp_path: Path
+) -> None:
+    SEEN.clear()
+    clustering, config = nats_clustering(nats_url)
+    tag = uuid.uuid4().hex[:8]
+    stream_options = {"servers": [nats_url], "prefix": f"t{tag}", "partitions": 2}
+    streams = {"default": ProviderConfig(provider="jetstream", options=stream_options)}
+    config = attrs.evolve(config, streams=streams)
+    client_toml = tmp_path / "client.toml"
+    client_toml.write_text(
+        f'cluster_id = "{config.cluster_id}"\n'
+        f'[clustering]\nprovider = "nats"\noptions = {{ servers = ["{nats_url}"] }}\n'
+        f'[streams.default]\nprovider = "jetstream"\n'
+        f'options = {{ servers = ["{nats_url}"], prefix = "t{tag}", partitions = 2 }}\n'
+    )
+
+    async def cli(*args: str) -> str:
+        done = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "trio_grains.cli",
+                "client",
+                "--config",
+                str(client_toml),
+                *args,
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    async with open_test_cluster(
+        2, grains=[TallyGrain, ClOrderGrain], clustering=clustering, config=config, client=False
+    ) as cluster:
+        listing = await cli("silos")
+        assert all(s.silo_id in listing for s in cluster.silos)
+        assert listing.count(" active ") == 2
+        assert "active silos: 2" in await cli("stats")
+        assert (await cli("call", "tally/x", "add", '{"n": 2}')).strip() == "2"
+        assert (await cli("call", "tally/x", "add", '{"n": 3}')).strip() == "5"
+        assert "published to clorders/o9" in await cli("publish", "clorders", "o9", "41")
+        with trio.fail_after(20):
+            while SEEN.get("o9") != [41]:  # noqa: ASYNC110 - polling the grain's record
+                await trio.sleep(0.05)
+        bad = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "trio_grains.cli",
+                "client",
+                "--config",
+                str(client_toml),
+                "call",
+                "tally/x",
+                "add",
+                "not json",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert bad.returncode == 2
+        assert bad.stderr.decode().startswith("trio-grains: error: the arguments 'not json'")
