@@ -223,8 +223,11 @@ class _Agent:
         namespace = self.options.dead_letter_namespace
         if namespace and item.stream_id.namespace != namespace:
             letter = DeadLetter(item.stream_id, item.token, item.msg_id, item.data, attempts, error)
+            # A header is one line: an error raised in a grain on another silo carries its
+            # traceback there as a note (the letter's body keeps all of it).
+            header = " ".join(error.split())[:1000]
             encoded = EncodedItem(
-                runtime._codec.dumps(letter), f"dead-letter:{item.msg_id}", {"error": error[:1000]}
+                runtime._codec.dumps(letter), f"dead-letter:{item.msg_id}", {"error": header}
             )
             try:
                 await runtime._publish(StreamId(namespace, item.stream_id.key), [encoded])
