@@ -145,7 +145,7 @@ class PartitionBalancer:
     #: seconds to wait before pulling a partition whose owner died (the adapter's
     #: ``takeover_delay``: its held items must come back before newer ones)
     takeover_delay: float = 0.0
-    _not_before: dict[int, float] = attrs.field(factory=dict, init=False)
+    _hold_until: float = attrs.field(default=-math.inf, init=False)
     _view: MembershipView | None = attrs.field(default=None, init=False)
     _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
@@ -174,15 +174,20 @@ class PartitionBalancer:
 
     def update(self, view: MembershipView) -> None:
         """Take *view* as the current membership and wake :meth:`run` to reconcile."""
+        # A silo died: whatever partitions it held (by their leases, which need not be its
+        # hash share: it may have died while handing one over) wait until its items come
+        # back. So every partition this silo gains for a while waits.
         old = self._view
-        if old is not None and self.takeover_delay > 0:
-            # The partitions of a silo that died wait until what it held comes back.
-            now = trio.current_time()
-            before = [entry.silo_id for entry in old.active()]
-            for silo_id in before:
-                if view.status_of(silo_id) is SiloStatus.DEAD:
-                    for p in owned_partitions(silo_id, before, self.partitions):
-                        self._not_before[p] = now + self.takeover_delay
+        if (
+            old is not None
+            and self.takeover_delay > 0
+            and any(
+                view.status_of(entry.silo_id) is SiloStatus.DEAD
+                for entry in old.entries.values()
+                if entry.alive
+            )
+        ):
+            self._hold_until = trio.current_time() + self.takeover_delay
         self._view = view
         self._wake.set()
 
@@ -259,15 +264,11 @@ class PartitionBalancer:
                 failure = exc
         self._waiting = frozenset(waiting)
         # 3. pull what is held (a dead silo's partitions once its items are back)
-        now = trio.current_time()
-        gained = frozenset(
-            p
-            for p in (desired & set(self._leases)) - self._owned
-            if self._not_before.get(p, -math.inf) <= now
-        )
-        if len(gained) < len((desired & set(self._leases)) - self._owned):
-            waiting.update((desired & set(self._leases)) - self._owned - gained)
+        gained = (desired & set(self._leases)) - self._owned
+        if gained and trio.current_time() < self._hold_until:
+            waiting.update(gained)
             self._waiting = frozenset(waiting)
+            gained = frozenset()
         if gained or not self._synced:
             await self._set(self._owned | gained)
         if failure is not None:
