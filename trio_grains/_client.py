@@ -24,7 +24,7 @@ import cattrs
 import trio
 
 from ._cluster import call_anywhere
-from ._config import PluginsConfig, ProviderConfig
+from ._config import PluginsConfig, ProviderConfig, positive_seconds, structure_config
 from ._exceptions import (
     ConfigError,
     GrainCallTimeoutError,
@@ -58,11 +58,6 @@ def _default_client_name() -> str:
     return f"client-{socket.gethostname()}-{os.getpid()}"
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class ClientConfig:
     """How a client reaches its cluster; every field but ``clustering`` has a default.
@@ -78,19 +73,14 @@ class ClientConfig:
     name: str = attrs.field(factory=_default_client_name)
     cluster_id: str = "dev"
     clustering: ProviderConfig = attrs.field(factory=lambda: ProviderConfig(provider="nats"))
-    response_timeout: float = attrs.field(default=30.0, validator=_positive)
+    response_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     streams: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
         """Structure *data* (e.g. parsed TOML); :class:`ConfigError` names every bad key."""
-        converter = cattrs.Converter(forbid_extra_keys=True)
-        try:
-            return converter.structure(dict(data), cls)
-        except cattrs.BaseValidationError as exc:
-            problems = "\n  ".join(cattrs.transform_error(exc, path="config"))
-            raise ConfigError(f"invalid client configuration:\n  {problems}") from exc
+        return structure_config(cls, data, "client")
 
 
 @attrs.frozen

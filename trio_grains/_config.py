@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -19,7 +19,7 @@ from ._exceptions import ConfigError
 __all__ = ["PluginsConfig", "ProviderConfig", "SiloConfig"]
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+def positive_seconds(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
@@ -92,23 +92,23 @@ class SiloConfig:
 
     name: str = attrs.field(factory=_default_silo_name)
     cluster_id: str = "dev"
-    response_timeout: float = attrs.field(default=30.0, validator=_positive)
-    collection_age: float = attrs.field(default=15 * 60.0, validator=_positive)
-    collection_quantum: float = attrs.field(default=60.0, validator=_positive)
-    deactivation_timeout: float = attrs.field(default=30.0, validator=_positive)
+    response_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
+    collection_age: float = attrs.field(default=15 * 60.0, validator=positive_seconds)
+    collection_quantum: float = attrs.field(default=60.0, validator=positive_seconds)
+    deactivation_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     isolate_local_calls: bool = False
     default_placement: str = "random"
     storage: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     streams: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     reminders: ProviderConfig = attrs.field(factory=lambda: ProviderConfig(provider="memory"))
-    minimum_reminder_period: float = attrs.field(default=60.0, validator=_positive)
+    minimum_reminder_period: float = attrs.field(default=60.0, validator=positive_seconds)
     grains: tuple[str, ...] = ()
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
     clustering: ProviderConfig | None = None
-    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
-    dead_after: float = attrs.field(default=5.0, validator=_positive)
+    heartbeat_interval: float = attrs.field(default=1.0, validator=positive_seconds)
+    dead_after: float = attrs.field(default=5.0, validator=positive_seconds)
     roles: tuple[str, ...] = ()
-    reminder_refresh: float = attrs.field(default=30.0, validator=_positive)
+    reminder_refresh: float = attrs.field(default=30.0, validator=positive_seconds)
 
     def __attrs_post_init__(self) -> None:
         if self.dead_after <= self.heartbeat_interval:
@@ -123,13 +123,22 @@ class SiloConfig:
 
         Raises :class:`~trio_grains.ConfigError` listing every bad or unknown key.
         """
-        converter = cattrs.Converter(forbid_extra_keys=True)
-        try:
-            return converter.structure(dict(data), cls)
-        except cattrs.BaseValidationError as exc:
-            problems = "\n  ".join(cattrs.transform_error(exc, path="config"))
-            raise ConfigError(f"invalid silo configuration:\n  {problems}") from exc
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid silo configuration: {exc}") from exc
+        return structure_config(cls, data, "silo")
+
+
+C = TypeVar("C")
+
+
+def structure_config(cls: type[C], data: Mapping[str, Any], what: str) -> C:
+    """*data* structured as the config class *cls*; a :class:`ConfigError` names every bad
+    or unknown key of the *what* configuration."""
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    try:
+        return converter.structure(dict(data), cls)
+    except cattrs.BaseValidationError as exc:
+        problems = "\n  ".join(cattrs.transform_error(exc, path="config"))
+        raise ConfigError(f"invalid {what} configuration:\n  {problems}") from exc
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {what} configuration: {exc}") from exc

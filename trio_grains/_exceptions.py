@@ -33,6 +33,7 @@ wrapped: ``except KeyError`` around a grain call works as it would around a plai
 from __future__ import annotations
 
 __all__ = [
+    "first_leaf",
     "ActivationRaceLostError",
     "StreamError",
     "StorageError",
@@ -199,3 +200,10 @@ class ActivationRaceLostError(GrainsError):
     def __init__(self, grain_id: object, silo_id: str) -> None:
         super().__init__(f"{grain_id} is already activated on silo {silo_id!r}")
         self.silo_id = silo_id
+
+
+def first_leaf(group: BaseException) -> BaseException:
+    """The first exception inside (possibly nested) exception groups, to re-raise alone."""
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group

@@ -23,7 +23,7 @@ from ._catalog import Catalog
 from ._cluster import SiloCluster
 from ._cluster_member import ClusterMember, warn_per_silo_providers
 from ._config import ProviderConfig, SiloConfig
-from ._exceptions import ConfigError, SiloDeclaredDeadError
+from ._exceptions import ConfigError, SiloDeclaredDeadError, first_leaf
 from ._grain import GrainClassRegistry, GrainInterface
 from ._ids import GrainId, GrainKey
 from ._membership import MembershipView
@@ -346,8 +346,5 @@ async def open_silo(
             raise body_error from None
         dead = group.subgroup(SiloDeclaredDeadError)
         if dead is not None:
-            leaf: BaseException = dead
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            raise leaf from None
+            raise first_leaf(dead) from None
         raise

@@ -28,7 +28,7 @@ import trio
 from . import __version__
 from ._client import Client, ClientConfig, open_client
 from ._config import PluginsConfig, SiloConfig
-from ._exceptions import ConfigError, GrainsError, SiloDeclaredDeadError
+from ._exceptions import ConfigError, GrainsError, SiloDeclaredDeadError, first_leaf
 from ._plugins import load_plugins
 from ._silo import open_silo
 
@@ -154,10 +154,7 @@ def _client(args: argparse.Namespace) -> int:
         ours, rest = group.split(GrainsError)
         if ours is None or rest is not None:
             raise
-        leaf: BaseException = ours
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        raise leaf from None
+        raise first_leaf(ours) from None
     return 0
 
 
