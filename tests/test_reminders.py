@@ -3,14 +3,12 @@ failing handlers and surviving a silo restart (all on Trio's MockClock)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from _shared_reminders import SharedTablePlugin
 
 from trio_grains import (
     ConfigError,
@@ -18,15 +16,11 @@ from trio_grains import (
     GrainId,
     GrainMethodError,
     ProviderConfig,
-    ProviderContext,
-    ProviderRegistry,
     ReminderTable,
     SiloConfig,
     TickStatus,
-    hookimpl,
     open_silo,
 )
-from trio_grains._builtin.memory import MemoryReminderTable
 
 TICKS: list[tuple[str, str, TickStatus, float]] = []  # (grain key, name, status, trio time)
 
@@ -214,23 +208,6 @@ async def test_a_failing_receive_reminder_is_logged_and_the_reminder_goes_on(
 
 
 # --- surviving a restart ------------------------------------------------------------------
-
-
-class SharedTablePlugin:
-    """Registers reminder table ``shared``: every silo gets the same in-memory table."""
-
-    __name__ = "shared-reminder-table"
-
-    def __init__(self) -> None:
-        self.table = MemoryReminderTable()
-
-    @contextlib.asynccontextmanager
-    async def open(self, ctx: ProviderContext, options: Mapping[str, Any]) -> AsyncIterator[Any]:
-        yield self.table
-
-    @hookimpl
-    def grains_register_reminder_tables(self, registry: ProviderRegistry[Any]) -> None:
-        registry.register("shared", self.open)
 
 
 SHARED = SiloConfig(reminders=ProviderConfig(provider="shared"))

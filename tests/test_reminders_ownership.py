@@ -5,23 +5,20 @@ others (refresh_interval). On Trio's MockClock."""
 from __future__ import annotations
 
 import collections
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
 import trio
 import trio.testing
+from _shared_reminders import SharedTablePlugin
 
 from trio_grains import (
     Grain,
     GrainId,
     ProviderConfig,
-    ProviderContext,
-    ProviderRegistry,
     SiloConfig,
     TickStatus,
-    hookimpl,
     open_silo,
 )
 from trio_grains._builtin.memory import MemoryReminderTable
@@ -212,21 +209,6 @@ async def test_without_a_refresh_interval_rows_of_others_are_not_seen(
 
 
 # --- through silos --------------------------------------------------------------------------
-
-
-class SharedTablePlugin:
-    __name__ = "shared-reminder-table-ownership"
-
-    def __init__(self) -> None:
-        self.table = MemoryReminderTable()
-
-    @contextlib.asynccontextmanager
-    async def open(self, ctx: ProviderContext, options: Mapping[str, Any]) -> AsyncIterator[Any]:
-        yield self.table
-
-    @hookimpl
-    def grains_register_reminder_tables(self, registry: ProviderRegistry[Any]) -> None:
-        registry.register("shared", self.open)
 
 
 async def test_two_silos_on_one_table_split_the_reminders(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import math
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import trio
 from _cluster_grains import CellGrain
-from _processes import write_atomically
+from _processes import run_process_main, write_atomically
 
 from trio_grains import ClientConfig, GrainCallTimeoutError, SiloUnavailableError, open_client
 
@@ -144,9 +143,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s client %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    trio.run(main)
+    run_process_main(main, "client")

@@ -16,7 +16,6 @@ results to ``<dir>/race-<label>.json``. Either way it then runs until it is kill
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import trio
 from _cluster_grains import CellGrain, HitResult, RaceGrain
-from _processes import read_if_exists, write_atomically
+from _processes import read_if_exists, run_process_main, write_atomically
 
 from trio_grains import Silo, SiloConfig, open_silo
 
@@ -99,9 +98,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {LABEL} %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    trio.run(main)
+    run_process_main(main, LABEL)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,13 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def run_process_main(main: Callable[[], Awaitable[None]], label: str) -> None:
+    """A child process's entry point: log to stderr (the test's log file), run *main*."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {label} %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    trio.run(main)

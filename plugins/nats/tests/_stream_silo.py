@@ -16,13 +16,12 @@ then, every 50 ms, ``<dir>/<label>.owned`` (JSON: the partitions it pulls).
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import trio
-from _processes import write_atomically
+from _processes import run_process_main, write_atomically
 from _stream_grains import NumGrain, record_to
 
 from trio_grains import SiloConfig, open_silo
@@ -59,9 +58,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {LABEL} %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    trio.run(main)
+    run_process_main(main, LABEL)
