@@ -99,6 +99,10 @@ class Locator:
         silo_id = self.cached(grain_id)
         if silo_id is not None:
             return silo_id, 0
+        return await self.locate_uncached(grain_id)
+
+    async def locate_uncached(self, grain_id: GrainId) -> tuple[str, int]:
+        """:meth:`locate` past a cache miss: the directory, else placement."""
         entry = await self.directory.lookup(grain_id, cached=False)
         if entry is not None:
             if await self.alive(entry.silo_id):
