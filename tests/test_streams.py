@@ -22,8 +22,10 @@ from trio_grains import (
     ProviderConfig,
     ProviderContext,
     ProviderRegistry,
+    RejectedItemError,
     SequenceToken,
     SiloConfig,
+    SiloUnavailableError,
     StreamError,
     StreamId,
     hookimpl,
@@ -99,6 +101,20 @@ class FlakyGrain(Grain):
         STARTED.append((self.primary_key, (item, trio.current_time())))
         if item < 0:
             raise ValueError(f"bad amount {item}")
+        HANDLED.append((self.primary_key, item, token))
+
+
+@implicit_subscription("checked")
+class PickyGrain(Grain):
+    """Rejects negative items; raises SiloUnavailableError while ``STATE["down"]`` > 0."""
+
+    async def on_stream_item(self, item: int, token: SequenceToken) -> None:
+        STARTED.append((self.primary_key, (item, trio.current_time())))
+        if item < 0:
+            raise RejectedItemError(f"negative item {item}")
+        if STATE.get("down", 0) > 0:
+            STATE["down"] -= 1
+            raise SiloUnavailableError("its silo died (a failover in progress)")
         HANDLED.append((self.primary_key, item, token))
 
 
@@ -302,6 +318,33 @@ async def test_an_undecodable_item_is_dead_lettered_at_once(
         await until(lambda: len(LETTERS) == 1 and len(HANDLED) == 1)
         assert LETTERS[0].attempts == 1
         assert "SerializationError" in LETTERS[0].error
+
+
+async def test_a_rejected_item_is_dead_lettered_at_once_with_its_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_silo(streams(max_deliveries=5), grains=[PickyGrain, DeadLetterGrain]) as silo:
+        stream = silo.get_stream_provider().get_stream("checked", "k")
+        await stream.publish(-1)
+        await stream.publish(2)
+        await until(lambda: len(LETTERS) == 1 and len(HANDLED) == 1)
+        assert len(STARTED) == 2  # the rejected item ran once, not max_deliveries times
+        assert LETTERS[0].attempts == 1
+        assert "RejectedItemError: negative item -1" in LETTERS[0].error
+
+
+async def test_an_unavailable_silo_does_not_use_up_the_deliveries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    STATE["down"] = 6  # more failures than max_deliveries: a long failover
+    config = streams(max_deliveries=2, backoff=1.0)
+    async with open_silo(config, grains=[PickyGrain, DeadLetterGrain]) as silo:
+        provider = silo.get_stream_provider()
+        await provider.get_stream("checked", "k").publish(3)
+        await until(lambda: len(HANDLED) == 1)
+        assert len(STARTED) == 7
+        assert LETTERS == []
+        assert provider.statistics().dead_lettered == 0
 
 
 async def test_publish_deduplicates_by_msg_id(autojump_clock: trio.testing.MockClock) -> None:

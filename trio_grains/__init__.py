@@ -34,6 +34,7 @@ from ._exceptions import InternalError as InternalError
 from ._exceptions import MembershipError as MembershipError
 from ._exceptions import MembershipUnavailableError as MembershipUnavailableError
 from ._exceptions import PluginError as PluginError
+from ._exceptions import RejectedItemError as RejectedItemError
 from ._exceptions import RemoteGrainError as RemoteGrainError
 from ._exceptions import SerializationError as SerializationError
 from ._exceptions import SiloAlreadyJoinedError as SiloAlreadyJoinedError
@@ -171,6 +172,7 @@ __all__ = [
     "ReminderTable",
     "RemoteGrainError",
     "SequenceToken",
+    "RejectedItemError",
     "SerializationError",
     "Silo",
     "SiloAlreadyJoinedError",

@@ -19,6 +19,7 @@ Every error the runtime raises on purpose derives from :class:`GrainsError`::
     ├── StorageError                       a storage provider failed (backend down, bad record)
     │   └── InconsistentStateError         a write against a stale ETag: nothing was written
     ├── StreamError                        a stream provider or subscription failed
+    │   └── RejectedItemError              a handler refuses an item: dead-letter it now
     ├── DirectoryError                     the grain directory's backend failed
     ├── MembershipError                    cluster membership
     │   ├── MembershipUnavailableError     the membership table is unreachable (retried)
@@ -36,6 +37,7 @@ __all__ = [
     "first_leaf",
     "ActivationRaceLostError",
     "StreamError",
+    "RejectedItemError",
     "StorageError",
     "SiloDeclaredDeadError",
     "SiloAlreadyJoinedError",
@@ -156,6 +158,15 @@ class StreamError(GrainsError):
     Adapters raise it (or a subclass) from their backend's errors, chained with
     ``raise StreamError(...) from exc``.
     """
+
+
+class RejectedItemError(StreamError):
+    """Raise it from a stream handler for an item that can never be processed (an invalid
+    order, say): the item goes to the dead letters at once, with this message as the
+    reason, instead of being retried ``max_deliveries`` times. It works across silos: a
+    grain on another silo raising it rejects the item as well.
+    """
+
 
 
 class DirectoryError(GrainsError):

@@ -6,7 +6,8 @@ stream key, and runs one worker task per key with items, up to ``max_concurrent_
 them at a time. A worker hands an item to every subscriber (:meth:`_Agent.process`),
 retrying failed subscribers in place with backoff, then acks it, or after
 ``max_deliveries`` attempts publishes a :class:`~trio_grains._streams.DeadLetter` and
-terminates it.
+terminates it. A :class:`~trio_grains.RejectedItemError` or an undecodable item is
+dead-lettered at once; an unavailable silo (failover) is retried without counting.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._exceptions import SerializationError
+from ._exceptions import RejectedItemError, SerializationError, SiloUnavailableError
 from ._streams import DeadLetter, EncodedItem, ReceivedItem, StreamId
 
 if TYPE_CHECKING:
@@ -33,6 +34,15 @@ def _describe_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(exc)).strip()
 
 
+_FATAL = (SerializationError, RejectedItemError)
+"""Errors that no retry can cure: the item is dead-lettered at once."""
+
+_TRANSIENT = (SiloUnavailableError,)
+"""Errors of the cluster, not of the item (its grain's silo died or is stopping): retried
+with backoff without using up ``max_deliveries``, so a failover never dead-letters good
+items."""
+
+
 async def call_target(runtime: StreamProvider, target: _Target, item: ReceivedItem) -> None:
     """Decode *item* for *target* and call it once."""
     value = runtime._codec.loads(item.data, target.item_type)
@@ -43,9 +53,11 @@ async def deliver_with_retries(
     runtime: StreamProvider, target: _Target, item: ReceivedItem
 ) -> str | None:
     """Call *target* with *item* until it returns or ``max_deliveries`` attempts failed
-    (a :class:`SerializationError` is not retried); the last error, or ``None``."""
+    (a :class:`SerializationError` or :class:`RejectedItemError` is not retried; an
+    unavailable silo does not count as an attempt); the last error, or ``None``."""
     options = runtime.options
-    for attempt in range(1, options.max_deliveries + 1):
+    attempt = 1
+    while True:
         try:
             await call_target(runtime, target, item)
             runtime.counts["delivered"] += 1
@@ -53,10 +65,12 @@ async def deliver_with_retries(
         except Exception as exc:
             runtime.counts["failed"] += 1
             error = f"{target.describe}: {_describe_error(exc)}"
-            if isinstance(exc, SerializationError) or attempt == options.max_deliveries:
+            transient = isinstance(exc, _TRANSIENT)
+            if isinstance(exc, _FATAL) or (not transient and attempt >= options.max_deliveries):
                 return error
         await trio.sleep(options.retry_delay(attempt))
-    return None  # max_deliveries >= 1: not reached
+        if not transient:
+            attempt += 1
 
 
 class _Agent:
@@ -180,6 +194,7 @@ class _Agent:
         while True:
             errors: list[str] = []
             fatal = False
+            transient = True  # every failure so far is the cluster's, not the item's
             for target in runtime._targets(item.stream_id):
                 if target.key in done:
                     continue
@@ -196,7 +211,8 @@ class _Agent:
                         continue  # it unsubscribed meanwhile
                     counts["failed"] += 1
                     errors.append(f"{target.describe}: {_describe_error(exc)}")
-                    fatal = fatal or isinstance(exc, SerializationError)
+                    fatal = fatal or isinstance(exc, _FATAL)
+                    transient = transient and isinstance(exc, _TRANSIENT)
                     log.debug("stream item %s failed in %s", item.token, target.describe)
                 else:
                     counts["delivered"] += 1
@@ -204,12 +220,13 @@ class _Agent:
             if not errors:
                 self.ack(item)
                 return
-            if fatal or attempt >= self.options.max_deliveries:
+            if fatal or (not transient and attempt >= self.options.max_deliveries):
                 await self._dead_letter(item, attempt, "; ".join(errors))
                 return
             await trio.sleep(self.options.retry_delay(attempt))
-            attempt += 1
             counts["redelivered"] += 1
+            if not transient:
+                attempt += 1
 
     async def _dead_letter(self, item: ReceivedItem, attempts: int, error: str) -> None:
         log.warning(
