@@ -322,3 +322,17 @@ async def test_isolated_calls_handle_none_results_and_report_bad_arguments() -> 
             await ref.lock(trio.Lock())
         with pytest.raises(SerializationError, match=r"argument 'f' of keep\(\)"):
             await ref.keep(object())  # type: ignore[arg-type]
+
+
+def test_datetimes_travel_as_timestamps_and_also_structure_from_iso_text() -> None:
+    import datetime
+
+    from trio_grains._serialization import make_converter
+
+    conv = make_converter()
+    when = datetime.datetime(2026, 11, 22, 12, 30, tzinfo=datetime.UTC)
+    assert conv.structure(conv.unstructure(when), datetime.datetime) == when
+    # what a JSON caller (Client.call, `trio-grains client`) can send
+    assert conv.structure("2026-11-22T12:30:00+00:00", datetime.datetime) == when
+    assert conv.structure("2026-11-22", datetime.date) == when.date()
+    assert conv.structure(conv.unstructure(when.date()), datetime.date) == when.date()

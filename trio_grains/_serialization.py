@@ -13,6 +13,7 @@ said so), and otherwise raises :class:`~trio_grains.RemoteGrainError`.
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import sys
 import traceback
@@ -44,6 +45,20 @@ def _is_reference(t: Any) -> bool:
     return isinstance(t, type) and issubclass(t, GrainReference)
 
 
+def _structure_datetime(value: Any, _: type) -> datetime.datetime:
+    """A datetime from its wire form (a POSIX timestamp) or from ISO 8601 text, which is
+    what JSON callers (``Client.call``, ``trio-grains client``) can send."""
+    if isinstance(value, str):
+        return datetime.datetime.fromisoformat(value)
+    return datetime.datetime.fromtimestamp(value, datetime.UTC)
+
+
+def _structure_date(value: Any, _: type) -> datetime.date:
+    if isinstance(value, str):
+        return datetime.date.fromisoformat(value)
+    return datetime.datetime.fromtimestamp(value, datetime.UTC).date()
+
+
 def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Converter:
     """A converter for msgpack-able data that also knows grain ids and references.
 
@@ -51,6 +66,8 @@ def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Con
     can be encoded but not decoded.
     """
     conv = _make_msgpack_converter()
+    conv.register_structure_hook(datetime.datetime, _structure_datetime)
+    conv.register_structure_hook(datetime.date, _structure_date)
     conv.register_unstructure_hook(GrainId, str)
     conv.register_structure_hook(GrainId, lambda v, _: GrainId.parse(v))
     conv.register_unstructure_hook(uuid.UUID, str)
