@@ -7,9 +7,10 @@ It registers
   ``docs/streams-jetstream.md``);
 * the ``nats`` clustering provider (:func:`trio_grains_nats.clustering.open_nats_cluster`:
   membership and grain directory in JetStream KV buckets, the transport on core NATS; see
-  ``docs/clustering-nats.md``).
-
-KV grain storage will register its factory here through ``grains_register_storage``.
+  ``docs/clustering-nats.md``);
+* the ``nats-kv`` storage provider (:func:`trio_grains_nats.storage.open_nats_kv_storage`:
+  grain states in a JetStream KV bucket, ETags are key revisions; see
+  ``docs/storage-nats-kv.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from trio_grains import ProviderRegistry, hookimpl
 
 from .clustering import open_nats_cluster
+from .storage import open_nats_kv_storage
 from .streams import open_jetstream_stream_adapter
 
 
@@ -30,3 +32,8 @@ def grains_register_streams(registry: ProviderRegistry[Any]) -> None:
 @hookimpl
 def grains_register_clustering(registry: ProviderRegistry[Any]) -> None:
     registry.register("nats", open_nats_cluster)
+
+
+@hookimpl
+def grains_register_storage(registry: ProviderRegistry[Any]) -> None:
+    registry.register("nats-kv", open_nats_kv_storage)

@@ -1,0 +1,421 @@
+"""The ``nats-kv`` storage provider: grain states in a JetStream key-value bucket.
+
+One bucket (``grains-state`` unless the ``bucket`` option says otherwise, history 1,
+created when the provider opens if it does not exist) holds one key per record. The
+value is the state exactly as the silo encoded it; the ETag is the key's revision (the
+stream sequence of its latest entry) as a decimal string.
+
+**Keys.** A KV key may only hold ``A-Z a-z 0-9 - / _ = .`` and must not start or end with
+``.``. A record's key is ``<state name>.<grain id>``, each part escaped by
+:func:`escape_kv_part`: ``A-Z a-z 0-9 - _ /`` stay as they are, and every other
+character becomes ``=XX`` for each byte of its UTF-8 form (uppercase hex), ``=`` and
+``.`` included. So ``cart`` of ``cart/alice`` is ``cart.cart/alice``, ``dict`2/a+b`` is
+``dict=602/a=2Bb``, and ``café`` is ``caf=C3=A9``. The one unescaped ``.`` separates the
+two parts; the escaping is reversible (:func:`decode_record_key`) and two different
+records never share a key.
+
+**Compare-and-set.** ``write`` with ETag ``None`` is the bucket's ``create`` (a publish
+expecting the key to have no value, or a delete marker as its latest entry); with an ETag
+it is ``update``, a publish expecting that revision
+(``Nats-Expected-Last-Subject-Sequence``). ``clear`` writes a delete marker expecting
+the revision. The server checks the expectation, so it holds between silos: a mismatch
+is :class:`~trio_grains.InconsistentStateError` and nothing is written. Clearing leaves
+a small delete marker per key (history 1), as the grain directory's buckets do.
+
+The provider owns one NATS connection, opened and closed with its ``async with``. While
+the server is unreachable the connection reconnects (every half second, forever) and
+calls wait for it; bound them with cancel scopes (the silo's response timeouts). NATS
+errors reach the grain as :class:`~trio_grains.StorageError` naming the bucket.
+
+See docs/storage-nats-kv.md for options, durability and limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import string
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, NoReturn
+
+import attrs
+from nats.js.api import StorageType
+
+from trio_grains import (
+    ConfigError,
+    GrainId,
+    GrainStorage,
+    InconsistentStateError,
+    ProviderContext,
+    StorageError,
+    StoredState,
+)
+
+from ._connection import Connection
+from ._exceptions import (
+    JS_ERR_MESSAGE_NOT_FOUND,
+    JetStreamAPIError,
+    KeyDeletedError,
+    NatsConnectionError,
+    NatsError,
+    NotFoundError,
+    WrongLastSequenceError,
+)
+from ._kv import KeyValue, create_key_value
+from ._options import CONNECT_OPTIONS, ConnectOptions, parse_connect_options, unreachable_error
+
+__all__ = [
+    "DEFAULT_BUCKET",
+    "NatsKvStorage",
+    "NatsKvStorageConfig",
+    "decode_record_key",
+    "escape_kv_part",
+    "open_nats_kv_storage",
+    "parse_storage_options",
+    "record_key",
+    "unescape_kv_part",
+]
+
+DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
+DEFAULT_BUCKET = "grains-state"
+
+MAX_SUBJECT_LENGTH = 3900
+"""The longest ``$KV.<bucket>.<key>`` subject a record may have: a publish's control line
+must fit nats-server's ``max_control_line`` (4 KiB by default)."""
+
+HEADER_ALLOWANCE = 128
+"""Bytes of a write's payload budget (the server's ``max_payload``) kept for its headers."""
+
+_KEY_SAFE = frozenset(string.ascii_letters + string.digits + "-_/")
+_UPPER_HEX = frozenset("0123456789ABCDEF")
+_BUCKET_RE = re.compile(r"[A-Za-z0-9_-]+")
+_STORAGE = {"file": StorageType.FILE, "memory": StorageType.MEMORY}
+_JS_ERR_STREAM_NAME_IN_USE = 10058  # the bucket exists with other settings
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def escape_kv_part(text: str) -> str:
+    """*text* with every character outside ``A-Z a-z 0-9 - _ /`` as ``=XX`` per UTF-8 byte.
+
+    The result is non-empty for non-empty *text* and holds no ``.``; :func:`unescape_kv_part`
+    reverses it. Raises :class:`ValueError` for a lone surrogate.
+    """
+    if _KEY_SAFE.issuperset(text):
+        return text
+    parts: list[str] = []
+    for ch in text:
+        if ch in _KEY_SAFE:
+            parts.append(ch)
+        else:
+            parts.extend(f"={byte:02X}" for byte in ch.encode("utf-8"))
+    return "".join(parts)
+
+
+def unescape_kv_part(text: str) -> str:
+    """Reverse :func:`escape_kv_part`; :class:`ValueError` for text it cannot have made."""
+    if _KEY_SAFE.issuperset(text):
+        return text
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch in _KEY_SAFE:
+            out += ch.encode()
+            i += 1
+        elif ch == "=" and i + 3 <= len(text) and _UPPER_HEX.issuperset(text[i + 1 : i + 3]):
+            out.append(int(text[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raise ValueError(f"{text!r} is not an escaped key part: bad {ch!r} at index {i}")
+    decoded = out.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if escape_kv_part(decoded) != text:  # e.g. "=41" for "A": not what escaping makes
+        raise ValueError(f"{text!r} is not an escaped key part: it escapes a safe character")
+    return decoded
+
+
+def record_key(state_name: str, grain_id: GrainId) -> str:
+    """The KV key of the record ``(state_name, grain_id)``: ``<state>.<grain id>``, escaped."""
+    if not state_name:
+        raise ValueError("a state name must not be empty")
+    return f"{escape_kv_part(state_name)}.{escape_kv_part(str(grain_id))}"
+
+
+def decode_record_key(key: str) -> tuple[str, GrainId]:
+    """The ``(state_name, grain_id)`` whose :func:`record_key` is *key*; ValueError if none."""
+    state, dot, grain = key.partition(".")
+    if not dot or not state or not grain:
+        raise ValueError(f"{key!r} is not a record key: expected '<state>.<grain id>'")
+    return unescape_kv_part(state), GrainId.parse(unescape_kv_part(grain))
+
+
+def _revision(etag: str) -> int | None:
+    """The revision an ETag names, or None if this provider never issues *etag*."""
+    if etag.isascii() and etag.isdigit() and etag[0] != "0":
+        return int(etag)
+    return None
+
+
+# --- the storage ------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class NatsKvStorage(GrainStorage):
+    """Grain states in the JetStream KV bucket :attr:`bucket`, on the connection *nc*.
+
+    Get one from the ``nats-kv`` provider (:func:`open_nats_kv_storage`) or, on a
+    connection of your own, :meth:`open`. It owns nothing but the bucket handle: it lives
+    as long as *nc*.
+    """
+
+    nc: Connection
+    _kv: KeyValue
+
+    @classmethod
+    async def open(
+        cls,
+        nc: Connection,
+        bucket: str = DEFAULT_BUCKET,
+        *,
+        replicas: int = 1,
+        storage: StorageType = StorageType.FILE,
+        max_bytes: int = -1,
+    ) -> NatsKvStorage:
+        """The storage on *bucket*, created (history 1) unless it exists.
+
+        An existing bucket is used as it is, whatever its settings. Raises
+        :class:`~trio_grains.ConfigError` if the bucket cannot be created (e.g. more
+        ``replicas`` than the NATS cluster has servers).
+        """
+        if not _BUCKET_RE.fullmatch(bucket):
+            raise ConfigError(f"bucket name {bucket!r} must hold only A-Z a-z 0-9 _ -")
+        js = nc.jetstream()
+        try:
+            kv = await create_key_value(
+                js,
+                bucket,
+                history=1,
+                max_bytes=max_bytes,
+                storage=storage,
+                replicas=replicas,
+                allow_msg_ttl=False,
+            )
+        except JetStreamAPIError as exc:
+            if exc.err_code != _JS_ERR_STREAM_NAME_IN_USE:
+                raise ConfigError(
+                    f"cannot create the NATS KV bucket {bucket!r}: {exc.description}; check "
+                    "the options replicas, storage and max_bytes, or create the bucket "
+                    f"yourself (nats kv add {bucket} --history 1)"
+                ) from exc
+            kv = await js.key_value(bucket)  # created by someone else, with other settings
+        return cls(nc, kv)
+
+    @property
+    def bucket(self) -> str:
+        return self._kv.bucket
+
+    def __repr__(self) -> str:
+        return f"<NatsKvStorage bucket={self._kv.bucket!r}>"
+
+    def _key(self, state_name: str, grain_id: GrainId) -> str:
+        try:
+            key = record_key(state_name, grain_id)
+        except ValueError as exc:
+            raise StorageError(f"no KV key for state {state_name!r} of {grain_id}: {exc}") from exc
+        subject = len(self._kv.bucket) + len(key) + 5  # "$KV.<bucket>.<key>"
+        if subject > MAX_SUBJECT_LENGTH:
+            raise StorageError(
+                f"the KV key of state {state_name!r} of {grain_id} is {len(key)} characters "
+                f"long: too long for a NATS subject (at most {MAX_SUBJECT_LENGTH} with the "
+                "bucket name; characters outside A-Z a-z 0-9 - _ / take 3 per UTF-8 byte); "
+                "use a shorter grain key"
+            )
+        return key
+
+    def _failed(self, what: str, exc: NatsError) -> StorageError:
+        return StorageError(f"NATS KV bucket {self._kv.bucket!r}: {what} failed: {exc}")
+
+    async def _conflict(self, key: str, expected: str | None, what: str) -> NoReturn:
+        try:
+            current: str | None = str((await self._kv.get(key)).revision)
+        except NotFoundError:
+            current = None
+        except NatsError:
+            current = "unknown"
+        raise InconsistentStateError(
+            f"{what} of key {key!r} in NATS KV bucket {self._kv.bucket!r} expected ETag "
+            f"{expected!r} but the stored one is {current!r}"
+        )
+
+    async def read(self, state_name: str, grain_id: GrainId) -> StoredState | None:
+        key = self._key(state_name, grain_id)
+        try:
+            entry = await self._kv.get(key)
+        except KeyDeletedError:
+            return None
+        except NotFoundError as exc:
+            if exc.err_code == JS_ERR_MESSAGE_NOT_FOUND:  # the key was never written
+                return None
+            raise self._failed(f"reading {key!r}", exc) from exc
+        except NatsError as exc:
+            raise self._failed(f"reading {key!r}", exc) from exc
+        return StoredState(entry.value, str(entry.revision))
+
+    async def write(self, state_name: str, grain_id: GrainId, data: bytes, etag: str | None) -> str:
+        key = self._key(state_name, grain_id)
+        limit = self.nc.max_payload - HEADER_ALLOWANCE
+        if len(data) > limit:
+            raise StorageError(
+                f"state {state_name!r} of {grain_id} is {len(data)} bytes, more than NATS KV "
+                f"bucket {self._kv.bucket!r} takes ({limit}: the server's max_payload less "
+                f"{HEADER_ALLOWANCE} for headers); raise max_payload in the nats-server "
+                "configuration, or keep the state smaller"
+            )
+        try:
+            if etag is None:
+                revision = await self._kv.create(key, bytes(data))
+            else:
+                expected = _revision(etag)
+                if expected is None:
+                    await self._conflict(key, etag, "a write")
+                revision = await self._kv.update(key, bytes(data), expected)
+        except WrongLastSequenceError:  # KeyExistsError too
+            await self._conflict(key, etag, "a write")
+        except NatsError as exc:
+            raise self._failed(f"writing {key!r}", exc) from exc
+        return str(revision)
+
+    async def clear(self, state_name: str, grain_id: GrainId, etag: str | None) -> None:
+        key = self._key(state_name, grain_id)
+        if etag is None:  # nothing to delete if there is no record, a conflict if there is
+            if await self.read(state_name, grain_id) is not None:
+                await self._conflict(key, etag, "a clear")
+            return
+        expected = _revision(etag)
+        if expected is None:
+            await self._conflict(key, etag, "a clear")
+        try:
+            await self._kv.delete(key, revision=expected)
+        except WrongLastSequenceError:
+            await self._conflict(key, etag, "a clear")
+        except NatsError as exc:
+            raise self._failed(f"clearing {key!r}", exc) from exc
+
+
+# --- the provider -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class NatsKvStorageConfig(ConnectOptions):
+    """The ``nats-kv`` provider's options, validated (:func:`parse_storage_options`)."""
+
+    bucket: str = DEFAULT_BUCKET
+    replicas: int = 1
+    storage: StorageType = StorageType.FILE
+    max_bytes: int = -1
+
+
+KNOWN_OPTIONS = frozenset({"bucket", "replicas", "storage", "max_bytes", *CONNECT_OPTIONS})
+
+
+def parse_storage_options(name: str, options: Mapping[str, Any]) -> NatsKvStorageConfig:
+    """Validate the ``[storage.<name>] options`` of a ``nats-kv`` provider.
+
+    Raises :class:`~trio_grains.ConfigError` naming an unknown key (and listing the valid
+    ones) or a key whose value is wrong, and what it must be.
+    """
+    section = f"[storage.{name}]"
+
+    def bad(key: str, what: str) -> ConfigError:
+        return ConfigError(
+            f"{section} option {key!r} of the nats-kv storage provider must be {what}, "
+            f"got {options[key]!r}"
+        )
+
+    unknown = sorted(set(options) - KNOWN_OPTIONS)
+    if unknown:
+        raise ConfigError(
+            f"{section} the nats-kv storage provider has no option "
+            f"{', '.join(map(repr, unknown))}; options: {', '.join(sorted(KNOWN_OPTIONS))}"
+        )
+    kwargs = parse_connect_options(options, bad, allow_empty_servers=False)
+    kwargs.setdefault("servers", DEFAULT_SERVERS)
+    if "bucket" in options:
+        value = options["bucket"]
+        if not isinstance(value, str) or not _BUCKET_RE.fullmatch(value):
+            raise bad("bucket", "a bucket name of ASCII letters, digits, '-' and '_'")
+        kwargs["bucket"] = value
+    if "replicas" in options:
+        value = options["replicas"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+            raise bad("replicas", "an integer from 1 to 5 (JetStream's limit)")
+        kwargs["replicas"] = value
+    if "storage" in options:
+        value = options["storage"]
+        if not isinstance(value, str) or value not in _STORAGE:
+            raise bad("storage", "the string 'file' or 'memory'")
+        kwargs["storage"] = _STORAGE[value]
+    if "max_bytes" in options:
+        value = options["max_bytes"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise bad("max_bytes", "a number of bytes (-1 or 0: unlimited)")
+        kwargs["max_bytes"] = value if value > 0 else -1
+    return NatsKvStorageConfig(**kwargs)
+
+
+@contextlib.asynccontextmanager
+async def open_nats_kv_storage(
+    context: ProviderContext, options: Mapping[str, Any]
+) -> AsyncIterator[NatsKvStorage]:
+    """The ``nats-kv`` storage provider's factory (registered by the ``nats`` plugin).
+
+    Options: ``servers`` and the credential and TLS options of the other NATS providers,
+    ``bucket``, ``replicas``, ``storage``, ``max_bytes`` (see :func:`parse_storage_options`).
+    """
+    config = parse_storage_options(context.name, options)
+    section = f"[storage.{context.name}]"
+    failure: Exception | None = None
+    body_error: BaseException | None = None
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                nc = await stack.enter_async_context(
+                    config.connect(name=f"{context.silo_name} storage.{context.name}")
+                )
+            except NatsConnectionError as exc:
+                raise unreachable_error(section, config.servers, exc) from exc
+            try:
+                storage = await NatsKvStorage.open(
+                    nc,
+                    config.bucket,
+                    replicas=config.replicas,
+                    storage=config.storage,
+                    max_bytes=config.max_bytes,
+                )
+            except (ConfigError, NatsError) as exc:
+                failure = _open_failure(section, config.bucket, exc)
+            else:
+                try:
+                    yield storage
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                return
+    except BaseExceptionGroup as group:
+        # The connection's nursery wraps what the block raised: hand it back as it was.
+        if body_error is not None and list(group.exceptions) == [body_error]:
+            raise body_error from None
+        raise
+    # Raised here, once the connection (and its nursery) is closed: one plain error.
+    assert failure is not None
+    raise failure
+
+
+def _open_failure(section: str, bucket: str, exc: Exception) -> Exception:
+    failure: Exception
+    if isinstance(exc, ConfigError):
+        failure = ConfigError(f"{section} {exc}")
+    else:
+        failure = StorageError(f"{section} cannot open NATS KV bucket {bucket!r}: {exc}")
+    failure.__cause__ = exc
+    return failure
