@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Project tasks that work on a fresh machine with only Python 3.11+.
 
-    python3 dev.py demo    run the example application
+    python3 dev.py demo [args]   run the reference application (`trio-grains demo orders`)
     python3 dev.py test    lint, type-check and run the whole test suite
     python3 dev.py bench NAME [args]   run a benchmark (see benchmarks/README.md)
 
@@ -27,9 +27,14 @@ STAMP = VENV / ".dev-stamp"
 
 def _fingerprint() -> str:
     h = hashlib.sha256()
-    for path in [ROOT / "pyproject.toml", *sorted(ROOT.glob("plugins/*/pyproject.toml"))]:
+    for path in [ROOT / "pyproject.toml", *_distributions()]:
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def _distributions() -> list[Path]:
+    """The pyproject.toml of every plugin and example distribution."""
+    return sorted([*ROOT.glob("plugins/*/pyproject.toml"), *ROOT.glob("examples/*/pyproject.toml")])
 
 
 def _run(*args: object) -> None:
@@ -50,14 +55,14 @@ def ensure_env() -> None:
     print("installing trio-grains and its dev dependencies into .venv ...", file=sys.stderr)
     _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     editable = ["-e", f"{ROOT}[dev]"]
-    for plugin in sorted(ROOT.glob("plugins/*/pyproject.toml")):
-        editable += ["-e", str(plugin.parent)]
+    for distribution in _distributions():
+        editable += ["-e", str(distribution.parent)]
     _run(PYTHON, "-m", "pip", "install", "--quiet", *editable)
     STAMP.write_text(fingerprint)
 
 
 def demo(args: list[str]) -> None:
-    _run(PYTHON, ROOT / "examples" / "hello.py", *args)
+    _run(PYTHON, "-m", "trio_grains.cli", "demo", "orders", *args)
 
 
 def test(args: list[str]) -> None:
@@ -65,7 +70,8 @@ def test(args: list[str]) -> None:
     lint = [d for d in dirs if (ROOT / d).exists()]
     _run(PYTHON, "-m", "ruff", "check", *lint)
     _run(PYTHON, "-m", "mypy")  # trio_grains, as configured in pyproject.toml
-    for package in sorted(ROOT.glob("plugins/*/*/__init__.py")):
+    packages = [*ROOT.glob("plugins/*/*/__init__.py"), *ROOT.glob("examples/*/*/__init__.py")]
+    for package in sorted(packages):
         _run(PYTHON, "-m", "mypy", "--strict", package.parent)
     _run(PYTHON, "-m", "pytest", *args)
 

@@ -1,6 +1,7 @@
 """A first trio-grains program: shopping carts as grains, called concurrently.
 
-Run it with ``python3 dev.py demo`` (or ``python examples/hello.py`` in the venv).
+Run it with ``.venv/bin/python examples/hello.py`` (after ``python3 dev.py test`` or
+``python3 dev.py demo`` created the venv).
 """
 
 from __future__ import annotations

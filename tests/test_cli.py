@@ -79,3 +79,13 @@ async def test_silo_command_serves_until_sigterm_then_stops(tmp_path: Path) -> N
     text = out.read_text()
     assert "silo solo is serving (alone)" in text
     assert text.rstrip().endswith("silo stopped")
+
+
+def test_an_unknown_demo_is_one_line_naming_the_installed_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "ordres"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trio-grains: error: no demo named 'ordres' (orders)")
+    assert "pip install -e examples/orders" in err
+    assert len(err.splitlines()) == 1

@@ -7,6 +7,9 @@
   method with JSON arguments, publish a JSON value to a stream).
 * ``trio-grains plugins`` shows what the plugin manager loads and which provider names
   each plugin registers.
+* ``trio-grains demo NAME [args]`` runs a demo that an installed distribution registers
+  under the ``trio_grains.demos`` entry-point group (``orders``: the reference
+  application, from ``examples/orders``), passing it the rest of the command line.
 
 Mistakes a user can make (a missing file, bad TOML, an unknown key or provider, an
 unreachable server) end with one line saying what to do, not a traceback.
@@ -15,6 +18,7 @@ unreachable server) end with one line saying what to do, not a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import signal
@@ -158,6 +162,22 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMOS_GROUP = "trio_grains.demos"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    demos = {ep.name: ep for ep in importlib.metadata.entry_points(group=DEMOS_GROUP)}
+    entry = demos.get(args.name)
+    if entry is None:
+        known = ", ".join(sorted(demos)) or "none are installed"
+        raise ConfigError(
+            f"no demo named {args.name!r} ({known}); the reference application's is "
+            "installed with `pip install -e examples/orders` (python3 dev.py does it)"
+        )
+    run = entry.load()
+    return int(run(list(args.args)))
+
+
 def _one_line(message: str) -> str:
     """A multi-line error (e.g. every bad key of a config) as one line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
@@ -194,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     publish.add_argument("value", help="a JSON value")
     publish.add_argument("--provider", default="default", help="the stream provider name")
     client.set_defaults(func=_client)
+    demo = commands.add_parser("demo", help="run a demo application (e.g. orders)")
+    demo.add_argument("name", help="the demo's name, e.g. orders")
+    demo.add_argument("args", nargs=argparse.REMAINDER, help="the demo's own arguments")
+    demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -1,22 +1,19 @@
-"""The reference application's grains (examples/orders/app.py) on a cluster over a real
+"""The reference application's grains (trio_grains_orders.app) on a cluster over a real
 nats-server and JetStream: every order processed once in effect, totals per customer,
 invalid and undecodable orders in the dead letters while processing goes on."""
 
 from __future__ import annotations
 
 import datetime
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import trio
+from trio_grains_orders import app
 
 from trio_grains import ClientConfig, ProviderConfig, SiloConfig, open_client
 from trio_grains.testing import open_test_cluster
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples" / "orders"))
-import app  # examples/orders/app.py
 
 NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 

@@ -8,8 +8,9 @@ sequence), adds it to the :class:`CustomerGrain` of its customer, and marks it
 ``processed``. The item is acknowledged only after the handler returned, i.e. after the
 state was written. A redelivered order finds its state ``processed`` and is not processed
 again; the customer total counts each order id once. An invalid order raises
-:class:`InvalidOrder`: after ``max_deliveries`` attempts it goes to the ``dead-letters``
-namespace with the reason (:class:`DeadLetterGrain` keeps them), and processing goes on.
+:class:`InvalidOrder` (a :class:`~trio_grains.RejectedItemError`): it goes to the
+``dead-letters`` namespace at once with the reason (:class:`DeadLetterGrain` keeps them),
+and processing goes on. So does a payload that is not an order at all.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from trio_grains import (
     DeadLetter,
     Grain,
     GrainInterface,
+    RejectedItemError,
     SequenceToken,
     grain_type,
     idempotent,
@@ -47,8 +49,8 @@ class Order:
     created: datetime.datetime
 
 
-class InvalidOrder(ValueError):
-    """The order cannot be processed (it goes to the dead letters, with this reason)."""
+class InvalidOrder(RejectedItemError):
+    """The order cannot be processed: it goes to the dead letters at once, with this reason."""
 
 
 def problems_of(order: Order, key: str) -> list[str]:
@@ -76,6 +78,7 @@ class OrderState:
     customer: str = ""
     amount: int = 0
     deliveries: int = 0  # times the stream delivered it (redeliveries included)
+    processed_at: datetime.datetime | None = None
 
 
 @grain_type("order")
@@ -103,6 +106,7 @@ class OrderGrain(Grain, IOrder):
         await self.state.write()
         await self.get_grain(ICustomer, order.customer).add_order(order.id, order.amount)
         state.status = "processed"
+        state.processed_at = datetime.datetime.now(datetime.UTC)
         await self.state.write()
 
     @read_only

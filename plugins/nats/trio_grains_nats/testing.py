@@ -85,7 +85,9 @@ def run_nats_server(
         cmd += ["-c", str(conf)]
     cmd += list(args)
     log = open(tmp / f"nats-{port}.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    # Its own session: a Ctrl-C in the terminal reaches only our process, which stops the
+    # server last, after whatever still talks to it (POSIX; ignored elsewhere).
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
