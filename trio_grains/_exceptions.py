@@ -168,7 +168,6 @@ class RejectedItemError(StreamError):
     """
 
 
-
 class DirectoryError(GrainsError):
     """A grain directory provider failed (backend down, an unreadable entry, ...).
 
