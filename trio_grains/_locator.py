@@ -102,13 +102,28 @@ class Locator:
         return await self.locate_uncached(grain_id)
 
     async def locate_uncached(self, grain_id: GrainId) -> tuple[str, int]:
-        """:meth:`locate` past a cache miss: the directory, else placement."""
+        """:meth:`locate` past a cache miss: the directory, else placement.
+
+        When placement would put a new activation on this very silo, the directory lookup
+        is skipped: the local activation registers (create-if-absent) before it runs, and
+        if the grain is active elsewhere it loses that race and hands its calls to the
+        winner. A new grain then costs one directory round trip instead of two.
+        """
+        placed = None
+        hosted_here = self.hosted is not None and self.hosted.get(grain_id.type) is not None
+        if self.self_id is not None and hosted_here:
+            try:
+                placed = self.place(grain_id)
+            except SiloUnavailableError:
+                pass  # (not active yet, say): the directory may still know it
+            if placed is not None and placed[0] == self.self_id:
+                return placed
         entry = await self.directory.lookup(grain_id, cached=False)
         if entry is not None:
             if await self.alive(entry.silo_id):
                 return entry.silo_id, 0
             await self.directory.unregister(entry)  # a dead silo's: the grain may move
-        return self.place(grain_id)
+        return placed or self.place(grain_id)
 
     def candidates(self, grain_type: str) -> list[SiloInfo]:
         """The ``ACTIVE`` silos hosting *grain_type*, as placement directors see them."""
