@@ -5,6 +5,7 @@ Usage::
 
     python benchmarks/run.py --list
     python benchmarks/run.py local-calls [--quick] [--mode sequential --mode contended]
+    python benchmarks/run.py orders [--quick] [--mode 1-silo --mode 2-silos]
     python benchmarks/run.py all [--quick]
 
 Each mode prints ONE JSON line on stdout::
@@ -32,6 +33,7 @@ from typing import Any
 import cluster_bench  # noqa: F401 - registers cluster
 import local_calls  # noqa: F401 - registers local-calls
 import nats_bench  # noqa: F401 - registers nats
+import orders_bench  # noqa: F401 - registers orders
 import storage  # noqa: F401 - registers storage
 import streams_bench  # noqa: F401 - registers streams
 from _runner import BENCHMARKS, Options

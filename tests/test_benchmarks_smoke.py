@@ -75,3 +75,23 @@ def test_storage_quick_prints_one_json_line_per_mode() -> None:
         assert line["ours"] > 0
         assert line["floor"] > 0
         assert line["unit"] == "writes/s"
+
+
+def test_orders_quick_prints_one_json_line_per_mode() -> None:
+    # Silo processes, a nats-server and the hand-written floor: one round of each, N small.
+    proc = _run("orders", "--quick", "--rounds", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(text) for text in proc.stdout.splitlines() if text.strip()]
+    assert [line["mode"] for line in lines] == ["1-silo", "2-silos"], proc.stdout
+    for line in lines:
+        assert list(line)[:5] == REQUIRED, line
+        assert line["benchmark"] == "orders"
+        for key in ("ours", "floor", "ratio"):
+            value = line[key]
+            assert isinstance(value, (int, float)), line
+            assert not isinstance(value, bool), line
+            assert math.isfinite(value), line
+            assert value > 0, line
+        assert math.isclose(line["ratio"], line["ours"] / line["floor"], rel_tol=1e-2), line
+        assert line["unit"] == "orders/s"
+        assert line["silos"] == {"1-silo": 1, "2-silos": 2}[line["mode"]]
