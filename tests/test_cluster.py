@@ -306,3 +306,12 @@ async def test_a_client_calls_by_name_with_plain_data() -> None:
             await client.call("echo/e", "fail")
         with pytest.raises(GrainMethodError, match="no grain method 'nope'"):
             await client.call("echo/e", "nope")
+
+
+async def test_the_per_silo_memory_warning_names_reminders_only_when_a_grain_uses_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_test_cluster(1, grains=[EchoGrain]):
+        pass
+    assert "[reminders.default]" not in caplog.text  # no hosted grain has receive_reminder
+    assert "[storage.default]" in caplog.text

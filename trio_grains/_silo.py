@@ -278,8 +278,15 @@ async def open_silo(
     factories = silo._resolve_providers()
     member = None if config.clustering is None else ClusterMember(silo)
     if member is not None:
+        infos = [registry.get(t) for t in registry.types()]
+        remindable = any(i is not None and "receive_reminder" in i.methods for i in infos)
         warn_per_silo_providers(
-            silo.silo_id, [f"[{r.kind}.{r.name}]" for r in factories if r.provider == "memory"]
+            silo.silo_id,
+            [
+                f"[{r.kind}.{r.name}]"
+                for r in factories
+                if r.provider == "memory" and (r.kind != "reminders" or remindable)
+            ],
         )
     body_error: BaseException | None = None
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import traceback
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,14 @@ log = logging.getLogger("trio_grains.streams")
 
 
 def _describe_error(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(exc)).strip()
+    """``module.Type: message``, without notes: a remote grain's exception carries its
+    traceback as a note, and a dead letter's text must not depend on where it ran."""
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    message = str(exc)
+    return f"{name}: {message}" if message else name
 
 
 _FATAL = (SerializationError, RejectedItemError)

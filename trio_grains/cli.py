@@ -1,7 +1,8 @@
 """The ``trio-grains`` command.
 
 * ``trio-grains silo --config silo.toml`` runs a silo (a :class:`~trio_grains.SiloConfig`
-  in TOML) until Ctrl-C or ``SIGTERM``, then stops it gracefully.
+  in TOML) until Ctrl-C or ``SIGTERM``, then stops it gracefully. The current folder is
+  on ``sys.path``, so ``grains = ["app:OrderGrain"]`` finds ``./app.py``.
 * ``trio-grains client --config client.toml silos|stats|call|publish ...``: small
   operations on a cluster through a client (list the silos, show statistics, call a grain
   method with JSON arguments, publish a JSON value to a stream).
@@ -21,6 +22,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import os
 import signal
 import sys
 import tomllib
@@ -64,6 +66,10 @@ async def _serve(config: SiloConfig) -> None:
 
 
 def _silo(args: argparse.Namespace) -> int:
+    # As `python -m` would (and uvicorn does): `grains = ["app:OrderGrain"]` imports
+    # app.py from the folder the silo is started in.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     config = SiloConfig.from_dict(load_toml(args.config))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -263,8 +263,7 @@ async def check(run: Run) -> list[str]:
         if not reasons or INVALID[order_id] not in reasons[0]:
             problems.append(f"invalid order {order_id} is not in the dead letters: {reasons}")
         else:
-            reason = reasons[0].splitlines()[0]  # then the grain's traceback, for a human
-            print(f"dead letter {order_id}: {reason.split(': ', 2)[-1]}")
+            print(f"dead letter {order_id}: {reasons[0].split(': ', 2)[-1]}")
     return problems
 
 
