@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import trio
+from nats.js.api import DiscardPolicy, StreamConfig
 from trio_grains_nats import (
     JetStream,
     KeyDeletedError,
@@ -13,6 +14,7 @@ from trio_grains_nats import (
     NotFoundError,
     WrongLastSequenceError,
 )
+from trio_grains_nats._kv import KeyValue
 
 
 def _bucket() -> str:
@@ -106,3 +108,135 @@ async def test_per_key_ttl_expires(js: JetStream) -> None:
     assert (await kv.get("long")).value == b"y"
     with pytest.raises(ValueError, match="ttl"):
         await kv.put("bad", b"", ttl=0)
+
+
+async def _same_through_leader(kv: KeyValue, key: str) -> None:
+    """``get`` by direct get and through the stream leader agree (value or error)."""
+
+    async def outcome(reader: KeyValue) -> object:
+        try:
+            return await reader.get(key)
+        except NotFoundError as exc:
+            return (type(exc), exc.code, getattr(exc, "revision", None))
+
+    assert kv._direct
+    assert await outcome(kv) == await outcome(KeyValue(kv._js, kv.bucket, direct=False))
+
+
+async def test_get_uses_direct_get_on_one_replica(js: JetStream) -> None:
+    kv = await js.create_key_value(_bucket(), history=5)
+    assert kv._direct  # allow_direct, one replica
+    assert (await js.key_value(kv.bucket))._direct
+    rev = await kv.put("a.b/c=d", b"\x00value\r\n")
+    entry = await kv.get("a.b/c=d")
+    assert (entry.bucket, entry.key, entry.value, entry.revision, entry.operation) == (
+        kv.bucket,
+        "a.b/c=d",
+        b"\x00value\r\n",
+        rev,
+        "PUT",
+    )
+    await kv.put("empty", b"")
+    assert (await kv.get("empty")).value == b""
+    for key in ("a.b/c=d", "empty"):
+        await _same_through_leader(kv, key)
+
+
+async def test_get_of_a_deleted_key(js: JetStream) -> None:
+    kv = await js.create_key_value(_bucket(), history=5)
+    await kv.put("k", b"v")
+    rev = await kv.delete("k")
+    with pytest.raises(KeyDeletedError) as info:
+        await kv.get("k")
+    assert (info.value.key, info.value.revision, info.value.code) == ("k", rev, 404)
+    await _same_through_leader(kv, "k")
+
+
+async def test_get_of_a_purged_key(js: JetStream) -> None:
+    kv = await js.create_key_value(_bucket(), history=5)
+    await kv.put("k", b"v1")
+    await kv.put("k", b"v2")
+    ack = await js.publish(
+        f"$KV.{kv.bucket}.k", b"", headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+    )
+    with pytest.raises(KeyDeletedError) as info:
+        await kv.get("k")
+    assert info.value.revision == ack.seq
+    await _same_through_leader(kv, "k")
+    assert await kv.create("k", b"v3") > ack.seq  # a purged key can be created again
+
+
+async def test_get_of_a_missing_key(js: JetStream) -> None:
+    kv = await js.create_key_value(_bucket())
+    await kv.put("other", b"x")
+    for key in ("missing", "miss.ing", "other.deeper"):
+        with pytest.raises(NotFoundError) as info:
+            await kv.get(key)
+        assert type(info.value) is NotFoundError
+        assert info.value.code == 404
+        await _same_through_leader(kv, key)
+
+
+async def test_get_in_a_missing_bucket_is_not_found(js: JetStream) -> None:
+    for direct in (True, False):
+        kv = KeyValue(js, "no" + _bucket(), direct=direct)
+        with pytest.raises(NotFoundError):
+            await kv.get("k")
+
+
+async def test_bucket_without_direct_get(js: JetStream) -> None:
+    """A bucket whose stream does not allow direct gets (made by other code): ``get``
+    reads through the stream leader; and if the stream stops answering direct gets, a
+    direct ``KeyValue`` falls back to the leader."""
+    bucket = _bucket()
+    await js.add_stream(
+        StreamConfig(
+            name=f"KV_{bucket}",
+            subjects=[f"$KV.{bucket}.>"],
+            max_msgs_per_subject=5,
+            discard=DiscardPolicy.NEW,
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+            allow_direct=False,
+        )
+    )
+    kv = await js.key_value(bucket)
+    assert not kv._direct
+    stale = KeyValue(js, bucket, direct=True)  # as if it changed after we opened it
+    rev = await kv.put("k", b"v")
+    for reader in (kv, stale):
+        assert await reader.get("k") == (await kv.get("k"))
+        assert (await reader.get("k")).revision == rev
+        with pytest.raises(NotFoundError):
+            await reader.get("missing")
+    rev2 = await kv.update("k", b"v2", rev)
+    deleted = await kv.delete("k", revision=rev2)
+    for reader in (kv, stale):
+        with pytest.raises(KeyDeletedError) as info:
+            await reader.get("k")
+        assert info.value.revision == deleted
+
+
+async def test_write_errors_and_revisions(js: JetStream) -> None:
+    kv = await js.create_key_value(_bucket(), history=5)
+    rev1 = await kv.create("k", b"1")
+    with pytest.raises(KeyExistsError) as exists:
+        await kv.create("k", b"again")
+    assert (exists.value.code, exists.value.err_code) == (400, 10071)
+    rev2 = await kv.update("k", b"2", rev1)
+    rev3 = await kv.put("k", b"3")
+    assert rev1 < rev2 < rev3
+    with pytest.raises(WrongLastSequenceError) as wrong:
+        await kv.update("k", b"4", rev2)
+    assert type(wrong.value) is WrongLastSequenceError
+    assert wrong.value.err_code == 10071
+    with pytest.raises(WrongLastSequenceError):
+        await kv.delete("k", revision=rev2)
+    rev4 = await kv.delete("k", revision=rev3)
+    assert rev4 > rev3
+    with pytest.raises(KeyDeletedError):
+        await kv.get("k")
+    rev5 = await kv.create("k", b"5")  # after a delete
+    assert (await kv.get("k")).revision == rev5
+    info = await js.stream_info(f"KV_{kv.bucket}")
+    assert info.state.last_seq == rev5

@@ -7,6 +7,7 @@ inbox; JSON bodies are nats-py's dataclasses (:mod:`nats.js.api`), which are loo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -24,9 +25,11 @@ from trio.lowlevel import (
 )
 
 from ._exceptions import (
+    JS_ERR_MESSAGE_NOT_FOUND,
     JetStreamAPIError,
     JetStreamError,
     NoRespondersError,
+    NotFoundError,
     api_error,
 )
 from ._jsmsg import JsMsg
@@ -65,13 +68,21 @@ def _pub_ack(msg: Msg, subject: str) -> PubAck:
     return PubAck.from_response(resp)
 
 
+# A successful ack is ``{"stream":"S","seq":N}`` (plus ``"domain"``/``"duplicate"``). A
+# quote inside a JSON string is escaped, so ``"seq":`` can only be the key itself.
+_ACK_SEQ = re.compile(rb'"seq":\s*(\d+)')
+
+
 def _pub_seq(msg: Msg, subject: str) -> int:
-    if msg.status == 503:
-        _pub_ack(msg, subject)  # raises the explanation
-    resp = json.loads(msg.data)
-    if "error" in resp:
-        _pub_ack(msg, subject)  # raises the API error
-    return int(resp["seq"])
+    """The stream sequence of a publish ack, without building a ``PubAck``; raises as
+    :func:`_pub_ack` does."""
+    data = msg.data
+    if msg.status is None and b'"error"' not in data:
+        match = _ACK_SEQ.search(data)
+        if match is not None:
+            return int(match[1])
+    _pub_ack(msg, subject)  # raises the explanation (503, API error), if there is one
+    return int(json.loads(data)["seq"])
 
 
 _T = TypeVar("_T")
@@ -224,6 +235,54 @@ class JetStream:
                 "match it (JetStream.add_stream)"
             ) from None
         return _pub_ack(msg, subject)
+
+    async def publish_sequence(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        """As :meth:`publish`, but returns only the stream sequence (no ``PubAck``): the
+        key-value writes' path. Errors are raised exactly as by :meth:`publish`."""
+        try:
+            msg = await self._conn.request(subject, payload, headers=headers)
+        except NoRespondersError:
+            raise JetStreamError(
+                f"no JetStream stream listens on {subject!r}: add a stream whose subjects "
+                "match it (JetStream.add_stream)"
+            ) from None
+        return _pub_seq(msg, subject)
+
+    async def direct_get_last(self, stream: str, subject: str, *, in_subject: bool) -> Msg:
+        """The last message on *subject* of *stream* through JetStream *direct get*
+        (the stream needs ``allow_direct``): the stored message itself, its payload as
+        ``data``, its headers plus ``Nats-Stream``, ``Nats-Subject``, ``Nats-Sequence``
+        and ``Nats-Time-Stamp``.
+
+        *in_subject*: ask on ``DIRECT.GET.<stream>.<subject>`` with an empty body
+        (nats-server >= 2.10; no JSON for the server to parse), else send
+        ``{"last_by_subj": subject}`` to ``DIRECT.GET.<stream>``.
+
+        Raises :class:`NotFoundError` if *subject* has no message, and lets
+        :class:`NoRespondersError` through: nobody answers direct gets for *stream* (it
+        does not exist, does not allow direct gets, or JetStream is off).
+        """
+        if in_subject:
+            msg = await self._conn.request(f"{self._prefix}.DIRECT.GET.{stream}.{subject}")
+        else:
+            body = b'{"last_by_subj":' + json.dumps(subject).encode() + b"}"
+            msg = await self._conn.request(f"{self._prefix}.DIRECT.GET.{stream}", body)
+        status = msg.status
+        if status is not None:
+            if status == 404:
+                raise NotFoundError(
+                    msg.description or "no message found",
+                    code=404,
+                    err_code=JS_ERR_MESSAGE_NOT_FOUND,
+                )
+            raise api_error(msg.description or f"direct get failed ({status})", status, None)
+        return msg
 
     async def publish_many(
         self,

@@ -6,6 +6,12 @@ makes a directory registration strict. Per-key TTLs use the ``Nats-TTL`` header 
 bucket's stream needs ``allow_msg_ttl``, nats-server >= 2.11); the TTL is sent as given
 (milliseconds), not truncated here; note that nats-server itself keeps TTLs in whole
 seconds, with a minimum of one second.
+
+``get`` uses JetStream *direct get* (the stored message comes back as is: no JSON, no
+base64) when the bucket allows it and has one replica. With more replicas every replica
+answers direct gets, and a follower may not have applied the latest writes yet; those
+buckets (and ones without ``allow_direct``) are read through the stream leader
+(``STREAM.MSG.GET``), so a ``get`` always sees every write acknowledged before it.
 """
 
 from __future__ import annotations
@@ -17,9 +23,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import trio
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig, StreamInfo
 
-from ._exceptions import KeyDeletedError, KeyExistsError, WrongLastSequenceError
+from ._exceptions import (
+    JetStreamError,
+    KeyDeletedError,
+    KeyExistsError,
+    NoRespondersError,
+    WrongLastSequenceError,
+)
 from ._jsmsg import JsMsgMetadata
 from ._msg import Msg, decode_headers
 
@@ -32,6 +44,8 @@ __all__ = ["KeyValue", "KvEntry", "KvWatcher"]
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _OPERATION = "KV-Operation"
 _TTL = "Nats-TTL"
+_SEQUENCE = "Nats-Sequence"  # of a direct get's reply
+_DEL_HEADERS = {_OPERATION: "DEL"}
 
 Operation = Literal["PUT", "DEL", "PURGE"]
 
@@ -89,24 +103,46 @@ async def create_key_value(
         allow_msg_ttl=allow_msg_ttl or None,
         subject_delete_marker_ttl=delete_markers_ttl,
     )
-    await js.add_stream(config)
-    return KeyValue(js, bucket)
+    info = await js.add_stream(config)
+    return KeyValue(js, bucket, direct=_direct_get_ok(info))
 
 
 async def key_value(js: JetStream, bucket: str) -> KeyValue:
     """An existing bucket; raises :class:`NotFoundError` if there is none."""
-    await js.stream_info(f"KV_{bucket}")
-    return KeyValue(js, bucket)
+    info = await js.stream_info(f"KV_{bucket}")
+    return KeyValue(js, bucket, direct=_direct_get_ok(info))
+
+
+def _direct_get_ok(info: StreamInfo) -> bool:
+    """Whether ``get`` may read *info*'s stream by direct get: it allows them, and only
+    the one (leader) replica answers them, so they read every acknowledged write."""
+    config = info.config
+    return bool(config.allow_direct) and (config.num_replicas or 1) == 1
+
+
+def _server_version(js: JetStream) -> tuple[int, ...]:
+    version = str(js._conn.info.get("version", "0"))
+    try:
+        return tuple(int(part) for part in version.split("-")[0].split(".")[:2])
+    except ValueError:
+        return (0,)
 
 
 class KeyValue:
-    """A key-value bucket (``await js.create_key_value("dir")``)."""
+    """A key-value bucket (``await js.create_key_value("dir")``).
 
-    def __init__(self, js: JetStream, bucket: str) -> None:
+    *direct*: read with direct gets (see the module's docstring); ``create_key_value`` and
+    ``key_value`` decide it from the stream's configuration.
+    """
+
+    def __init__(self, js: JetStream, bucket: str, *, direct: bool = False) -> None:
         self._js = js
         self.bucket = bucket
         self._stream = f"KV_{bucket}"
         self._prefix = f"$KV.{bucket}."
+        self._direct = direct
+        # DIRECT.GET.<stream>.<subject> (nats-server >= 2.10): no JSON body to parse.
+        self._direct_in_subject = _server_version(js) >= (2, 10)
 
     def __repr__(self) -> str:
         return f"<KeyValue bucket={self.bucket!r}>"
@@ -114,6 +150,31 @@ class KeyValue:
     async def get(self, key: str) -> KvEntry:
         """The latest value of *key*: :class:`NotFoundError` if it never had one,
         :class:`KeyDeletedError` (a subclass) if its latest entry is a delete."""
+        if not self._direct:
+            return await self._get_from_leader(key)
+        subject = self._prefix + key
+        try:
+            msg = await self._js.direct_get_last(
+                self._stream,
+                subject,
+                # a whole-token wildcard in the key would make the request subject one
+                in_subject=self._direct_in_subject and "*" not in key and ">" not in key,
+            )
+        except NoRespondersError:
+            # The stream stopped allowing direct gets, is (re)starting, or is missing (then
+            # this raises NotFoundError, as before), or JetStream is off: ask the leader.
+            return await self._get_from_leader(key)
+        headers = msg.headers
+        if headers is None or _SEQUENCE not in headers:
+            raise JetStreamError(f"the direct get of {subject!r} answered without a sequence")
+        revision = int(headers[_SEQUENCE])
+        op = headers.get(_OPERATION)
+        if op == "DEL" or op == "PURGE":
+            raise KeyDeletedError(key, revision)
+        return KvEntry(self.bucket, key, msg.data, revision)
+
+    async def _get_from_leader(self, key: str) -> KvEntry:
+        """``get`` through the stream leader (``STREAM.MSG.GET``: JSON, base64)."""
         resp = await self._js.api(
             f"STREAM.MSG.GET.{self._stream}", {"last_by_subj": self._prefix + key}
         )
@@ -130,8 +191,8 @@ class KeyValue:
 
     async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
         """Set *key*; returns the new revision. *ttl*: seconds until the entry expires."""
-        ack = await self._js.publish(self._prefix + key, value, headers=_ttl_header(ttl) or None)
-        return ack.seq
+        headers = _ttl_header(ttl) if ttl is not None else None
+        return await self._js.publish_sequence(self._prefix + key, value, headers=headers)
 
     async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
         """Set *key* only if it has no value (never set, or deleted): the revision.
@@ -167,17 +228,17 @@ class KeyValue:
         return await self._cas(key, value, revision, ttl)
 
     async def _cas(self, key: str, value: bytes, last: int, ttl: float | None) -> int:
-        headers = {_EXPECTED_LAST_SUBJECT_SEQ: str(last), **_ttl_header(ttl)}
-        ack = await self._js.publish(self._prefix + key, value, headers=headers)
-        return ack.seq
+        headers = {_EXPECTED_LAST_SUBJECT_SEQ: str(last)}
+        if ttl is not None:
+            headers.update(_ttl_header(ttl))
+        return await self._js.publish_sequence(self._prefix + key, value, headers=headers)
 
     async def delete(self, key: str, *, revision: int | None = None) -> int:
         """Write a delete marker for *key* (only at *revision*, if given)."""
-        headers = {_OPERATION: "DEL"}
+        headers = _DEL_HEADERS
         if revision is not None:
-            headers[_EXPECTED_LAST_SUBJECT_SEQ] = str(revision)
-        ack = await self._js.publish(self._prefix + key, b"", headers=headers)
-        return ack.seq
+            headers = {**headers, _EXPECTED_LAST_SUBJECT_SEQ: str(revision)}
+        return await self._js.publish_sequence(self._prefix + key, b"", headers=headers)
 
     @asynccontextmanager
     async def watch(

@@ -54,19 +54,35 @@ class Msg:
         await self._conn.publish(self.reply, data, headers=headers)
 
 
+_encoded_keys: dict[str, bytes] = {}  # header name -> b"Name: " (validated once)
+
+
+def _encode_key(key: str) -> bytes:
+    name = key.strip()
+    if not _HEADER_KEY_RE.fullmatch(name):
+        raise ValueError(f"bad header name {name!r}: use printable ASCII without spaces or ':'")
+    encoded = name.encode() + b": "
+    if len(_encoded_keys) < 1024:
+        _encoded_keys[key] = encoded
+    return encoded
+
+
 def encode_headers(headers: Mapping[str, str]) -> bytes:
     """The header block for *headers* (``NATS/1.0\\r\\nKey: Value\\r\\n...\\r\\n``)."""
     parts = [_HDR_LINE, _CRLF]
     for key, value in headers.items():
-        key = key.strip()
-        if not _HEADER_KEY_RE.fullmatch(key):
-            raise ValueError(f"bad header name {key!r}: use printable ASCII without spaces or ':'")
+        encoded_key = _encoded_keys.get(key)
+        if encoded_key is None:
+            encoded_key = _encode_key(key)
         value = str(value)
         if "\r" in value or "\n" in value:
-            raise ValueError(f"header {key!r}: a value cannot contain CR or LF")
-        parts += [key.encode(), b": ", value.strip().encode(), _CRLF]
+            raise ValueError(f"header {key.strip()!r}: a value cannot contain CR or LF")
+        parts += [encoded_key, value.strip().encode(), _CRLF]
     parts.append(_CRLF)
     return b"".join(parts)
+
+
+_WS = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
 
 
 def decode_headers(raw: bytes) -> tuple[dict[str, str] | None, int | None, str]:
@@ -74,6 +90,28 @@ def decode_headers(raw: bytes) -> tuple[dict[str, str] | None, int | None, str]:
 
     Status lines look like ``NATS/1.0 404 No Messages``; header lines ``Key: Value``.
     """
+    if not raw.isascii():
+        return _decode_headers_bytes(raw)
+    # The usual case: decode once, then work on str (the same result as below).
+    lines = raw.decode("ascii").split("\r\n")
+    first = lines[0]
+    status: int | None = None
+    description = ""
+    if len(first) > 8:  # len("NATS/1.0")
+        code, _, desc = first[8:].strip(_WS).partition(" ")
+        if code.isdigit():
+            status = int(code)
+            description = desc.strip(_WS)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip(_WS)] = value.strip(_WS)
+    return (headers or None), status, description
+
+
+def _decode_headers_bytes(raw: bytes) -> tuple[dict[str, str] | None, int | None, str]:
     lines = raw.split(_CRLF)
     first = lines[0]
     status: int | None = None
