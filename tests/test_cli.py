@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from trio_grains import Grain, Silo, SiloConfig, cli
 from trio_grains.cli import main
 
 
@@ -89,3 +93,40 @@ def test_an_unknown_demo_is_one_line_naming_the_installed_ones(
     assert err.startswith("trio-grains: error: no demo named 'ordres' (orders)")
     assert "pip install -e examples/orders" in err
     assert len(err.splitlines()) == 1
+
+
+class StuckGrain(Grain):
+    """Its on_deactivate never ends: a graceful stop waits deactivation_timeout for it."""
+
+    async def ping(self) -> str:
+        return "pong"
+
+    async def on_deactivate(self, reason: str) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_second_sigterm_abandons_a_stuck_graceful_stop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_open_silo = cli.open_silo
+
+    @contextlib.asynccontextmanager
+    async def open_silo_and_activate(config: SiloConfig) -> AsyncIterator[Silo]:
+        async with real_open_silo(config, grains=[StuckGrain]) as silo:
+            assert await silo.get_grain(StuckGrain, "x").ping() == "pong"
+            yield silo
+
+    monkeypatch.setattr(cli, "open_silo", open_silo_and_activate)
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cli._serve, SiloConfig(name="stuck", deactivation_timeout=30))
+        with trio.fail_after(10):
+            while "is serving" not in capsys.readouterr().out:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await trio.sleep(0.5)  # the graceful stop waits on on_deactivate ...
+            os.kill(os.getpid(), signal.SIGTERM)  # ... until this
+    assert trio.current_time() - started < 10  # not deactivation_timeout (30 s)
+    out = capsys.readouterr().out
+    assert "stopping at once" in out
+    assert out.rstrip().endswith("silo stopped")

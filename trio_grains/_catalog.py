@@ -74,6 +74,7 @@ class Catalog:
         self.cluster: SiloCluster | None = None
         #: set when the silo is killed rather than stopped (tests): nothing is deactivated
         self.crashed = False
+        self._shutdown_scope: trio.CancelScope | None = None
 
     def reminder_service(self) -> ReminderService:
         if self.reminders is None:
@@ -385,13 +386,14 @@ class Catalog:
             return
         timeout = self.config.deactivation_timeout
         with trio.move_on_after(timeout + 1) as scope:
+            self._shutdown_scope = scope
             async with trio.open_nursery() as nursery:
                 for act in self.activations():
                     if act.is_quiet() and act.directory_entry is None:
                         act.state = DEAD  # nothing to run and no task: no need for one now
                     else:
                         nursery.start_soon(act.deactivate, "silo shutting down")
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and not self.crashed:
             stuck = [str(a.grain_id) for a in self.activations() if a.state != DEAD]
             log.warning(
                 "silo shutdown gave up after %s s on %d activations whose turns did not end "
@@ -401,6 +403,12 @@ class Catalog:
                 ", ".join(stuck[:10]) + (" ..." if len(stuck) > 10 else ""),
             )
         self._drop_all("the silo shut down")
+
+    def abandon_shutdown(self) -> None:
+        """Cut a shutdown under way short: what is still deactivating is dropped."""
+        self.crashed = True
+        if self._shutdown_scope is not None:
+            self._shutdown_scope.cancel()
 
     def _drop_all(self, why: str) -> None:
         self.wheel.fail_all(

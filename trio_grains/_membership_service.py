@@ -78,6 +78,11 @@ class MembershipService:
     declared_dead_reason: str | None = attrs.field(default=None, init=False)
     #: stale silos this service found DEAD after its compare-and-set (by it or a peer)
     silos_declared_dead: int = attrs.field(default=0, init=False)
+    #: cancelled when this silo is declared dead: work that needs the cluster (a graceful
+    #: stop's goodbyes) must not wait for a table it can no longer reach
+    cancel_on_death: list[trio.CancelScope] = attrs.field(factory=list, init=False)
+    #: leave the table on exit (``False``: an abandoned stop says no goodbye)
+    say_goodbye: bool = attrs.field(default=True, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_interval <= 0 or self.dead_after <= self.heartbeat_interval:
@@ -154,7 +159,8 @@ class MembershipService:
         try:
             return await self._nursery_manager.__aexit__(exc_type, exc, tb)
         finally:
-            if (self.leave_when_cancelled or not cancelled) and not self.declared_dead.is_set():
+            leave = self.say_goodbye and (self.leave_when_cancelled or not cancelled)
+            if leave and not self.declared_dead.is_set():
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + self.dead_after
                     await self._leave()
@@ -172,6 +178,8 @@ class MembershipService:
     def _dead(self, reason: str) -> SiloDeclaredDeadError:
         self.declared_dead_reason = reason
         self.declared_dead.set()
+        for scope in self.cancel_on_death:
+            scope.cancel()
         log.error("silo %s stops: %s", self.silo_id, reason)
         return SiloDeclaredDeadError(f"silo {self.silo_id!r} {reason}: it must stop serving")
 

@@ -103,6 +103,44 @@ class Silo:
         suffix = "" if config.clustering is None else "-" + secrets.token_hex(4)
         self._silo_id = config.name + suffix
         self._member: ClusterMember | None = None
+        self._goodbye_scope: trio.CancelScope | None = None
+
+    async def _say_goodbye(self) -> None:
+        """The first part of a graceful stop: tell the cluster, hand stream partitions and
+        held items back. Bounded by ``deactivation_timeout``, cut short when the silo is
+        declared dead (it cannot reach the cluster) or :meth:`abandon_graceful_stop`."""
+        with trio.CancelScope() as scope:
+            self._goodbye_scope = scope
+            scope.deadline = trio.current_time() + self._config.deactivation_timeout
+            member = self._member
+            if member is not None and member.membership is not None:
+                member.membership.cancel_on_death.append(scope)
+            if member is not None:
+                await member.start_leaving()
+            if not self._catalog.crashed:
+                for stream_provider in self._stream_providers.values():
+                    await stream_provider.stop()  # hand held items back
+        if scope.cancelled_caught and not self._catalog.crashed:
+            log.warning(
+                "silo %s could not say goodbye to its cluster (declared dead, or it took "
+                "longer than deactivation_timeout); its stream items come back after "
+                "their ack wait, its grains after it is declared dead",
+                self._silo_id,
+            )
+            self._catalog.crashed = True  # what it could not hand over, the others take
+
+    def abandon_graceful_stop(self) -> None:
+        """Make this silo's stop (under way, or the next one) like a crash: no more
+        goodbyes, activations dropped without ``on_deactivate``. The rest of the cluster
+        takes over its grains and stream items once it is declared dead. For a second
+        Ctrl-C, or a stop that waits on a backend that went away."""
+        self._catalog.crashed = True
+        member = self._member
+        if member is not None and member.membership is not None:
+            member.membership.say_goodbye = False
+        if self._goodbye_scope is not None:
+            self._goodbye_scope.cancel()
+        self._catalog.abandon_shutdown()
 
     @property
     def name(self) -> str:
@@ -337,10 +375,7 @@ async def open_silo(
                             raise
                         finally:
                             with trio.CancelScope(shield=True):
-                                if member is not None:
-                                    await member.start_leaving()
-                                for stream_provider in silo._stream_providers.values():
-                                    await stream_provider.stop()  # hand held items back
+                                await silo._say_goodbye()
                                 await silo._catalog.shutdown()
                 finally:
                     if member is not None:

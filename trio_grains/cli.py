@@ -27,7 +27,7 @@ import signal
 import sys
 import tomllib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -36,7 +36,7 @@ from ._client import Client, ClientConfig, open_client
 from ._config import PluginsConfig, SiloConfig
 from ._exceptions import ConfigError, GrainsError, SiloDeclaredDeadError, first_leaf
 from ._plugins import load_plugins
-from ._silo import open_silo
+from ._silo import Silo, open_silo
 
 EXIT_DECLARED_DEAD = 75  # EX_TEMPFAIL: a supervisor should start a fresh process
 
@@ -55,13 +55,32 @@ def load_toml(path: str) -> dict[str, Any]:
 
 
 async def _serve(config: SiloConfig) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Serve until SIGINT/SIGTERM, then stop gracefully; a second signal abandons the
+    graceful stop (no goodbyes: the cluster treats the silo as crashed)."""
+    stop = trio.Event()
+    running: list[Silo] = []
+
+    async def follow_signals(task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for _ in signals:
+                if not stop.is_set():
+                    print("stopping gracefully (a second Ctrl-C or SIGTERM stops at once)")
+                    stop.set()
+                elif running:
+                    print("stopping at once: the cluster takes over after dead_after")
+                    running[0].abandon_graceful_stop()
+                sys.stdout.flush()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(follow_signals)
         async with open_silo(config) as silo:
+            running.append(silo)
             where = f"cluster {config.cluster_id!r}" if config.clustering else "alone"
             print(f"silo {silo.silo_id} is serving ({where}); Ctrl-C or SIGTERM stops it")
             sys.stdout.flush()
-            async for _ in signals:
-                break  # leave the block normally: deactivate, unregister, leave
+            await stop.wait()  # then leave the block normally: deactivate, unregister, leave
+        nursery.cancel_scope.cancel()
     print("silo stopped")
 
 
@@ -76,10 +95,26 @@ def _silo(args: argparse.Namespace) -> int:
     )
     try:
         trio.run(_serve, config)
-    except SiloDeclaredDeadError as exc:
-        print(f"trio-grains: {exc}; start a fresh silo process", file=sys.stderr)
-        return EXIT_DECLARED_DEAD
-    return 0
+    except BaseExceptionGroup as group:
+        dead = group.subgroup(SiloDeclaredDeadError)
+        if dead is None:
+            _raise_ours(group)
+        exc: BaseException = first_leaf(dead)
+    except SiloDeclaredDeadError as error:
+        exc = error
+    else:
+        return 0
+    print(f"trio-grains: {exc}; start a fresh silo process", file=sys.stderr)
+    return EXIT_DECLARED_DEAD
+
+
+def _raise_ours(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise our one error out of *group* (main() prints it as one line); other groups
+    go on as they are."""
+    ours, rest = group.split(GrainsError)
+    if ours is None or rest is not None:
+        raise group
+    raise first_leaf(ours) from None
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -160,11 +195,7 @@ def _client(args: argparse.Namespace) -> int:
     try:
         trio.run(_client_command, config, args)
     except BaseExceptionGroup as group:
-        # An error of ours raised inside the client's nursery: report it, not the group.
-        ours, rest = group.split(GrainsError)
-        if ours is None or rest is not None:
-            raise
-        raise first_leaf(ours) from None
+        _raise_ours(group)  # an error of ours raised inside the client's nursery
     return 0
 
 

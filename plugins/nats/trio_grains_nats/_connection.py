@@ -250,7 +250,7 @@ async def connect(
     reconnect: bool = True,
     reconnect_wait: float = 2.0,
     max_reconnect_attempts: int = 60,
-    close_timeout: float = 5.0,
+    close_timeout: float = 2.0,
 ) -> AsyncIterator[Connection]:
     """Connect to the first reachable server of *servers*; close on exit.
 
