@@ -23,6 +23,8 @@ single process (tests, one-silo deployments), ``trio_grains_nats.directory`` a c
 from __future__ import annotations
 
 import abc
+import itertools
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Set
@@ -45,9 +47,24 @@ __all__ = [
 ]
 
 
+_PROCESS_ID = uuid.uuid4().hex[:16]  # random per process (and re-drawn after a fork)
+_counter = itertools.count(1)
+
+
+def _reseed_after_fork() -> None:
+    global _PROCESS_ID
+    _PROCESS_ID = uuid.uuid4().hex[:16]
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reseed_after_fork)
+
+
 def new_activation_id() -> str:
-    """A fresh, cluster-unique activation id (32 lowercase hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh, cluster-unique activation id: 16 random hex digits drawn once per process,
+    then 16 of a counter (32 lowercase hex digits). Cheaper than a uuid4 per activation,
+    which costs a system call for its randomness."""
+    return f"{_PROCESS_ID}{next(_counter):016x}"
 
 
 def _check_non_empty(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
