@@ -33,6 +33,7 @@ from typing import Any
 import cluster_bench  # noqa: F401 - registers cluster
 import local_calls  # noqa: F401 - registers local-calls
 import nats_bench  # noqa: F401 - registers nats
+import observability_bench  # noqa: F401 - registers observability
 import orders_bench  # noqa: F401 - registers orders
 import storage  # noqa: F401 - registers storage
 import streams_bench  # noqa: F401 - registers streams

@@ -95,3 +95,14 @@ def test_orders_quick_prints_one_json_line_per_mode() -> None:
         assert math.isclose(line["ratio"], line["ours"] / line["floor"], rel_tol=1e-2), line
         assert line["unit"] == "orders/s"
         assert line["silos"] == {"1-silo": 1, "2-silos": 2}[line["mode"]]
+
+
+def test_observability_quick_prints_metrics_on_against_off() -> None:
+    proc = _run("observability", "--quick", "--rounds", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(text) for text in proc.stdout.splitlines() if text.strip()]
+    assert [line["mode"] for line in lines] == ["metrics-local-calls", "metrics-streams"]
+    for line in lines:
+        assert list(line)[:5] == REQUIRED, line
+        assert line["ours"] > 0
+        assert line["floor"] > 0

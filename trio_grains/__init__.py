@@ -62,6 +62,10 @@ from ._membership import MembershipView as MembershipView
 from ._membership import MemoryMembershipTable as MemoryMembershipTable
 from ._membership import SiloEntry as SiloEntry
 from ._membership import SiloStatus as SiloStatus
+from ._metrics import LatencyHistogram as LatencyHistogram
+from ._metrics import MethodStatistics as MethodStatistics
+from ._metrics import MetricsSnapshot as MetricsSnapshot
+from ._metrics import StorageStatistics as StorageStatistics
 from ._placement import ActivationCountPlacement as ActivationCountPlacement
 from ._placement import HashBasedPlacement as HashBasedPlacement
 from ._placement import PlacementDirector as PlacementDirector
@@ -149,6 +153,10 @@ __all__ = [
     "InternalError",
     "MembershipError",
     "MembershipTable",
+    "LatencyHistogram",
+    "MethodStatistics",
+    "MetricsSnapshot",
+    "StorageStatistics",
     "MembershipUnavailableError",
     "MembershipView",
     "MemoryCluster",

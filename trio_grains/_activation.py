@@ -85,7 +85,7 @@ class Activation:
         self.runtime = runtime
         self.grain_id = grain_id
         self.info = info
-        self.methods = info.methods
+        self.methods = runtime.method_table(info)
         self.grain: Grain | None = None
         self.states: dict[str, PersistentState[Any]] | None = None
         self.state = ACTIVATING

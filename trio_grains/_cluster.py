@@ -181,6 +181,8 @@ class SiloCluster:
 
     def on_view(self, view: MembershipView) -> None:
         gone = self.locator.set_view(view)
+        if self.catalog.metrics is not None:
+            self.catalog.metrics.membership_changes += 1
         active = [e.silo_id for e in view.active()]
         for silo_id in gone:
             dead = view.status_of(silo_id) is SiloStatus.DEAD
@@ -310,7 +312,7 @@ class SiloCluster:
                     self._grain_ids.clear()
                 self._grain_ids[req.grain_id] = grain_id
             info = catalog._implementation(grain_id, None)
-            method = info.methods.get(req.method)
+            method = catalog.method_table(info).get(req.method)
             if method is None:
                 raise GrainMethodError(f"{info.describe()} has no grain method {req.method!r}")
             kwargs = catalog.codec.decode_call(method, req.args)

@@ -88,6 +88,9 @@ class SiloConfig:
       ``roles``: names for ``SiloRolePlacement``. ``reminder_refresh``: how often a
       clustered silo re-reads the reminder table for the reminders it owns (those
       registered through other silos are picked up then).
+    * ``metrics``: count and time grain calls per type and method, storage operations
+      and membership changes, for ``silo.statistics().metrics`` (off by default: then
+      the call path does nothing extra).
     """
 
     name: str = attrs.field(factory=_default_silo_name)
@@ -109,6 +112,7 @@ class SiloConfig:
     dead_after: float = attrs.field(default=5.0, validator=positive_seconds)
     roles: tuple[str, ...] = ()
     reminder_refresh: float = attrs.field(default=30.0, validator=positive_seconds)
+    metrics: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.dead_after <= self.heartbeat_interval:

@@ -141,6 +141,11 @@ class MethodInfo:
     idempotent: bool = False
     #: how calls interleave on the implementing class (``_messaging.EXCLUSIVE`` ...)
     kind: int = 0
+    #: with metrics on (a silo's instrumented table, ``_metrics``): the call counter, and
+    #: the grain's own function, which the in-task fast path calls while counting inline
+    #: (``func`` is then the counting wrapper, for the other paths)
+    counter: Any = None
+    plain: Any = None  # Callable[..., Awaitable[Any]] when counter is set
 
 
 @attrs.frozen(eq=False)

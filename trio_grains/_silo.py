@@ -27,6 +27,7 @@ from ._exceptions import ConfigError, SiloDeclaredDeadError, first_leaf
 from ._grain import GrainClassRegistry, GrainInterface
 from ._ids import GrainId, GrainKey
 from ._membership import MembershipView
+from ._metrics import MetricsSnapshot, TimedStorage
 from ._plugins import Plugins, load_plugins
 from ._registry import ProviderContext, ProviderRegistry
 from ._reminders import ReminderService
@@ -57,6 +58,9 @@ class SiloStatistics:
     remote_calls_pending: int = 0
     calls_forwarded: int = 0
     active_silos: int = 1
+    #: calls per grain type and method, storage latency, membership changes: with
+    #: ``SiloConfig.metrics`` on (``None`` when it is off)
+    metrics: MetricsSnapshot | None = None
 
 
 @attrs.frozen
@@ -233,6 +237,7 @@ class Silo:
             remote_calls_pending=0 if cluster is None else cluster.messenger.pending(),
             calls_forwarded=0 if cluster is None else cluster.forwarded + cluster.rerouted,
             active_silos=1 if cluster is None else len(cluster.locator.view.active()),
+            metrics=None if catalog.metrics is None else catalog.metrics.snapshot(),
         )
 
     def __repr__(self) -> str:
@@ -284,7 +289,9 @@ class Silo:
             provider = await stack.enter_async_context(resolved.factory(ctx, resolved.options))
             self._providers[(kind, name)] = provider
             if kind == "storage":
-                self._catalog.storages[name] = (provider, resolved.provider)
+                metrics = self._catalog.metrics
+                timed = provider if metrics is None else TimedStorage(provider, name, metrics)
+                self._catalog.storages[name] = (timed, resolved.provider)
 
 
 @contextlib.asynccontextmanager
