@@ -91,6 +91,9 @@ class SiloConfig:
     * ``metrics``: count and time grain calls per type and method, storage operations
       and membership changes, for ``silo.statistics().metrics`` (off by default: then
       the call path does nothing extra).
+    * ``services``: named services to run beside the silo while it serves
+      (``[services.dashboard] provider = "dashboard"``), registered by plugins through
+      ``grains_register_services``.
     """
 
     name: str = attrs.field(factory=_default_silo_name)
@@ -113,6 +116,7 @@ class SiloConfig:
     roles: tuple[str, ...] = ()
     reminder_refresh: float = attrs.field(default=30.0, validator=positive_seconds)
     metrics: bool = False
+    services: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.dead_after <= self.heartbeat_interval:

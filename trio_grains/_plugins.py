@@ -36,6 +36,7 @@ from ._registry import (
     ClusteringFactory,
     ProviderRegistry,
     ReminderTableFactory,
+    ServiceFactory,
     StorageFactory,
     StreamProviderFactory,
 )
@@ -69,6 +70,7 @@ class Plugins:
     * ``placement``: placement directors by strategy name.
     * ``reminders``: reminder-table factories by name.
     * ``clustering``: clustering-provider factories by name.
+    * ``services``: service factories by name (things that run beside a silo).
     """
 
     manager: pluggy.PluginManager
@@ -77,6 +79,7 @@ class Plugins:
     placement: PlacementRegistry
     reminders: ProviderRegistry[ReminderTableFactory]
     clustering: ProviderRegistry[ClusteringFactory]
+    services: ProviderRegistry[ServiceFactory]
 
     def configure_converter(self, converter: cattrs.Converter) -> None:
         """Let every plugin add structure / unstructure hooks to *converter*."""
@@ -140,6 +143,7 @@ def load_plugins(config: PluginsConfig | None = None, *, extra: Sequence[object]
         placement=PlacementRegistry(),
         reminders=ProviderRegistry("reminder table"),
         clustering=ProviderRegistry("clustering provider"),
+        services=ProviderRegistry("service"),
     )
     registration_hooks: list[tuple[str, ProviderRegistry[Any]]] = [
         ("grains_register_storage", plugins.storage),
@@ -147,6 +151,7 @@ def load_plugins(config: PluginsConfig | None = None, *, extra: Sequence[object]
         ("grains_register_placement", plugins.placement),
         ("grains_register_reminder_tables", plugins.reminders),
         ("grains_register_clustering", plugins.clustering),
+        ("grains_register_services", plugins.services),
     ]
     for hook_name, registry in registration_hooks:
         _call_hook(pm, hook_name, {"registry": registry}, attribute_to=registry.registering_for)

@@ -16,18 +16,23 @@ import contextlib
 import difflib
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import attrs
 import cattrs
 
 from ._exceptions import PluginError
 
+if TYPE_CHECKING:
+    from ._silo import Silo
+
 __all__ = [
     "UNATTRIBUTED",
     "ProviderContext",
     "ProviderFactory",
     "ClusteringFactory",
+    "ServiceContext",
+    "ServiceFactory",
     "ProviderRegistry",
     "StorageFactory",
     "ReminderTableFactory",
@@ -81,6 +86,23 @@ ReminderTableFactory: TypeAlias = ProviderFactory
 ClusteringFactory: TypeAlias = ProviderFactory
 """A factory yielding a :class:`~trio_grains.ClusterBackend` (membership table, grain
 directory and transport endpoints of one cluster)."""
+
+
+@attrs.frozen
+class ServiceContext:
+    """What a service factory is told: its configured instance name (``"dashboard"`` for
+    ``[services.dashboard]``) and the running :class:`~trio_grains.Silo` it serves beside
+    (statistics, membership view, grain references, stream providers)."""
+
+    name: str
+    silo: Silo
+
+
+ServiceFactory: TypeAlias = Callable[
+    [ServiceContext, Mapping[str, Any]], contextlib.AbstractAsyncContextManager[Any]
+]
+"""``factory(context, options) -> async context manager``: the service runs while it is
+entered (start its tasks in a nursery of its own there)."""
 
 
 class ProviderRegistry(Generic[F]):

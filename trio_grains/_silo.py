@@ -29,7 +29,7 @@ from ._ids import GrainId, GrainKey
 from ._membership import MembershipView
 from ._metrics import MetricsSnapshot, TimedStorage
 from ._plugins import Plugins, load_plugins
-from ._registry import ProviderContext, ProviderRegistry
+from ._registry import ProviderContext, ProviderRegistry, ServiceContext
 from ._reminders import ReminderService
 from ._serialization import Codec, make_converter
 from ._stream_agents import StreamProvider, check_implicit_providers
@@ -108,6 +108,16 @@ class Silo:
         self._silo_id = config.name + suffix
         self._member: ClusterMember | None = None
         self._goodbye_scope: trio.CancelScope | None = None
+
+    @contextlib.asynccontextmanager
+    async def _services(self) -> AsyncIterator[None]:
+        """Run the configured services (``[services.*]``) while the block runs."""
+        async with contextlib.AsyncExitStack() as stack:
+            for name, pconf in self._config.services.items():
+                factory = self._plugins.services.get(pconf.provider)
+                context = ServiceContext(name=name, silo=self)
+                await stack.enter_async_context(factory(context, dict(pconf.options)))
+            yield
 
     async def _say_goodbye(self) -> None:
         """The first part of a graceful stop: tell the cluster, hand stream partitions and
@@ -259,6 +269,8 @@ class Silo:
                     self._stream_options[name], options = StreamOptions.split(name, options)
                 factory = registry.get(pconf.provider)
                 factories.append(_Resolved(kind, name, pconf.provider, factory, options))
+        for pconf in self._config.services.values():
+            self._plugins.services.get(pconf.provider)  # an unknown name fails here
         check_implicit_providers(self._registry, self._config.streams)
         for cls_type in self._registry.types():
             info = self._registry.get(cls_type)
@@ -376,7 +388,8 @@ async def open_silo(
                             cluster.on_view(member.membership.view)
                             nursery.start_soon(cluster.follow, member.membership)
                         try:
-                            yield silo
+                            async with silo._services():
+                                yield silo
                         except BaseException as exc:
                             body_error = exc
                             raise

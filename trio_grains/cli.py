@@ -130,6 +130,7 @@ def _plugins(args: argparse.Namespace) -> int:
         ("reminder tables", loaded.reminders),
         ("clustering providers", loaded.clustering),
         ("placement strategies", loaded.placement),
+        ("services", loaded.services),
     ):
         print(f"{title}:")
         for name in registry.names():

@@ -49,6 +49,8 @@ from ._registry import (
     ProviderFactory,
     ProviderRegistry,
     ReminderTableFactory,
+    ServiceContext,
+    ServiceFactory,
     StorageFactory,
     StreamProviderFactory,
 )
@@ -61,6 +63,8 @@ __all__ = [
     "ClusteringFactory",
     "ProviderContext",
     "ProviderFactory",
+    "ServiceContext",
+    "ServiceFactory",
     "StorageFactory",
     "StreamProviderFactory",
     "grains_configure_converter",
@@ -68,6 +72,7 @@ __all__ = [
     "grains_register_grain_classes",
     "grains_register_placement",
     "grains_register_reminder_tables",
+    "grains_register_services",
     "grains_register_storage",
     "grains_register_streams",
     "hookimpl",
@@ -186,6 +191,28 @@ def grains_register_clustering(registry: ProviderRegistry[ClusteringFactory]) ->
         @hookimpl
         def grains_register_clustering(registry):
             registry.register("redis", open_redis_cluster)
+    """
+
+
+@hookspec
+def grains_register_services(registry: ProviderRegistry[ServiceFactory]) -> None:
+    """Register silo services by name: things that run beside a silo while it serves (an
+    HTTP dashboard, a metrics endpoint, an exporter, an admin API).
+
+    Called once per silo, while its plugins are loaded. Call
+    ``registry.register(name, factory)``; the silo's configuration starts a service by that
+    name (``[services.dashboard] provider = "<name>"``, with its ``options``).
+    ``factory(context, options)`` gets a :class:`~trio_grains.hookspecs.ServiceContext`
+    (the configured instance name and the running :class:`~trio_grains.Silo`) and returns
+    an async context manager: the silo enters it once it serves (joined its cluster,
+    streams running) and leaves it first when it stops, before its goodbyes. A service
+    runs its tasks in a nursery it opens there; an exception out of it stops the silo.
+
+    Example::
+
+        @hookimpl
+        def grains_register_services(registry):
+            registry.register("dashboard", open_dashboard)
     """
 
 
