@@ -227,14 +227,7 @@ class JetStream:
         """
         if msg_id is not None:
             headers = {**(headers or {}), MSG_ID: msg_id}
-        try:
-            msg = await self._conn.request(subject, payload, headers=headers)
-        except NoRespondersError:
-            raise JetStreamError(
-                f"no JetStream stream listens on {subject!r}: add a stream whose subjects "
-                "match it (JetStream.add_stream)"
-            ) from None
-        return _pub_ack(msg, subject)
+        return _pub_ack(await self._publish_request(subject, payload, headers), subject)
 
     async def publish_sequence(
         self,
@@ -245,14 +238,18 @@ class JetStream:
     ) -> int:
         """As :meth:`publish`, but returns only the stream sequence (no ``PubAck``): the
         key-value writes' path. Errors are raised exactly as by :meth:`publish`."""
+        return _pub_seq(await self._publish_request(subject, payload, headers), subject)
+
+    async def _publish_request(
+        self, subject: str, payload: bytes, headers: Mapping[str, str] | None
+    ) -> Msg:
         try:
-            msg = await self._conn.request(subject, payload, headers=headers)
+            return await self._conn.request(subject, payload, headers=headers)
         except NoRespondersError:
             raise JetStreamError(
                 f"no JetStream stream listens on {subject!r}: add a stream whose subjects "
                 "match it (JetStream.add_stream)"
             ) from None
-        return _pub_seq(msg, subject)
 
     async def direct_get_last(self, stream: str, subject: str, *, in_subject: bool) -> Msg:
         """The last message on *subject* of *stream* through JetStream *direct get*

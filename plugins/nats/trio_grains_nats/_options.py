@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import attrs
+from nats.js.api import StorageType
 
 from trio_grains import ConfigError
 
@@ -75,6 +76,16 @@ class ConnectOptions:
             reconnect_wait=0.5,
             max_reconnect_attempts=-1,
         )
+
+
+_STORAGE_TYPES = {"file": StorageType.FILE, "memory": StorageType.MEMORY}
+
+
+def parse_storage_type_option(value: object, bad: BadOption) -> StorageType:
+    """``storage``: ``"file"`` or ``"memory"``, JetStream's storage type for a bucket."""
+    if not isinstance(value, str) or value not in _STORAGE_TYPES:
+        raise bad("storage", "the string 'file' or 'memory'")
+    return _STORAGE_TYPES[value]
 
 
 def parse_servers_option(

@@ -40,7 +40,13 @@ from trio_grains import (
 
 from ._connection import Connection
 from ._exceptions import ConnectionClosedError, NatsConnectionError, NatsError
-from ._options import CONNECT_OPTIONS, ConnectOptions, parse_connect_options, unreachable_error
+from ._options import (
+    CONNECT_OPTIONS,
+    ConnectOptions,
+    parse_connect_options,
+    parse_storage_type_option,
+    unreachable_error,
+)
 from ._subscription import Subscription
 from .directory import KvGrainDirectory, directory_bucket_name
 from .membership import KvMembershipTable, decode_token, encode_token
@@ -60,7 +66,6 @@ ENDPOINT_MAX_PENDING = 262_144
 """Messages an endpoint buffers before the connection's reader waits for its consumer."""
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-_STORAGE = {"file": StorageType.FILE, "memory": StorageType.MEMORY}
 
 
 # --- the transport ----------------------------------------------------------------------------
@@ -269,10 +274,7 @@ def parse_cluster_options(cluster_id: str, options: Mapping[str, Any]) -> NatsCl
             raise bad("replicas", "an integer >= 1")
         kwargs["replicas"] = value
     if "storage" in options:
-        value = options["storage"]
-        if not isinstance(value, str) or value not in _STORAGE:
-            raise bad("storage", "the string 'file' or 'memory'")
-        kwargs["storage"] = _STORAGE[value]
+        kwargs["storage"] = parse_storage_type_option(options["storage"], bad)
     if "entry_ttl" in options:
         value = options["entry_ttl"]
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:

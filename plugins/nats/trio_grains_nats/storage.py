@@ -62,7 +62,13 @@ from ._exceptions import (
     WrongLastSequenceError,
 )
 from ._kv import KeyValue, create_key_value
-from ._options import CONNECT_OPTIONS, ConnectOptions, parse_connect_options, unreachable_error
+from ._options import (
+    CONNECT_OPTIONS,
+    ConnectOptions,
+    parse_connect_options,
+    parse_storage_type_option,
+    unreachable_error,
+)
 
 __all__ = [
     "DEFAULT_BUCKET",
@@ -89,7 +95,6 @@ HEADER_ALLOWANCE = 128
 _KEY_SAFE = frozenset(string.ascii_letters + string.digits + "-_/")
 _UPPER_HEX = frozenset("0123456789ABCDEF")
 _BUCKET_RE = re.compile(r"[A-Za-z0-9_-]+")
-_STORAGE = {"file": StorageType.FILE, "memory": StorageType.MEMORY}
 _JS_ERR_STREAM_NAME_IN_USE = 10058  # the bucket exists with other settings
 
 # --- keys -------------------------------------------------------------------------------------
@@ -351,10 +356,7 @@ def parse_storage_options(name: str, options: Mapping[str, Any]) -> NatsKvStorag
             raise bad("replicas", "an integer from 1 to 5 (JetStream's limit)")
         kwargs["replicas"] = value
     if "storage" in options:
-        value = options["storage"]
-        if not isinstance(value, str) or value not in _STORAGE:
-            raise bad("storage", "the string 'file' or 'memory'")
-        kwargs["storage"] = _STORAGE[value]
+        kwargs["storage"] = parse_storage_type_option(options["storage"], bad)
     if "max_bytes" in options:
         value = options["max_bytes"]
         if isinstance(value, bool) or not isinstance(value, int) or value < -1:
