@@ -27,6 +27,21 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _check_numbers(line: dict[str, object]) -> None:
+    """ours, floor and ratio are positive finite numbers, and ratio is ours / floor."""
+    for key in ("ours", "floor", "ratio"):
+        value = line[key]
+        assert isinstance(value, (int, float)), line
+        assert not isinstance(value, bool), line
+        assert math.isfinite(value), line
+        assert value > 0, line
+    ours, floor, ratio = line["ours"], line["floor"], line["ratio"]
+    assert isinstance(ours, float | int)
+    assert isinstance(floor, float | int)
+    assert isinstance(ratio, float | int)
+    assert math.isclose(ratio, ours / floor, rel_tol=1e-2), line
+
+
 def test_local_calls_quick_prints_one_json_line_per_mode() -> None:
     proc = _run("local-calls", "--quick")
     assert proc.returncode == 0, proc.stderr
@@ -36,13 +51,7 @@ def test_local_calls_quick_prints_one_json_line_per_mode() -> None:
         line = json.loads(text)
         assert list(line)[:5] == REQUIRED, line
         assert line["benchmark"] == "local-calls"
-        for key in ("ours", "floor", "ratio"):
-            value = line[key]
-            assert isinstance(value, (int, float)), line
-            assert not isinstance(value, bool), line
-            assert math.isfinite(value), line
-            assert value > 0, line
-        assert math.isclose(line["ratio"], line["ours"] / line["floor"], rel_tol=1e-2), line
+        _check_numbers(line)
         modes.append(line["mode"])
     assert sorted(modes) == sorted(LOCAL_MODES)
     memory = next(json.loads(t) for t in lines if json.loads(t)["mode"] == "idle-memory")
@@ -86,13 +95,7 @@ def test_orders_quick_prints_one_json_line_per_mode() -> None:
     for line in lines:
         assert list(line)[:5] == REQUIRED, line
         assert line["benchmark"] == "orders"
-        for key in ("ours", "floor", "ratio"):
-            value = line[key]
-            assert isinstance(value, (int, float)), line
-            assert not isinstance(value, bool), line
-            assert math.isfinite(value), line
-            assert value > 0, line
-        assert math.isclose(line["ratio"], line["ours"] / line["floor"], rel_tol=1e-2), line
+        _check_numbers(line)
         assert line["unit"] == "orders/s"
         assert line["silos"] == {"1-silo": 1, "2-silos": 2}[line["mode"]]
 
@@ -104,5 +107,4 @@ def test_observability_quick_prints_metrics_on_against_off() -> None:
     assert [line["mode"] for line in lines] == ["metrics-local-calls", "metrics-streams"]
     for line in lines:
         assert list(line)[:5] == REQUIRED, line
-        assert line["ours"] > 0
-        assert line["floor"] > 0
+        _check_numbers(line)
