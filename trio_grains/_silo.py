@@ -136,12 +136,14 @@ class Silo:
                     await stream_provider.stop()  # hand held items back
         if scope.cancelled_caught and not self._catalog.crashed:
             log.warning(
-                "silo %s could not say goodbye to its cluster (declared dead, or it took "
-                "longer than deactivation_timeout); its stream items come back after "
-                "their ack wait, its grains after it is declared dead",
+                "silo %s could not finish its goodbyes (declared dead, or they took longer "
+                "than deactivation_timeout); what it could not hand over comes back to the "
+                "others after its ack wait",
                 self._silo_id,
             )
-            self._catalog.crashed = True  # what it could not hand over, the others take
+        membership = None if member is None else member.membership
+        if membership is not None and membership.declared_dead.is_set():
+            self._catalog.crashed = True  # its grains may be active elsewhere already
 
     def abandon_graceful_stop(self) -> None:
         """Make this silo's stop (under way, or the next one) like a crash: no more
