@@ -344,3 +344,21 @@ async def test_shutdown_that_gives_up_says_so(
         nursery.cancel_scope.cancel()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("gave up" in w and "stuck/a" in w for w in warnings)
+
+
+def test_lifecycle_hooks_with_the_wrong_signature_fail_at_registration() -> None:
+    from trio_grains import GrainTypeError
+    from trio_grains._grain import class_info
+
+    class NoReason(Grain):
+        async def on_deactivate(self) -> None:  # type: ignore[override]
+            pass
+
+    class NotAsync(Grain):
+        def on_activate(self) -> None:  # type: ignore[override]
+            pass
+
+    with pytest.raises(GrainTypeError, match=r"NoReason.on_deactivate must accept \(self, reason"):
+        class_info(NoReason)
+    with pytest.raises(GrainTypeError, match=r"NotAsync.on_activate must be 'async def"):
+        class_info(NotAsync)

@@ -227,6 +227,8 @@ def _build_info(cls: type) -> GrainClassInfo:
                     f"{cls.__qualname__}.{name} hides Grain.{name}, which the runtime uses: "
                     "rename the method"
                 )
+        _check_hook_signature(cls, "on_activate", "(self)", 0)
+        _check_hook_signature(cls, "on_deactivate", "(self, reason: str)", 1)
     return GrainClassInfo(
         cls=cls,
         grain_type=gtype,
@@ -238,6 +240,23 @@ def _build_info(cls: type) -> GrainClassInfo:
         placement=getattr(cls, "__grain_placement__", None),
         states=tuple(declarations(cls)) if issubclass(cls, Grain) else (),
     )
+
+
+def _check_hook_signature(cls: type, name: str, expected: str, args: int) -> None:
+    """An overridden on_activate / on_deactivate must be ``async def`` and accept what the
+    runtime passes: found when the class is registered, not when a silo stops."""
+    func = vars(cls).get(name)
+    if func is None:
+        return
+    if not inspect.iscoroutinefunction(func):
+        raise GrainTypeError(f"{cls.__qualname__}.{name} must be 'async def {name}{expected}'")
+    try:
+        inspect.signature(func).bind(None, *(["reason"] * args))
+    except TypeError:
+        raise GrainTypeError(
+            f"{cls.__qualname__}.{name} must accept {expected}, as the runtime calls it: "
+            f"'async def {name}{expected}'"
+        ) from None
 
 
 def class_info(cls: type) -> GrainClassInfo:
