@@ -334,7 +334,7 @@ async def test_a_rejected_item_is_dead_lettered_at_once_with_its_reason(
 
 
 async def test_an_unavailable_silo_does_not_use_up_the_deliveries(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     STATE["down"] = 6  # more failures than max_deliveries: a long failover
     config = streams(max_deliveries=2, backoff=1.0)
@@ -345,6 +345,9 @@ async def test_an_unavailable_silo_does_not_use_up_the_deliveries(
         assert len(STARTED) == 7
         assert LETTERS == []
         assert provider.statistics().dead_lettered == 0
+    waiting = [r for r in caplog.records if "waits for the cluster" in r.getMessage()]
+    assert len(waiting) == 1  # the first wait is logged, not every retry
+    assert "not counted against max_deliveries" in waiting[0].getMessage()
 
 
 async def test_publish_deduplicates_by_msg_id(autojump_clock: trio.testing.MockClock) -> None:

@@ -197,6 +197,7 @@ class _Agent:
         counts = runtime.counts
         done: set[Hashable] = set()
         attempt = max(1, item.attempt)
+        waits = 0  # retries that did not count: the cluster's failures, not the item's
         while True:
             errors: list[str] = []
             fatal = False
@@ -229,6 +230,17 @@ class _Agent:
             if fatal or (not transient and attempt >= self.options.max_deliveries):
                 await self._dead_letter(item, attempt, "; ".join(errors))
                 return
+            if transient:
+                waits += 1
+                if waits in (1, 10) or waits % 100 == 0:  # visible, not a line per retry
+                    log.warning(
+                        "stream item %s of %s waits for the cluster (retry %d, not counted "
+                        "against max_deliveries): %s",
+                        item.token,
+                        item.stream_id,
+                        waits,
+                        "; ".join(errors),
+                    )
             await trio.sleep(self.options.retry_delay(attempt))
             counts["redelivered"] += 1
             if not transient:
