@@ -57,6 +57,7 @@ from ._ids import GrainKey as GrainKey
 from ._ids import GrainType as GrainType
 from ._ids import escape_token as escape_token
 from ._ids import unescape_token as unescape_token
+from ._logging import GrainsContextFilter as GrainsContextFilter
 from ._membership import MembershipTable as MembershipTable
 from ._membership import MembershipView as MembershipView
 from ._membership import MemoryMembershipTable as MemoryMembershipTable
@@ -152,6 +153,7 @@ __all__ = [
     "InconsistentStateError",
     "InternalError",
     "MembershipError",
+    "GrainsContextFilter",
     "MembershipTable",
     "LatencyHistogram",
     "MethodStatistics",

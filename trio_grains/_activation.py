@@ -26,6 +26,7 @@ import trio
 
 from ._exceptions import ActivationRaceLostError, InternalError
 from ._grain import Grain
+from ._logging import GRAIN_ID, SILO_ID
 from ._messaging import (
     ABANDONED,
     EXCLUSIVE,
@@ -202,6 +203,7 @@ class Activation:
 
     async def _worker(self) -> None:
         assert self._worker_done is not None
+        self._label_task()  # it runs in a fresh context (see _ensure_worker)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -341,10 +343,19 @@ class Activation:
             raise RuntimeError(f"{self.grain_id} is deactivating: it cannot start new tasks")
         self._spawn(self._guarded, fn, *args)
 
+    def _label_task(self) -> None:
+        """Log records of this task name the silo and this grain (see ``_logging``)."""
+        SILO_ID.set(self.runtime.silo_id)
+        GRAIN_ID.set(str(self.grain_id))
+
+    async def _labelled(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        self._label_task()  # a task started from a caller's task has the caller's labels
+        await fn(*args)
+
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start a task in the activation's nursery (as soon as it exists)."""
         if self._nursery is not None:
-            self._nursery.start_soon(fn, *args)
+            self._nursery.start_soon(self._labelled, fn, *args)
         else:
             if self._pending_spawns is None:
                 self._pending_spawns = []

@@ -66,6 +66,7 @@ class Catalog:
         self._workers: dict[GrainId, list[Activation]] = {}
         self.wheel = TimeoutWheel(config.response_timeout, _timeout_error)
         self.activations_created = 0
+        self.silo_id = config.name  #: the silo's id (with its cluster suffix), set by the silo
         self.metrics: SiloMetrics | None = SiloMetrics() if config.metrics else None
         #: storage name -> (opened provider, provider name), set by the silo
         self.storages: dict[str, tuple[GrainStorage, str]] = {}

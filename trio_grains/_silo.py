@@ -26,6 +26,7 @@ from ._config import ProviderConfig, SiloConfig
 from ._exceptions import ConfigError, SiloDeclaredDeadError, first_leaf
 from ._grain import GrainClassRegistry, GrainInterface
 from ._ids import GrainId, GrainKey
+from ._logging import SILO_ID
 from ._membership import MembershipView
 from ._metrics import MetricsSnapshot, TimedStorage
 from ._plugins import Plugins, load_plugins
@@ -106,6 +107,7 @@ class Silo:
         # A cluster member's id names this incarnation: a restarted silo is a new member.
         suffix = "" if config.clustering is None else "-" + secrets.token_hex(4)
         self._silo_id = config.name + suffix
+        self._catalog.silo_id = self._silo_id
         self._member: ClusterMember | None = None
         self._goodbye_scope: trio.CancelScope | None = None
 
@@ -348,6 +350,8 @@ async def open_silo(
             ],
         )
     body_error: BaseException | None = None
+    # The silo's tasks inherit it (log records say which silo); so does the block's code.
+    silo_id_token = SILO_ID.set(silo.silo_id)
     try:
         async with contextlib.AsyncExitStack() as providers:
             # outside the nursery, so that a provider's error is raised unwrapped
@@ -412,3 +416,6 @@ async def open_silo(
         if dead is not None:
             raise first_leaf(dead) from None
         raise
+    finally:
+        with contextlib.suppress(ValueError):  # exited in another context than entered
+            SILO_ID.reset(silo_id_token)

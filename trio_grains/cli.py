@@ -35,8 +35,11 @@ from . import __version__
 from ._client import Client, ClientConfig, open_client
 from ._config import PluginsConfig, SiloConfig
 from ._exceptions import ConfigError, GrainsError, SiloDeclaredDeadError, first_leaf
+from ._logging import GrainsContextFilter
 from ._plugins import load_plugins
 from ._silo import Silo, open_silo
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(silo_id)s %(grain_id)s]: %(message)s"
 
 EXIT_DECLARED_DEAD = 75  # EX_TEMPFAIL: a supervisor should start a fresh process
 
@@ -90,9 +93,10 @@ def _silo(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     config = SiloConfig.from_dict(load_toml(args.config))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.addFilter(GrainsContextFilter())  # silo and grain ids on every record
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         trio.run(_serve, config)
     except BaseExceptionGroup as group:
