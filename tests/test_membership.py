@@ -264,3 +264,36 @@ async def test_a_failed_start_leaves_the_table(autojump_clock: trio.testing.Mock
         async with service:
             pass  # pragma: no cover
     assert (await failing.snapshot()).status_of("c") is None
+
+
+async def test_a_death_learned_by_a_reread_still_fails_the_calls_waiting_on_that_silo() -> None:
+    """Locator.alive() re-reads the table for a silo it does not know; if that newer view
+    also says another silo died, the calls waiting on the dead one must fail then (they
+    used to wait for their response timeout: the follow loop found the view already
+    adopted and nothing gone)."""
+    from trio_grains import MemoryGrainDirectory
+    from trio_grains._locator import Locator
+    from trio_grains._placement import PlacementRegistry, RandomPlacement
+
+    table = MemoryMembershipTable()
+    for silo_id in ("a", "b"):
+        await table.join(_entry(silo_id))
+        await table.set_status(silo_id, SiloStatus.ACTIVE)
+    locator = Locator(
+        membership=table,
+        directory=MemoryGrainDirectory(),
+        placement=PlacementRegistry(),
+        default_strategy=RandomPlacement(),
+        hosted=None,
+        self_id=None,
+    )
+    gone: list[str] = []
+    locator.on_gone = lambda silo_id, view: gone.append(silo_id)
+    locator.set_view(await table.snapshot())
+    await table.set_status("b", SiloStatus.DEAD)
+    await table.join(_entry("c"))
+    await table.set_status("c", SiloStatus.ACTIVE)
+    assert await locator.alive("c")  # unknown to the view: the table is re-read
+    assert gone == ["b"]
+    locator.set_view(await table.snapshot())  # the watch delivers the same view later
+    assert gone == ["b"]  # once

@@ -202,9 +202,7 @@ class Client:
     def _on_view(self, view: MembershipView) -> None:
         if self._locator is None or self._messenger is None:
             return  # the client is closing
-        locator, messenger = self._locator, self._messenger
-        for silo_id in locator.set_view(view):
-            messenger.fail_calls_to(silo_id, "died or left")
+        self._locator.set_view(view)  # fails the calls to silos that died or left
         self._view_changed.set()
         self._view_changed = trio.Event()
 
@@ -275,6 +273,11 @@ async def open_client(
             transport, client._codec, wheel, client._endpoint_id, locator.address_of
         )
         client._locator, client._messenger = locator, messenger
+
+        def silo_gone(silo_id: str, _view: MembershipView) -> None:
+            messenger.fail_calls_to(silo_id, "died or left")
+
+        locator.on_gone = silo_gone
         locator.set_view(await backend.membership.snapshot())
         nursery.start_soon(wheel.run)
         await nursery.start(messenger.run)

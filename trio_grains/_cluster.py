@@ -132,6 +132,7 @@ class SiloCluster:
         )
         self.messenger.on_request = self._on_request
         self.messenger.on_cancel = self._on_cancel
+        self.locator.on_gone = self._silo_gone
         #: inbound calls by (reply_to, call_id), while they exist, for CANCEL messages
         self._inbound: weakref.WeakValueDictionary[tuple[str, int], Call] = (
             weakref.WeakValueDictionary()
@@ -180,22 +181,23 @@ class SiloCluster:
             self.on_view(view)
 
     def on_view(self, view: MembershipView) -> None:
-        gone = self.locator.set_view(view)
+        self.locator.set_view(view)  # calls _silo_gone for the silos that died or left
         if self.catalog.metrics is not None:
             self.catalog.metrics.membership_changes += 1
-        active = [e.silo_id for e in view.active()]
-        for silo_id in gone:
-            dead = view.status_of(silo_id) is SiloStatus.DEAD
-            self.messenger.fail_calls_to(silo_id, "died" if dead else "left")
-            # One janitor per cluster. A silo that left cleanly has unregistered its grains
-            # (this finds nothing); one whose row expired unseen has not.
-            if active and active[0] == self.silo_id:
-                try:
-                    self._janitor_send.send_nowait(silo_id)
-                except trio.WouldBlock:
-                    log.warning("janitor is behind; entries of %s are removed lazily", silo_id)
         for listener in self.view_listeners:
             listener(view)
+
+    def _silo_gone(self, silo_id: str, view: MembershipView) -> None:
+        dead = view.status_of(silo_id) is SiloStatus.DEAD
+        self.messenger.fail_calls_to(silo_id, "died" if dead else "left")
+        # One janitor per cluster. A silo that left cleanly has unregistered its grains
+        # (this finds nothing); one whose row expired unseen has not.
+        active = view.active()
+        if active and active[0].silo_id == self.silo_id:
+            try:
+                self._janitor_send.send_nowait(silo_id)
+            except trio.WouldBlock:
+                log.warning("janitor is behind; entries of %s are removed lazily", silo_id)
 
     async def _janitor(self) -> None:
         """Remove directory entries of dead silos, so their grains can move at once."""

@@ -50,6 +50,10 @@ class Locator:
         self.self_id = self_id
         self.local_load = local_load
         self.view = MembershipView()
+        #: called with each silo that died or left, whichever path adopted the view that
+        #: says so (the membership watch, or a re-read by :meth:`alive`): calls waiting on
+        #: it must fail now, not at their response timeout
+        self.on_gone: Callable[[str, MembershipView], None] | None = None
         self._random = random.Random()
 
     # -- the membership view ------------------------------------------------------------------
@@ -67,6 +71,8 @@ class Locator:
         ]
         for silo_id in gone:
             self.directory.cache.invalidate_silo(silo_id)
+            if self.on_gone is not None:
+                self.on_gone(silo_id, view)
         return gone
 
     def address_of(self, silo_id: str) -> str | None:
