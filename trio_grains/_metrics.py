@@ -16,6 +16,7 @@ of two, which is what a latency dashboard needs.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -165,6 +166,7 @@ def instrument(func: Callable[..., Awaitable[Any]], counter: _Counter) -> Callab
     every ``LATENCY_SAMPLE``-th one."""
     clock = time.perf_counter_ns
 
+    @functools.wraps(func)  # the grain's name, annotations and signature (the codec's)
     async def counted(grain: Any, *args: Any, **kwargs: Any) -> Any:
         counter.left -= 1
         timed = not counter.left
@@ -180,7 +182,6 @@ def instrument(func: Callable[..., Awaitable[Any]], counter: _Counter) -> Callab
             if timed:
                 counter.latency.record(clock() - start)
 
-    counted.__wrapped__ = func  # type: ignore[attr-defined]
     return counted
 
 

@@ -104,6 +104,7 @@ class _Plan:
     __slots__ = ("hints", "params", "result_hint", "sig")
 
     def __init__(self, func: Callable[..., Any]) -> None:
+        func = inspect.unwrap(func)  # a silo's metrics wrapper: the grain's own annotations
         try:
             hints = typing.get_type_hints(func)
         except Exception:
