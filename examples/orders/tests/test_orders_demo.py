@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import trio
+from trio_grains_nats.testing import free_port
 from trio_grains_orders._processes import ClusterLayout, run_silos
 
 DEMO = [sys.executable, "-m", "trio_grains.cli", "demo", "orders"]
@@ -86,6 +88,43 @@ def test_ctrl_c_stops_every_process_and_removes_the_temporary_files() -> None:
             except subprocess.TimeoutExpired:
                 demo.kill()  # leaves its children: they run in sessions of their own
                 demo.wait()
+
+
+def test_demo_with_the_dashboard_serves_metrics_until_ctrl_c() -> None:
+    port = free_port()
+    demo = subprocess.Popen(
+        [*DEMO, "--orders", "300", "--customers", "10", "--dashboard", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert demo.stdout is not None
+        lines = []
+        while not lines or "keeps running" not in lines[-1]:
+            line = demo.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        text = "".join(lines)
+        assert f"dashboard: http://127.0.0.1:{port}/" in text
+        assert "OK: every order was processed exactly once in effect" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        calls = re.findall(
+            r'trio_grains_grain_calls_total\{silo="silo-1",grain_type="order",'
+            r'method="on_stream_item"\} (\d+)',
+            metrics,
+        )
+        assert calls, metrics[:2000]
+        assert int(calls[0]) > 0  # silo-1 processed some of the orders
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=60)
+        assert demo.returncode == 130, err
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        demo.communicate()
 
 
 def test_demo_options_are_checked_with_one_clear_line() -> None:

@@ -44,6 +44,7 @@ class ClusterLayout:
     ack_wait: float = 4.0
     heartbeat_interval: float = 0.5
     dead_after: float = 2.5
+    dashboard_port: int | None = None  # silo-1 serves the dashboard there (metrics on)
 
     def streams_options(self) -> dict[str, object]:
         return {
@@ -73,13 +74,21 @@ options = {_inline_table(self.streams_options())}
         """The ``trio-grains silo --config`` file of silo *name*."""
         grains = ", ".join(f'"trio_grains_orders.app:{g}"' for g in GRAINS)
         streams = _inline_table(self.streams_options())
+        dashboard = ""
+        if self.dashboard_port is not None and name == "silo-1":
+            dashboard = f"""
+[services.dashboard]
+provider = "dashboard"
+options = {{ port = {self.dashboard_port} }}
+"""
         return f"""\
 name = "{name}"
 cluster_id = "{self.cluster_id}"
 grains = [{grains}]
 heartbeat_interval = {self.heartbeat_interval}
 dead_after = {self.dead_after}
-
+metrics = {"true" if self.dashboard_port is not None else "false"}
+{dashboard}
 [clustering]
 provider = "nats"
 options = {{ servers = "{self.servers}" }}

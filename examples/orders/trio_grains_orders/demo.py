@@ -50,6 +50,7 @@ class Options:
     kill_silo: bool = False
     publishers: int = 32
     timeout: float = 300.0
+    dashboard: int | None = None
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -68,6 +69,13 @@ def parse_args(argv: Sequence[str]) -> Options:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for every order"
     )
+    parser.add_argument(
+        "--dashboard",
+        type=int,
+        metavar="PORT",
+        help="serve the live dashboard from silo-1 on this port (metrics on); the cluster "
+        "then keeps running after the check until Ctrl-C",
+    )
     args = parser.parse_args(argv)
     for name in ("orders", "silos", "customers", "partitions"):
         if getattr(args, name) < 1:
@@ -81,6 +89,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         partitions=args.partitions,
         kill_silo=args.kill_silo,
         timeout=args.timeout,
+        dashboard=args.dashboard,
     )
 
 
@@ -268,7 +277,9 @@ async def check(run: Run) -> list[str]:
 
 
 async def run_demo(options: Options, servers: str, workdir: Path) -> int:
-    layout = ClusterLayout(servers=servers, partitions=options.partitions)
+    layout = ClusterLayout(
+        servers=servers, partitions=options.partitions, dashboard_port=options.dashboard
+    )
     streams = {"default": ProviderConfig(provider="jetstream", options=layout.streams_options())}
     config = ClientConfig(
         cluster_id=layout.cluster_id,
@@ -281,6 +292,8 @@ async def run_demo(options: Options, servers: str, workdir: Path) -> int:
         if waiting.cancelled_caught:
             raise DemoError(f"the silos did not become active within 60 s:\n{silos[0].log_tail()}")
         print(", ".join(f"{s.name} (pid {s.pid})" for s in silos) + " active")
+        if options.dashboard is not None:
+            print(f"dashboard: http://127.0.0.1:{options.dashboard}/ (served by silo-1)")
         run = Run(options, client, silos)
         started = time.monotonic()
         with trio.move_on_after(options.timeout) as overall:
@@ -294,7 +307,20 @@ async def run_demo(options: Options, servers: str, workdir: Path) -> int:
             )
         print(f"all published and counted after {time.monotonic() - started:.1f} s")
         problems = await check(run)
+        if options.dashboard is not None:
+            report(problems, run)
+            print(
+                f"the cluster keeps running for the dashboard at http://127.0.0.1:"
+                f"{options.dashboard}/; Ctrl-C stops it",
+                flush=True,
+            )
+            await trio.sleep_forever()
         print("stopping the silos ...", flush=True)
+    return report(problems, run)
+
+
+def report(problems: list[str], run: Run) -> int:
+    """Print the verdict; the exit status."""
     if problems:
         for problem in problems:
             print(f"FAILED: {problem}")
