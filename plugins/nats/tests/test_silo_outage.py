@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 from trio_grains_nats.testing import run_freezing_relay
 
-GRAINS = '''
+GRAINS = """
 from trio_grains import Grain, implicit_subscription
 
 
@@ -20,7 +20,7 @@ from trio_grains import Grain, implicit_subscription
 class JobGrain(Grain):
     async def on_stream_item(self, item: int) -> None:
         pass
-'''
+"""
 
 
 async def test_sigterm_while_nats_is_unreachable_stops_the_silo_in_bounded_time(
