@@ -178,15 +178,17 @@ class KvGrainDirectory(GrainDirectory):
             raise DirectoryError(f"cannot list the directory {self.kv.bucket!r}: {exc}") from exc
 
     async def _scan(self) -> list[tuple[str, DirectoryEntry]]:
-        info = await self.js.stream_info(f"KV_{self.kv.bucket}")
-        if not info.state.messages:
-            return []  # a watch of an empty bucket would never deliver anything
-        # The watch delivers the latest entry of every key; the stream's last message is
-        # one of them, so reaching its sequence means the snapshot is complete. (The
-        # pending count, delta, can read 0 too early while keys are being written.)
-        last = info.state.last_seq
         found: list[tuple[str, DirectoryEntry]] = []
         async with self.kv.watch() as watcher:
+            # Read the last sequence only once the watch runs: every entry up to it is then
+            # delivered before it (read before, a key rewritten in between could come after
+            # the stop point and be missed). The watch delivers the latest entry of every
+            # key, in order; the pending count, delta, can read 0 too early while keys are
+            # being written, so it is not the stop signal.
+            info = await self.js.stream_info(f"KV_{self.kv.bucket}")
+            if not info.state.messages:
+                return []  # a watch of an empty bucket would never deliver anything
+            last = info.state.last_seq
             async for kv_entry in watcher:
                 if kv_entry.operation == "PUT":
                     try:
