@@ -56,14 +56,22 @@ from trio_grains import (
 from ._connection import Connection
 from ._exceptions import (
     JS_ERR_MESSAGE_NOT_FOUND,
-    JetStreamAPIError,
     KeyDeletedError,
     NatsConnectionError,
     NatsError,
     NotFoundError,
     WrongLastSequenceError,
 )
-from ._kv import KeyValue, KvEntry, create_key_value
+from ._kv import KeyValue, KvEntry
+from ._kv_buckets import (
+    BUCKET_RE,
+    DEFAULT_SERVERS,
+    MAX_SUBJECT_LENGTH,
+    check_subject_length,
+    open_bucket,
+    open_failure,
+    revision_of,
+)
 from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
@@ -71,16 +79,7 @@ from ._options import (
     parse_storage_type_option,
     unreachable_error,
 )
-from .storage import (
-    _BUCKET_RE,
-    _JS_ERR_STREAM_NAME_IN_USE,
-    DEFAULT_SERVERS,
-    MAX_SUBJECT_LENGTH,
-    _open_failure,
-    _revision,
-    escape_kv_part,
-    unescape_kv_part,
-)
+from .storage import escape_kv_part, unescape_kv_part
 
 __all__ = [
     "DEFAULT_BUCKET",
@@ -172,21 +171,7 @@ class NatsKvReminderTable(ReminderTable):
         :class:`~trio_grains.ConfigError` if the bucket cannot be created (e.g. more
         ``replicas`` than the NATS cluster has servers).
         """
-        if not _BUCKET_RE.fullmatch(bucket):
-            raise ConfigError(f"bucket name {bucket!r} must hold only A-Z a-z 0-9 _ -")
-        js = nc.jetstream()
-        try:
-            kv = await create_key_value(
-                js, bucket, history=1, storage=storage, replicas=replicas, allow_msg_ttl=False
-            )
-        except JetStreamAPIError as exc:
-            if exc.err_code != _JS_ERR_STREAM_NAME_IN_USE:
-                raise ConfigError(
-                    f"cannot create the NATS KV bucket {bucket!r}: {exc.description}; check "
-                    "the options replicas and storage, or create the bucket yourself "
-                    f"(nats kv add {bucket} --history 1)"
-                ) from exc
-            kv = await js.key_value(bucket)  # created by someone else, with other settings
+        kv = await open_bucket(nc.jetstream(), bucket, replicas=replicas, storage=storage)
         return cls(nc, kv)
 
     @property
@@ -203,14 +188,8 @@ class NatsKvReminderTable(ReminderTable):
             key = reminder_key(grain_id, name)
         except ValueError as exc:
             raise StorageError(f"no KV key for reminder {name!r} of {grain_id}: {exc}") from exc
-        subject = len(self._kv.bucket) + len(key) + 5  # "$KV.<bucket>.<key>"
-        if subject > MAX_SUBJECT_LENGTH:
-            raise StorageError(
-                f"the KV key of reminder {name!r} of {grain_id} is {len(key)} characters "
-                f"long: too long for a NATS subject (at most {MAX_SUBJECT_LENGTH} with the "
-                "bucket name; characters outside A-Z a-z 0-9 - _ / take 3 per UTF-8 byte); "
-                "use a shorter grain key or reminder name"
-            )
+        what = f"reminder {name!r} of {grain_id}"
+        check_subject_length(self._kv.bucket, key, what, "use a shorter grain key or reminder name")
         return key
 
     def _failed(self, what: str, exc: NatsError) -> StorageError:
@@ -314,7 +293,7 @@ class NatsKvReminderTable(ReminderTable):
 
     async def remove(self, grain_id: GrainId, name: str, etag: str | None) -> bool:
         key = self._key(grain_id, name)
-        expected = None if etag is None else _revision(etag)
+        expected = None if etag is None else revision_of(etag)
         if etag is not None and expected is None:
             return False  # an ETag this table never issues
         try:
@@ -377,7 +356,7 @@ def parse_reminder_options(options: Mapping[str, Any]) -> NatsKvReminderTableCon
     kwargs.setdefault("servers", DEFAULT_SERVERS)
     if "bucket" in options:
         value = options["bucket"]
-        if not isinstance(value, str) or not _BUCKET_RE.fullmatch(value):
+        if not isinstance(value, str) or not BUCKET_RE.fullmatch(value):
             raise bad("bucket", "a bucket name of ASCII letters, digits, '-' and '_'")
         kwargs["bucket"] = value
     if "replicas" in options:
@@ -415,7 +394,7 @@ async def open_nats_kv_reminder_table(
                     nc, config.bucket, replicas=config.replicas, storage=config.storage
                 )
             except (ConfigError, NatsError) as exc:
-                failure = _open_failure(_SECTION, config.bucket, exc)
+                failure = open_failure(_SECTION, config.bucket, exc)
             else:
                 try:
                     yield table

@@ -33,7 +33,6 @@ See docs/storage-nats-kv.md for options, durability and limits.
 from __future__ import annotations
 
 import contextlib
-import re
 import string
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn
@@ -54,14 +53,21 @@ from trio_grains import (
 from ._connection import Connection
 from ._exceptions import (
     JS_ERR_MESSAGE_NOT_FOUND,
-    JetStreamAPIError,
     KeyDeletedError,
     NatsConnectionError,
     NatsError,
     NotFoundError,
     WrongLastSequenceError,
 )
-from ._kv import KeyValue, create_key_value
+from ._kv import KeyValue
+from ._kv_buckets import (
+    BUCKET_RE,
+    DEFAULT_SERVERS,
+    check_subject_length,
+    open_bucket,
+    open_failure,
+    revision_of,
+)
 from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
@@ -82,20 +88,13 @@ __all__ = [
     "unescape_kv_part",
 ]
 
-DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
 DEFAULT_BUCKET = "grains-state"
-
-MAX_SUBJECT_LENGTH = 3900
-"""The longest ``$KV.<bucket>.<key>`` subject a record may have: a publish's control line
-must fit nats-server's ``max_control_line`` (4 KiB by default)."""
 
 HEADER_ALLOWANCE = 128
 """Bytes of a write's payload budget (the server's ``max_payload``) kept for its headers."""
 
 _KEY_SAFE = frozenset(string.ascii_letters + string.digits + "-_/")
 _UPPER_HEX = frozenset("0123456789ABCDEF")
-_BUCKET_RE = re.compile(r"[A-Za-z0-9_-]+")
-_JS_ERR_STREAM_NAME_IN_USE = 10058  # the bucket exists with other settings
 
 # --- keys -------------------------------------------------------------------------------------
 
@@ -154,13 +153,6 @@ def decode_record_key(key: str) -> tuple[str, GrainId]:
     return unescape_kv_part(state), GrainId.parse(unescape_kv_part(grain))
 
 
-def _revision(etag: str) -> int | None:
-    """The revision an ETag names, or None if this provider never issues *etag*."""
-    if etag.isascii() and etag.isdigit() and etag[0] != "0":
-        return int(etag)
-    return None
-
-
 # --- the storage ------------------------------------------------------------------------------
 
 
@@ -192,27 +184,14 @@ class NatsKvStorage(GrainStorage):
         :class:`~trio_grains.ConfigError` if the bucket cannot be created (e.g. more
         ``replicas`` than the NATS cluster has servers).
         """
-        if not _BUCKET_RE.fullmatch(bucket):
-            raise ConfigError(f"bucket name {bucket!r} must hold only A-Z a-z 0-9 _ -")
-        js = nc.jetstream()
-        try:
-            kv = await create_key_value(
-                js,
-                bucket,
-                history=1,
-                max_bytes=max_bytes,
-                storage=storage,
-                replicas=replicas,
-                allow_msg_ttl=False,
-            )
-        except JetStreamAPIError as exc:
-            if exc.err_code != _JS_ERR_STREAM_NAME_IN_USE:
-                raise ConfigError(
-                    f"cannot create the NATS KV bucket {bucket!r}: {exc.description}; check "
-                    "the options replicas, storage and max_bytes, or create the bucket "
-                    f"yourself (nats kv add {bucket} --history 1)"
-                ) from exc
-            kv = await js.key_value(bucket)  # created by someone else, with other settings
+        kv = await open_bucket(
+            nc.jetstream(),
+            bucket,
+            replicas=replicas,
+            storage=storage,
+            max_bytes=max_bytes,
+            settings="replicas, storage and max_bytes",
+        )
         return cls(nc, kv)
 
     @property
@@ -227,14 +206,8 @@ class NatsKvStorage(GrainStorage):
             key = record_key(state_name, grain_id)
         except ValueError as exc:
             raise StorageError(f"no KV key for state {state_name!r} of {grain_id}: {exc}") from exc
-        subject = len(self._kv.bucket) + len(key) + 5  # "$KV.<bucket>.<key>"
-        if subject > MAX_SUBJECT_LENGTH:
-            raise StorageError(
-                f"the KV key of state {state_name!r} of {grain_id} is {len(key)} characters "
-                f"long: too long for a NATS subject (at most {MAX_SUBJECT_LENGTH} with the "
-                "bucket name; characters outside A-Z a-z 0-9 - _ / take 3 per UTF-8 byte); "
-                "use a shorter grain key"
-            )
+        what = f"state {state_name!r} of {grain_id}"
+        check_subject_length(self._kv.bucket, key, what, "use a shorter grain key")
         return key
 
     def _failed(self, what: str, exc: NatsError) -> StorageError:
@@ -280,7 +253,7 @@ class NatsKvStorage(GrainStorage):
             if etag is None:
                 revision = await self._kv.create(key, bytes(data))
             else:
-                expected = _revision(etag)
+                expected = revision_of(etag)
                 if expected is None:
                     await self._conflict(key, etag, "a write")
                 revision = await self._kv.update(key, bytes(data), expected)
@@ -296,7 +269,7 @@ class NatsKvStorage(GrainStorage):
             if await self.read(state_name, grain_id) is not None:
                 await self._conflict(key, etag, "a clear")
             return
-        expected = _revision(etag)
+        expected = revision_of(etag)
         if expected is None:
             await self._conflict(key, etag, "a clear")
         try:
@@ -347,7 +320,7 @@ def parse_storage_options(name: str, options: Mapping[str, Any]) -> NatsKvStorag
     kwargs.setdefault("servers", DEFAULT_SERVERS)
     if "bucket" in options:
         value = options["bucket"]
-        if not isinstance(value, str) or not _BUCKET_RE.fullmatch(value):
+        if not isinstance(value, str) or not BUCKET_RE.fullmatch(value):
             raise bad("bucket", "a bucket name of ASCII letters, digits, '-' and '_'")
         kwargs["bucket"] = value
     if "replicas" in options:
@@ -395,7 +368,7 @@ async def open_nats_kv_storage(
                     max_bytes=config.max_bytes,
                 )
             except (ConfigError, NatsError) as exc:
-                failure = _open_failure(section, config.bucket, exc)
+                failure = open_failure(section, config.bucket, exc)
             else:
                 try:
                     yield storage
@@ -411,13 +384,3 @@ async def open_nats_kv_storage(
     # Raised here, once the connection (and its nursery) is closed: one plain error.
     assert failure is not None
     raise failure
-
-
-def _open_failure(section: str, bucket: str, exc: Exception) -> Exception:
-    failure: Exception
-    if isinstance(exc, ConfigError):
-        failure = ConfigError(f"{section} {exc}")
-    else:
-        failure = StorageError(f"{section} cannot open NATS KV bucket {bucket!r}: {exc}")
-    failure.__cause__ = exc
-    return failure
