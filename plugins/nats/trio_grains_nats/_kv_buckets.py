@@ -5,7 +5,8 @@ open."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Set
+from typing import TYPE_CHECKING, Any
 
 from nats.js.api import StorageType
 
@@ -13,6 +14,7 @@ from trio_grains import ConfigError, StorageError
 
 from ._exceptions import JetStreamAPIError
 from ._kv import KeyValue, create_key_value
+from ._options import BadOption, parse_connect_options, parse_storage_type_option
 
 if TYPE_CHECKING:
     from ._jetstream import JetStream
@@ -24,6 +26,7 @@ __all__ = [
     "check_subject_length",
     "open_bucket",
     "open_failure",
+    "parse_bucket_options",
     "revision_of",
 ]
 
@@ -99,3 +102,39 @@ def open_failure(section: str, bucket: str, exc: Exception) -> Exception:
         failure = StorageError(f"{section} cannot open NATS KV bucket {bucket!r}: {exc}")
     failure.__cause__ = exc
     return failure
+
+
+def parse_bucket_options(
+    options: Mapping[str, Any], known: Set[str], section: str, provider: str
+) -> tuple[dict[str, Any], BadOption]:
+    """The connection options and ``bucket`` / ``replicas`` / ``storage`` of a KV-backed
+    *provider* (``"nats-kv storage provider"``), checked, as keyword arguments of its
+    config class; and the ``bad(key, what)`` error maker for the options it adds itself.
+    An unknown key is a :class:`ConfigError` listing the *known* ones."""
+
+    def bad(key: str, what: str) -> ConfigError:
+        return ConfigError(
+            f"{section} option {key!r} of the {provider} must be {what}, got {options[key]!r}"
+        )
+
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"{section} the {provider} has no option "
+            f"{', '.join(map(repr, unknown))}; options: {', '.join(sorted(known))}"
+        )
+    kwargs = parse_connect_options(options, bad, allow_empty_servers=False)
+    kwargs.setdefault("servers", DEFAULT_SERVERS)
+    if "bucket" in options:
+        value = options["bucket"]
+        if not isinstance(value, str) or not BUCKET_RE.fullmatch(value):
+            raise bad("bucket", "a bucket name of ASCII letters, digits, '-' and '_'")
+        kwargs["bucket"] = value
+    if "replicas" in options:
+        value = options["replicas"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+            raise bad("replicas", "an integer from 1 to 5 (JetStream's limit)")
+        kwargs["replicas"] = value
+    if "storage" in options:
+        kwargs["storage"] = parse_storage_type_option(options["storage"], bad)
+    return kwargs, bad

@@ -64,19 +64,16 @@ from ._exceptions import (
 )
 from ._kv import KeyValue, KvEntry
 from ._kv_buckets import (
-    BUCKET_RE,
-    DEFAULT_SERVERS,
     MAX_SUBJECT_LENGTH,
     check_subject_length,
     open_bucket,
     open_failure,
+    parse_bucket_options,
     revision_of,
 )
 from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
-    parse_connect_options,
-    parse_storage_type_option,
     unreachable_error,
 )
 from .storage import escape_kv_part, unescape_kv_part
@@ -339,33 +336,7 @@ def parse_reminder_options(options: Mapping[str, Any]) -> NatsKvReminderTableCon
     Raises :class:`~trio_grains.ConfigError` naming an unknown key (and listing the valid
     ones) or a key whose value is wrong, and what it must be.
     """
-
-    def bad(key: str, what: str) -> ConfigError:
-        return ConfigError(
-            f"{_SECTION} option {key!r} of the nats-kv reminder table must be {what}, "
-            f"got {options[key]!r}"
-        )
-
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
-    if unknown:
-        raise ConfigError(
-            f"{_SECTION} the nats-kv reminder table has no option "
-            f"{', '.join(map(repr, unknown))}; options: {', '.join(sorted(KNOWN_OPTIONS))}"
-        )
-    kwargs = parse_connect_options(options, bad, allow_empty_servers=False)
-    kwargs.setdefault("servers", DEFAULT_SERVERS)
-    if "bucket" in options:
-        value = options["bucket"]
-        if not isinstance(value, str) or not BUCKET_RE.fullmatch(value):
-            raise bad("bucket", "a bucket name of ASCII letters, digits, '-' and '_'")
-        kwargs["bucket"] = value
-    if "replicas" in options:
-        value = options["replicas"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
-            raise bad("replicas", "an integer from 1 to 5 (JetStream's limit)")
-        kwargs["replicas"] = value
-    if "storage" in options:
-        kwargs["storage"] = parse_storage_type_option(options["storage"], bad)
+    kwargs, _ = parse_bucket_options(options, KNOWN_OPTIONS, _SECTION, "nats-kv reminder table")
     return NatsKvReminderTableConfig(**kwargs)
 
 

@@ -61,18 +61,15 @@ from ._exceptions import (
 )
 from ._kv import KeyValue
 from ._kv_buckets import (
-    BUCKET_RE,
-    DEFAULT_SERVERS,
     check_subject_length,
     open_bucket,
     open_failure,
+    parse_bucket_options,
     revision_of,
 )
 from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
-    parse_connect_options,
-    parse_storage_type_option,
     unreachable_error,
 )
 
@@ -303,33 +300,7 @@ def parse_storage_options(name: str, options: Mapping[str, Any]) -> NatsKvStorag
     ones) or a key whose value is wrong, and what it must be.
     """
     section = f"[storage.{name}]"
-
-    def bad(key: str, what: str) -> ConfigError:
-        return ConfigError(
-            f"{section} option {key!r} of the nats-kv storage provider must be {what}, "
-            f"got {options[key]!r}"
-        )
-
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
-    if unknown:
-        raise ConfigError(
-            f"{section} the nats-kv storage provider has no option "
-            f"{', '.join(map(repr, unknown))}; options: {', '.join(sorted(KNOWN_OPTIONS))}"
-        )
-    kwargs = parse_connect_options(options, bad, allow_empty_servers=False)
-    kwargs.setdefault("servers", DEFAULT_SERVERS)
-    if "bucket" in options:
-        value = options["bucket"]
-        if not isinstance(value, str) or not BUCKET_RE.fullmatch(value):
-            raise bad("bucket", "a bucket name of ASCII letters, digits, '-' and '_'")
-        kwargs["bucket"] = value
-    if "replicas" in options:
-        value = options["replicas"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
-            raise bad("replicas", "an integer from 1 to 5 (JetStream's limit)")
-        kwargs["replicas"] = value
-    if "storage" in options:
-        kwargs["storage"] = parse_storage_type_option(options["storage"], bad)
+    kwargs, bad = parse_bucket_options(options, KNOWN_OPTIONS, section, "nats-kv storage provider")
     if "max_bytes" in options:
         value = options["max_bytes"]
         if isinstance(value, bool) or not isinstance(value, int) or value < -1:
