@@ -4,17 +4,25 @@ open."""
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping, Set
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Set
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.js.api import StorageType
 
 from trio_grains import ConfigError, StorageError
 
-from ._exceptions import JetStreamAPIError
+from ._connection import Connection
+from ._exceptions import JetStreamAPIError, NatsConnectionError, NatsError
 from ._kv import KeyValue, create_key_value
-from ._options import BadOption, parse_connect_options, parse_storage_type_option
+from ._options import (
+    BadOption,
+    ConnectOptions,
+    parse_connect_options,
+    parse_storage_type_option,
+    unreachable_error,
+)
 
 if TYPE_CHECKING:
     from ._jetstream import JetStream
@@ -26,6 +34,7 @@ __all__ = [
     "check_subject_length",
     "open_bucket",
     "open_failure",
+    "open_on_connection",
     "parse_bucket_options",
     "revision_of",
 ]
@@ -138,3 +147,47 @@ def parse_bucket_options(
     if "storage" in options:
         kwargs["storage"] = parse_storage_type_option(options["storage"], bad)
     return kwargs, bad
+
+
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def open_on_connection(
+    config: ConnectOptions,
+    section: str,
+    connection_name: str,
+    bucket: str,
+    open_provider: Callable[[Connection], Awaitable[T]],
+) -> AsyncIterator[T]:
+    """Connect as *config* says, open a provider on that connection with *open_provider*,
+    and yield it; close the connection on exit. An unreachable server or a provider that
+    cannot open is one plain error (not an exception group from the connection's
+    nursery), and so is what the block itself raises."""
+    failure: Exception | None = None
+    body_error: BaseException | None = None
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                nc = await stack.enter_async_context(config.connect(name=connection_name))
+            except NatsConnectionError as exc:
+                raise unreachable_error(section, config.servers, exc) from exc
+            try:
+                provider = await open_provider(nc)
+            except (ConfigError, NatsError) as exc:
+                failure = open_failure(section, bucket, exc)
+            else:
+                try:
+                    yield provider
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                return
+    except BaseExceptionGroup as group:
+        # The connection's nursery wraps what the block raised: hand it back as it was.
+        if body_error is not None and list(group.exceptions) == [body_error]:
+            raise body_error from None
+        raise
+    # Raised here, once the connection (and its nursery) is closed: one plain error.
+    assert failure is not None
+    raise failure

@@ -45,7 +45,6 @@ import attrs
 from nats.js.api import StorageType
 
 from trio_grains import (
-    ConfigError,
     GrainId,
     ProviderContext,
     ReminderEntry,
@@ -57,7 +56,6 @@ from ._connection import Connection
 from ._exceptions import (
     JS_ERR_MESSAGE_NOT_FOUND,
     KeyDeletedError,
-    NatsConnectionError,
     NatsError,
     NotFoundError,
     WrongLastSequenceError,
@@ -67,14 +65,13 @@ from ._kv_buckets import (
     MAX_SUBJECT_LENGTH,
     check_subject_length,
     open_bucket,
-    open_failure,
+    open_on_connection,
     parse_bucket_options,
     revision_of,
 )
 from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
-    unreachable_error,
 )
 from .storage import escape_kv_part, unescape_kv_part
 
@@ -350,34 +347,13 @@ async def open_nats_kv_reminder_table(
     ``bucket``, ``replicas``, ``storage`` (see :func:`parse_reminder_options`).
     """
     config = parse_reminder_options(options)
-    failure: Exception | None = None
-    body_error: BaseException | None = None
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                nc = await stack.enter_async_context(
-                    config.connect(name=f"{context.silo_name} reminders")
-                )
-            except NatsConnectionError as exc:
-                raise unreachable_error(_SECTION, config.servers, exc) from exc
-            try:
-                table = await NatsKvReminderTable.open(
-                    nc, config.bucket, replicas=config.replicas, storage=config.storage
-                )
-            except (ConfigError, NatsError) as exc:
-                failure = open_failure(_SECTION, config.bucket, exc)
-            else:
-                try:
-                    yield table
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                return
-    except BaseExceptionGroup as group:
-        # The connection's nursery wraps what the block raised: hand it back as it was.
-        if body_error is not None and list(group.exceptions) == [body_error]:
-            raise body_error from None
-        raise
-    # Raised here, once the connection (and its nursery) is closed: one plain error.
-    assert failure is not None
-    raise failure
+
+    async def open_table(nc: Connection) -> NatsKvReminderTable:
+        return await NatsKvReminderTable.open(
+            nc, config.bucket, replicas=config.replicas, storage=config.storage
+        )
+
+    async with open_on_connection(
+        config, _SECTION, f"{context.silo_name} reminders", config.bucket, open_table
+    ) as table:
+        yield table

@@ -41,7 +41,6 @@ import attrs
 from nats.js.api import StorageType
 
 from trio_grains import (
-    ConfigError,
     GrainId,
     GrainStorage,
     InconsistentStateError,
@@ -54,7 +53,6 @@ from ._connection import Connection
 from ._exceptions import (
     JS_ERR_MESSAGE_NOT_FOUND,
     KeyDeletedError,
-    NatsConnectionError,
     NatsError,
     NotFoundError,
     WrongLastSequenceError,
@@ -63,14 +61,13 @@ from ._kv import KeyValue
 from ._kv_buckets import (
     check_subject_length,
     open_bucket,
-    open_failure,
+    open_on_connection,
     parse_bucket_options,
     revision_of,
 )
 from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
-    unreachable_error,
 )
 
 __all__ = [
@@ -319,39 +316,21 @@ async def open_nats_kv_storage(
     ``bucket``, ``replicas``, ``storage``, ``max_bytes`` (see :func:`parse_storage_options`).
     """
     config = parse_storage_options(context.name, options)
-    section = f"[storage.{context.name}]"
-    failure: Exception | None = None
-    body_error: BaseException | None = None
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                nc = await stack.enter_async_context(
-                    config.connect(name=f"{context.silo_name} storage.{context.name}")
-                )
-            except NatsConnectionError as exc:
-                raise unreachable_error(section, config.servers, exc) from exc
-            try:
-                storage = await NatsKvStorage.open(
-                    nc,
-                    config.bucket,
-                    replicas=config.replicas,
-                    storage=config.storage,
-                    max_bytes=config.max_bytes,
-                )
-            except (ConfigError, NatsError) as exc:
-                failure = open_failure(section, config.bucket, exc)
-            else:
-                try:
-                    yield storage
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                return
-    except BaseExceptionGroup as group:
-        # The connection's nursery wraps what the block raised: hand it back as it was.
-        if body_error is not None and list(group.exceptions) == [body_error]:
-            raise body_error from None
-        raise
-    # Raised here, once the connection (and its nursery) is closed: one plain error.
-    assert failure is not None
-    raise failure
+
+    async def open_storage(nc: Connection) -> NatsKvStorage:
+        return await NatsKvStorage.open(
+            nc,
+            config.bucket,
+            replicas=config.replicas,
+            storage=config.storage,
+            max_bytes=config.max_bytes,
+        )
+
+    async with open_on_connection(
+        config,
+        f"[storage.{context.name}]",
+        f"{context.silo_name} storage.{context.name}",
+        config.bucket,
+        open_storage,
+    ) as storage:
+        yield storage
