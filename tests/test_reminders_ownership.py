@@ -45,6 +45,7 @@ class FakeCatalog:
 
     silo: str
     calls: list[tuple[str, GrainId, str, float]]
+    tracer: None = None  # a catalog's tracing provider: none
 
     async def invoke_by_id(self, grain_id: GrainId, name: str, args: tuple[Any, ...]) -> None:
         assert name == "receive_reminder"

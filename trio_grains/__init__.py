@@ -109,6 +109,10 @@ from ._streams import StreamStatistics as StreamStatistics
 from ._streams import implicit_subscription as implicit_subscription
 from ._streams import partition_for as partition_for
 from ._timers import GrainTimer as GrainTimer
+from ._tracing import Attributes as Attributes
+from ._tracing import SpanKind as SpanKind
+from ._tracing import TraceContext as TraceContext
+from ._tracing import Tracer as Tracer
 from ._transport import ClusterBackend as ClusterBackend
 from ._transport import MemoryCluster as MemoryCluster
 from ._transport import MessageTooLargeError as MessageTooLargeError
@@ -159,6 +163,11 @@ __all__ = [
     "MethodStatistics",
     "MetricsSnapshot",
     "StorageStatistics",
+    # tracing (a tracing provider plugin implements Tracer)
+    "Attributes",
+    "SpanKind",
+    "TraceContext",
+    "Tracer",
     "MembershipUnavailableError",
     "MembershipView",
     "MemoryCluster",

@@ -37,6 +37,7 @@ from ._messaging import (
     log_one_way_outcome,
 )
 from ._storage import PersistentState, load_states
+from ._tracing import ATTR_GRAIN_ID, ATTR_SILO_ID, SpanKind
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
@@ -166,12 +167,28 @@ class Activation:
 
     # -- activation ---------------------------------------------------------------------------
 
+    def _span_attributes(self) -> dict[str, str]:
+        return {
+            ATTR_GRAIN_ID: str(self.grain_id),
+            ATTR_SILO_ID: self.runtime.silo_id,
+            "trio_grains.grain_class": self.info.class_name,
+        }
+
     async def activate(self) -> None:
         """Create the grain object and run ``on_activate``, holding an exclusive turn.
 
         On success the caller still holds the turn and must ``end_turn(EXCLUSIVE)``. On
         failure the activation is dead and gone, and the exception propagates.
         """
+        tracer = self.runtime.tracer
+        if tracer is None:
+            await self._activate()
+            return
+        name = f"activate {self.grain_id.type}"
+        with tracer.span(name, SpanKind.INTERNAL, self._span_attributes()):
+            await self._activate()
+
+    async def _activate(self) -> None:
         self.activation_claimed = True
         self.begin_turn(EXCLUSIVE)
         cluster = self.runtime.cluster
@@ -287,8 +304,13 @@ class Activation:
         """Nobody is activating and the first call came through the mailbox."""
         self._held = None
         self.queued -= 1
+        tracer = self.runtime.tracer
         try:
-            await self.activate()
+            if tracer is None or call.trace is None:
+                await self.activate()
+            else:
+                with tracer.resume(call.trace):  # the activating call's trace
+                    await self.activate()
         except ActivationRaceLostError:
             self.runtime.redispatch(self.grain_id, self.info, call)  # to the winner
             return
@@ -323,7 +345,10 @@ class Activation:
         result: outcome.Outcome[Any]
         try:
             if call.method is not None:
-                value = await call.method.func(self.grain, *call.args, **call.kwargs)
+                if call.trace is None:
+                    value = await call.method.func(self.grain, *call.args, **call.kwargs)
+                else:
+                    value = await self._run_traced(call)
             else:
                 assert call.fn is not None
                 value = await call.fn(*call.args)
@@ -335,6 +360,14 @@ class Activation:
             call.scope = None
             self.end_turn(call.kind)
         call.finish(result)
+
+    async def _run_traced(self, call: Call) -> Any:
+        """Run *call*'s method in its caller's trace (this task's context is not theirs)."""
+        tracer = self.runtime.tracer
+        assert tracer is not None
+        assert call.method is not None
+        with tracer.resume(call.trace):
+            return await call.method.func(self.grain, *call.args, **call.kwargs)
 
     # -- background tasks ----------------------------------------------------------
 
@@ -406,6 +439,16 @@ class Activation:
         if self.state != ACTIVE:
             return
         self.state = DEACTIVATING
+        tracer = self.runtime.tracer
+        if tracer is None:
+            await self._deactivate(reason)
+            return
+        attributes = {**self._span_attributes(), "trio_grains.reason": reason}
+        name = f"deactivate {self.grain_id.type}"
+        with tracer.span(name, SpanKind.INTERNAL, attributes, root=True):
+            await self._deactivate(reason)
+
+    async def _deactivate(self, reason: str) -> None:
         if self._lot is not None:
             self._lot.unpark_all()
         while self.running:

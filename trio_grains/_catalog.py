@@ -28,6 +28,7 @@ from ._ids import GrainId, GrainKey
 from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY, Call, TimeoutWheel, wait_reply
 from ._metrics import SiloMetrics, timed_call
 from ._reference import GrainReference, reference_class
+from ._tracing import SpanKind, Tracer, call_attributes, traced_methods
 
 if TYPE_CHECKING:
     from ._cluster import SiloCluster
@@ -68,6 +69,9 @@ class Catalog:
         self.activations_created = 0
         self.silo_id = config.name  #: the silo's id (with its cluster suffix), set by the silo
         self.metrics: SiloMetrics | None = SiloMetrics() if config.metrics else None
+        #: the tracing provider's tracer (``SiloConfig.tracing``), set by the silo
+        self.tracer: Tracer | None = None
+        self._tables: dict[type, dict[str, MethodInfo]] = {}
         #: storage name -> (opened provider, provider name), set by the silo
         self.storages: dict[str, tuple[GrainStorage, str]] = {}
         self.reminders: ReminderService | None = None
@@ -80,8 +84,20 @@ class Catalog:
         self._shutdown_scope: trio.CancelScope | None = None
 
     def method_table(self, info: GrainClassInfo) -> dict[str, MethodInfo]:
-        """The methods activations of *info* run: instrumented when metrics are on."""
-        return info.methods if self.metrics is None else self.metrics.method_table(info)
+        """The methods activations of *info* run: the class's own, or with tracing or
+        metrics on, wrapped (built once per class per silo)."""
+        if self.tracer is None and self.metrics is None:
+            return info.methods
+        table = self._tables.get(info.cls)
+        if table is None:
+            grain_type = str(info.grain_type)
+            table = info.methods
+            if self.tracer is not None:
+                table = traced_methods(table, self.tracer, grain_type)
+            if self.metrics is not None:  # outermost: its timings include the spans
+                table = self.metrics.instrument_methods(grain_type, table)
+            self._tables[info.cls] = table
+        return table
 
     def reminder_service(self) -> ReminderService:
         if self.reminders is None:
@@ -154,14 +170,14 @@ class Catalog:
             counter = method.counter
             try:
                 if counter is None:
-                    return await method.func(act.grain, *args, **kwargs)
+                    return await method.inline(act.grain, *args, **kwargs)
                 # Metrics on: counted here rather than by the wrapper in method.func, which
                 # would cost this path (the cheapest) a coroutine frame per call.
                 counter.left -= 1
                 if counter.left:
-                    return await method.plain(act.grain, *args, **kwargs)
+                    return await method.inline(act.grain, *args, **kwargs)
                 counter.new_lap()
-                return await timed_call(counter, method.plain, act.grain, args, kwargs)
+                return await timed_call(counter, method.inline, act.grain, args, kwargs)
             except Exception:
                 if counter is not None:
                     counter.errors += 1
@@ -204,6 +220,8 @@ class Catalog:
         if method.one_way:
             call = Call(method, args, kwargs, target=act.grain_id)
             call.kind = kind
+            if self.tracer is not None:
+                call.trace = self.tracer.current()
             act.post_one_way(call)
             return None
         if act.state == ACTIVATING and not act.activation_claimed and act.queued == 0:
@@ -224,9 +242,22 @@ class Catalog:
                 act.end_turn(kind)
         call = Call(method, args, kwargs, target=act.grain_id)
         call.kind = kind
+        if self.tracer is not None:
+            return await self._wait_traced(self.tracer, act, call)
         act.post(call)
         self.wheel.add(call)
         return await wait_reply(call)
+
+    async def _wait_traced(self, tracer: Tracer, act: Activation, call: Call) -> Any:
+        """Queue *call* and wait for it inside a caller-side span, which the turn continues."""
+        assert call.method is not None
+        grain_type, name = str(act.grain_id.type), call.method.name
+        attributes = call_attributes(grain_type, name, act.grain_id)
+        with tracer.span(f"{grain_type}/{name}", SpanKind.CLIENT, attributes):
+            call.trace = tracer.current()
+            act.post(call)
+            self.wheel.add(call)
+            return await wait_reply(call)
 
     def _copy_outcome(
         self, method: MethodInfo, result: outcome.Outcome[Any]

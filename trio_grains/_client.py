@@ -43,6 +43,7 @@ from ._remote import Messenger
 from ._serialization import Codec, make_converter
 from ._stream_agents import StreamProvider
 from ._streams import StreamOptions
+from ._tracing import Tracer, open_tracer
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
@@ -68,6 +69,8 @@ class ClientConfig:
     * ``response_timeout``: how long a call waits for its reply.
     * ``streams``: stream providers to publish to, configured as the silos have them
       (``client.get_stream_provider(name)``). A client publishes; it pulls nothing.
+    * ``tracing``: the tracing provider, as the silos have it: calls and publishes start
+      traces (or continue the caller's) that the silos continue.
     """
 
     name: str = attrs.field(factory=_default_client_name)
@@ -76,6 +79,7 @@ class ClientConfig:
     response_timeout: float = attrs.field(default=30.0, validator=positive_seconds)
     streams: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
+    tracing: ProviderConfig | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -109,6 +113,7 @@ class Client:
         self._messenger: Messenger | None = None
         self._view_changed = trio.Event()
         self._streams: dict[str, StreamProvider] = {}
+        self._tracer: Tracer | None = None
 
     @property
     def name(self) -> str:
@@ -256,6 +261,7 @@ async def open_client(
         converter=client._converter,
     )
     async with (
+        open_tracer(loaded.tracers, config.tracing, attrs.evolve(ctx, name="tracing")) as tracer,
         factory(ctx, dict(config.clustering.options)) as backend,
         backend.open_endpoint(client._endpoint_id) as transport,
         trio.open_nursery() as nursery,
@@ -272,6 +278,7 @@ async def open_client(
         messenger = Messenger(
             transport, client._codec, wheel, client._endpoint_id, locator.address_of
         )
+        messenger.tracer = client._tracer = tracer
         client._locator, client._messenger = locator, messenger
 
         def silo_gone(silo_id: str, _view: MembershipView) -> None:
@@ -297,6 +304,7 @@ class _PublishOnly:
     """What a stream provider needs from its runtime when it only publishes."""
 
     codec: Codec
+    tracer: Tracer | None = None
     registry: GrainClassRegistry = attrs.field(factory=GrainClassRegistry)
     streams: dict[str, StreamProvider] = attrs.field(factory=dict)
 
@@ -311,7 +319,7 @@ async def _open_streams(
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
 ) -> None:
-    runtime = _PublishOnly(client._codec)
+    runtime = _PublishOnly(client._codec, client._tracer)
     for name, pconf in client._config.streams.items():
         options, adapter_options = StreamOptions.split(name, dict(pconf.options))
         factory = loaded.streams.get(pconf.provider)

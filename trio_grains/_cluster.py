@@ -130,6 +130,7 @@ class SiloCluster:
         self.messenger = Messenger(
             transport, catalog.codec, catalog.wheel, silo_id, self.locator.address_of
         )
+        self.messenger.tracer = catalog.tracer
         self.messenger.on_request = self._on_request
         self.messenger.on_cancel = self._on_cancel
         self.locator.on_gone = self._silo_gone
@@ -323,6 +324,8 @@ class SiloCluster:
             return
         call = Call(method, (), kwargs, target=grain_id)
         call.kind = method.kind
+        if req.trace is not None and catalog.tracer is not None:
+            call.trace = catalog.tracer.extract(req.trace)
         if req.timeout is not None:
             call.deadline = trio.current_time() + req.timeout
         if req.reply_to:

@@ -94,6 +94,9 @@ class SiloConfig:
     * ``services``: named services to run beside the silo while it serves
       (``[services.dashboard] provider = "dashboard"``), registered by plugins through
       ``grains_register_services``.
+    * ``tracing``: the tracing provider (``[tracing] provider = "otel"``, registered by
+      plugins through ``grains_register_tracers``); ``None`` (the default): no tracing,
+      and the call path does nothing extra.
     """
 
     name: str = attrs.field(factory=_default_silo_name)
@@ -117,6 +120,7 @@ class SiloConfig:
     reminder_refresh: float = attrs.field(default=30.0, validator=positive_seconds)
     metrics: bool = False
     services: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
+    tracing: ProviderConfig | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.dead_after <= self.heartbeat_interval:

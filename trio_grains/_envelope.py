@@ -4,7 +4,7 @@ A message is a msgpack array; the call's arguments and its result are already en
 the :class:`~trio_grains._serialization.Codec` (by the method's annotations) and travel
 as opaque bytes inside it::
 
-    request: [0, call_id, reply_to, grain_id, method, args, timeout, hops, flags]
+    request: [0, call_id, reply_to, grain_id, method, args, timeout, hops, flags, trace]
     reply:   [1, call_id, status, payload, silo_id]
     cancel:  [2, call_id, reply_to]     (the caller was cancelled: cancel the turn)
 
@@ -13,6 +13,8 @@ reply); ``timeout`` the seconds left of the caller's deadline (``None``: none), 
 deadline travels with the call without comparing clocks; ``hops`` counts forwards, and
 ``flags`` holds :data:`LOCATE` when the receiver must find the activation itself (the
 caller does not host the grain class, so it cannot apply its placement strategy).
+``trace`` is ``None``, or with tracing on the caller's trace context as string headers (W3C
+``traceparent`` / ``tracestate``), which the receiving silo continues.
 """
 
 from __future__ import annotations
@@ -49,7 +51,17 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 class Request:
     """A decoded request (plain slots: one is built per incoming call)."""
 
-    __slots__ = ("args", "call_id", "flags", "grain_id", "hops", "method", "reply_to", "timeout")
+    __slots__ = (
+        "args",
+        "call_id",
+        "flags",
+        "grain_id",
+        "hops",
+        "method",
+        "reply_to",
+        "timeout",
+        "trace",
+    )
 
     def __init__(self, fields: list[Any]) -> None:
         (
@@ -62,6 +74,7 @@ class Request:
             self.timeout,
             self.hops,
             self.flags,
+            self.trace,
         ) = fields
         if not (
             isinstance(self.call_id, int)
@@ -75,6 +88,7 @@ class Request:
             )
             and isinstance(self.hops, int)
             and isinstance(self.flags, int)
+            and (self.trace is None or _is_headers(self.trace))
         ):
             raise SerializationError("malformed request envelope")
 
@@ -89,7 +103,14 @@ class Request:
             self.timeout,
             self.hops,
             self.flags,
+            self.trace,
         )
+
+
+def _is_headers(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
 
 
 def encode_request(
@@ -101,8 +122,9 @@ def encode_request(
     timeout: float | None,
     hops: int,
     flags: int,
+    trace: dict[str, str] | None = None,
 ) -> bytes:
-    return _pack([REQUEST, call_id, reply_to, grain_id, method, args, timeout, hops, flags])  # type: ignore[no-any-return]
+    return _pack([REQUEST, call_id, reply_to, grain_id, method, args, timeout, hops, flags, trace])  # type: ignore[no-any-return]
 
 
 def encode_reply(call_id: int, status: int, payload: bytes, silo_id: str) -> bytes:
@@ -122,7 +144,7 @@ def decode(data: bytes) -> list[Any]:
     if not isinstance(fields, list) or not fields:
         raise SerializationError("not a trio-grains message: expected an array")
     kind = fields[0]
-    if kind == REQUEST and len(fields) == 9:
+    if kind == REQUEST and len(fields) == 10:
         return fields
     if (
         kind == REPLY

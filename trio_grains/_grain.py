@@ -141,11 +141,14 @@ class MethodInfo:
     idempotent: bool = False
     #: how calls interleave on the implementing class (``_messaging.EXCLUSIVE`` ...)
     kind: int = 0
-    #: with metrics on (a silo's instrumented table, ``_metrics``): the call counter, and
-    #: the grain's own function, which the in-task fast path calls while counting inline
-    #: (``func`` is then the counting wrapper, for the other paths)
+    #: what the in-task fast path runs (``Catalog.invoke``: an idle local grain, in the
+    #: caller's task); ``func`` runs every other turn. A silo's method table may wrap
+    #: ``func`` alone (a span per turn, ``_tracing``) or count calls here instead
+    #: (``_metrics``: ``counter`` set, ``func`` the counting wrapper, ``inline`` not)
+    inline: Callable[..., Awaitable[Any]] = attrs.field(
+        default=attrs.Factory(lambda self: self.func, takes_self=True)
+    )
     counter: Any = None
-    plain: Any = None  # Callable[..., Awaitable[Any]] when counter is set
 
 
 @attrs.frozen(eq=False)

@@ -51,6 +51,7 @@ class Call:
         "state",
         "target",
         "task",
+        "trace",
         "wheel",
     )
 
@@ -79,6 +80,7 @@ class Call:
         self.label = label
         self.target = target
         self.deadline = math.inf  # a remote caller's deadline, on this silo's clock
+        self.trace: object = None  # with tracing on: the caller's trace context
 
     def describe(self) -> str:
         """``cart/bob65.add()`` (built only when a message needs it)."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from ._grain import GrainClassInfo, MethodInfo
+from ._grain import MethodInfo
 from ._ids import GrainId
 from ._storage import GrainStorage, StoredState
 
@@ -205,25 +205,20 @@ class SiloMetrics:
 
     def __init__(self) -> None:
         self._methods: dict[tuple[str, str], _Counter] = {}
-        self._tables: dict[type, dict[str, MethodInfo]] = {}
         self._storage: dict[tuple[str, str], _Operations] = {}
         self.membership_changes = 0
 
-    def method_table(self, info: GrainClassInfo) -> dict[str, MethodInfo]:
-        """*info*'s methods, instrumented (built once per class per silo)."""
-        table = self._tables.get(info.cls)
-        if table is None:
-            grain_type = str(info.grain_type)
-            table = {}
-            for name, method in info.methods.items():
-                counter = self._methods.setdefault((grain_type, name), _Counter())
-                table[name] = attrs.evolve(
-                    method,
-                    func=instrument(method.func, counter),
-                    counter=counter,
-                    plain=method.func,
-                )
-            self._tables[info.cls] = table
+    def instrument_methods(
+        self, grain_type: str, methods: Mapping[str, MethodInfo]
+    ) -> dict[str, MethodInfo]:
+        """*methods* (of *grain_type*) counting their calls: ``func`` wrapped, and a
+        ``counter`` for the in-task fast path, which counts inline around ``inline``."""
+        table = {}
+        for name, method in methods.items():
+            counter = self._methods.setdefault((grain_type, name), _Counter())
+            table[name] = attrs.evolve(
+                method, func=instrument(method.func, counter), counter=counter
+            )
         return table
 
     def storage_counter(self, storage: str, operation: str) -> _Operations:

@@ -39,6 +39,7 @@ from ._registry import (
     ServiceFactory,
     StorageFactory,
     StreamProviderFactory,
+    TracerFactory,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Plugins:
     * ``reminders``: reminder-table factories by name.
     * ``clustering``: clustering-provider factories by name.
     * ``services``: service factories by name (things that run beside a silo).
+    * ``tracers``: tracing-provider factories by name.
     """
 
     manager: pluggy.PluginManager
@@ -80,6 +82,7 @@ class Plugins:
     reminders: ProviderRegistry[ReminderTableFactory]
     clustering: ProviderRegistry[ClusteringFactory]
     services: ProviderRegistry[ServiceFactory]
+    tracers: ProviderRegistry[TracerFactory]
 
     def configure_converter(self, converter: cattrs.Converter) -> None:
         """Let every plugin add structure / unstructure hooks to *converter*."""
@@ -144,6 +147,7 @@ def load_plugins(config: PluginsConfig | None = None, *, extra: Sequence[object]
         reminders=ProviderRegistry("reminder table"),
         clustering=ProviderRegistry("clustering provider"),
         services=ProviderRegistry("service"),
+        tracers=ProviderRegistry("tracing provider"),
     )
     registration_hooks: list[tuple[str, ProviderRegistry[Any]]] = [
         ("grains_register_storage", plugins.storage),
@@ -152,6 +156,7 @@ def load_plugins(config: PluginsConfig | None = None, *, extra: Sequence[object]
         ("grains_register_reminder_tables", plugins.reminders),
         ("grains_register_clustering", plugins.clustering),
         ("grains_register_services", plugins.services),
+        ("grains_register_tracers", plugins.tracers),
     ]
     for hook_name, registry in registration_hooks:
         _call_hook(pm, hook_name, {"registry": registry}, attribute_to=registry.registering_for)

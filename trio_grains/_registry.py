@@ -37,6 +37,7 @@ __all__ = [
     "StorageFactory",
     "ReminderTableFactory",
     "StreamProviderFactory",
+    "TracerFactory",
 ]
 
 F = TypeVar("F")
@@ -86,6 +87,12 @@ ReminderTableFactory: TypeAlias = ProviderFactory
 ClusteringFactory: TypeAlias = ProviderFactory
 """A factory yielding a :class:`~trio_grains.ClusterBackend` (membership table, grain
 directory and transport endpoints of one cluster)."""
+
+
+TracerFactory: TypeAlias = ProviderFactory
+"""A factory yielding a :class:`~trio_grains.Tracer` (``[tracing] provider = ...``): the
+silo or client enters it before anything else and leaves it last, so every span of its
+lifetime reaches the tracer. ``context.silo_name`` is the client's name for a client."""
 
 
 @attrs.frozen

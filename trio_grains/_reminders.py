@@ -37,6 +37,7 @@ import trio
 from ._exceptions import ConfigError, GrainMethodError
 from ._grain import class_info
 from ._ids import GrainId
+from ._tracing import ATTR_GRAIN_ID, SpanKind
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
@@ -275,10 +276,23 @@ class ReminderService:
         if not self.owns(entry.grain_id):
             return  # the filter changed after the tick was taken off the heap
         status = TickStatus(entry.start_at, entry.period, when)
+        tracer = self.catalog.tracer
         try:
-            await self.catalog.invoke_by_id(
-                entry.grain_id, "receive_reminder", (entry.name, status)
-            )
+            if tracer is None:
+                await self.catalog.invoke_by_id(
+                    entry.grain_id, "receive_reminder", (entry.name, status)
+                )
+            else:
+                attributes = {
+                    ATTR_GRAIN_ID: str(entry.grain_id),
+                    "trio_grains.reminder": entry.name,
+                }
+                with tracer.span(
+                    f"reminder {entry.name}", SpanKind.INTERNAL, attributes, root=True
+                ):
+                    await self.catalog.invoke_by_id(
+                        entry.grain_id, "receive_reminder", (entry.name, status)
+                    )
             self.ticks_delivered += 1
         except Exception:
             log.exception("reminder %r of %s failed; it goes on", entry.name, entry.grain_id)

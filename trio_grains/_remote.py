@@ -21,6 +21,7 @@ import trio
 from . import _envelope as env
 from ._exceptions import SerializationError, SiloUnavailableError
 from ._messaging import Call, TimeoutWheel, wait_reply
+from ._tracing import SpanKind, Tracer, call_attributes
 from ._transport import MessageTooLargeError, Transport, TransportClosedError
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class Messenger:
         self.wheel = wheel
         self.endpoint_id = endpoint_id
         self.address_of = address_of
+        #: the tracing provider's tracer: calls out are spans and carry their context
+        self.tracer: Tracer | None = None
         #: silo requests go here (a silo sets it; a client ignores requests)
         self.on_request: Callable[[env.Request], None] | None = None
         #: a caller cancelled its call: ``on_cancel(reply_to, call_id)`` (silos set it)
@@ -84,6 +87,29 @@ class Messenger:
         Raises :class:`RerouteError` if that silo does not have (and will not create) the
         activation: locate the grain again.
         """
+        tracer = self.tracer
+        if tracer is None:
+            return await self._call(silo_id, grain_id, method, args, kwargs, flags, None)
+        grain_type = str(grain_id.type)
+        attributes = {
+            **call_attributes(grain_type, method.name, grain_id),
+            "trio_grains.target_silo": silo_id,
+        }
+        with tracer.span(f"{grain_type}/{method.name}", SpanKind.CLIENT, attributes):
+            headers: dict[str, str] = {}
+            tracer.inject(headers)
+            return await self._call(silo_id, grain_id, method, args, kwargs, flags, headers or None)
+
+    async def _call(
+        self,
+        silo_id: str,
+        grain_id: GrainId,
+        method: MethodInfo,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        flags: int,
+        trace: dict[str, str] | None,
+    ) -> Any:
         address = self.address_of(silo_id)
         if address is None:
             raise RerouteError(silo_id)
@@ -94,7 +120,7 @@ class Messenger:
         call_id = self._next_id
         reply_to = "" if method.one_way else self.transport.address
         data = env.encode_request(
-            call_id, reply_to, str(grain_id), method.name, payload, timeout, 0, flags
+            call_id, reply_to, str(grain_id), method.name, payload, timeout, 0, flags, trace
         )
         # The transport checks the size (and sends nothing if it is too large).
         if method.one_way:

@@ -35,6 +35,7 @@ from ._reminders import ReminderService
 from ._serialization import Codec, make_converter
 from ._stream_agents import StreamProvider, check_implicit_providers
 from ._streams import StreamOptions
+from ._tracing import TracedStorage, open_tracer
 
 __all__ = ["Silo", "SiloStatistics", "open_silo"]
 
@@ -275,6 +276,8 @@ class Silo:
                 factories.append(_Resolved(kind, name, pconf.provider, factory, options))
         for pconf in self._config.services.values():
             self._plugins.services.get(pconf.provider)  # an unknown name fails here
+        if self._config.tracing is not None:
+            self._plugins.tracers.get(self._config.tracing.provider)  # and here
         check_implicit_providers(self._registry, self._config.streams)
         for cls_type in self._registry.types():
             info = self._registry.get(cls_type)
@@ -289,6 +292,14 @@ class Silo:
                     )
         return factories
 
+    def _provider_context(self, name: str) -> ProviderContext:
+        return ProviderContext(
+            name=name,
+            silo_name=self.name,
+            cluster_id=self._config.cluster_id,
+            converter=self._converter,
+        )
+
     async def _open_providers(
         self,
         stack: contextlib.AsyncExitStack,
@@ -296,18 +307,15 @@ class Silo:
     ) -> None:
         for resolved in factories:
             kind, name = resolved.kind, resolved.name
-            ctx = ProviderContext(
-                name=name,
-                silo_name=self.name,
-                cluster_id=self._config.cluster_id,
-                converter=self._converter,
-            )
+            ctx = self._provider_context(name)
             provider = await stack.enter_async_context(resolved.factory(ctx, resolved.options))
             self._providers[(kind, name)] = provider
             if kind == "storage":
-                metrics = self._catalog.metrics
-                timed = provider if metrics is None else TimedStorage(provider, name, metrics)
-                self._catalog.storages[name] = (timed, resolved.provider)
+                metrics, tracer = self._catalog.metrics, self._catalog.tracer
+                storage = provider if metrics is None else TimedStorage(provider, name, metrics)
+                if tracer is not None:
+                    storage = TracedStorage(storage, name, resolved.provider, tracer)
+                self._catalog.storages[name] = (storage, resolved.provider)
 
 
 @contextlib.asynccontextmanager
@@ -354,7 +362,11 @@ async def open_silo(
     silo_id_token = SILO_ID.set(silo.silo_id)
     try:
         async with contextlib.AsyncExitStack() as providers:
-            # outside the nursery, so that a provider's error is raised unwrapped
+            # outside the nursery, so that a provider's error is raised unwrapped; the
+            # tracer first (and closed last): every span of the silo's lifetime reaches it
+            silo._catalog.tracer = await providers.enter_async_context(
+                open_tracer(loaded.tracers, config.tracing, silo._provider_context("tracing"))
+            )
             await silo._open_providers(providers, factories)
             cluster = None if member is None else await member.open(providers)
             async with trio.open_nursery() as nursery:

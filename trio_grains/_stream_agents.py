@@ -59,6 +59,7 @@ from ._streams import (
     item_parameter,
     partition_for,
 )
+from ._tracing import Attributes, SpanKind, Tracer, stream_attributes
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
@@ -120,6 +121,8 @@ class StreamProvider:
             raise StreamError(f"stream provider {name!r}: partitions() must be an int >= 1")
         self._catalog = catalog
         self._codec: Codec = catalog.codec
+        #: with tracing on: publishes and deliveries are spans; items carry the context
+        self.tracer: Tracer | None = catalog.tracer
         # all partitions in a lone silo; in a cluster, what the partition balancer gives
         self._owned: set[int] = set(range(self.partitions)) if owned is None else set(owned)
         self._agents: dict[int, _Agent] = {}
@@ -229,6 +232,23 @@ class StreamProvider:
     # -- publishing -------------------------------------------------------------------------
 
     async def _publish(self, stream_id: StreamId, items: list[EncodedItem]) -> list[SequenceToken]:
+        tracer = self.tracer
+        if tracer is None:
+            return await self._publish_batch(stream_id, items)
+        attributes: Attributes = {
+            **stream_attributes(self.name, stream_id),
+            "messaging.batch.message_count": len(items),
+        }
+        with tracer.span(f"publish {stream_id.namespace}", SpanKind.PRODUCER, attributes):
+            headers: dict[str, str] = {}
+            tracer.inject(headers)
+            if headers:  # each item carries the publish span's context to its consumer
+                items = [EncodedItem(i.data, i.msg_id, {**i.headers, **headers}) for i in items]
+            return await self._publish_batch(stream_id, items)
+
+    async def _publish_batch(
+        self, stream_id: StreamId, items: list[EncodedItem]
+    ) -> list[SequenceToken]:
         partition = partition_for(stream_id, self.partitions)
         tokens = await self.adapter.publish_batch(stream_id, partition, items)
         if len(tokens) != len(items):

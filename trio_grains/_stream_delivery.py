@@ -21,6 +21,7 @@ import trio
 
 from ._exceptions import RejectedItemError, SerializationError, SiloUnavailableError
 from ._streams import DeadLetter, EncodedItem, ReceivedItem, StreamId
+from ._tracing import Attributes, SpanKind, stream_attributes
 
 if TYPE_CHECKING:
     from ._stream_agents import StreamProvider
@@ -50,9 +51,25 @@ items."""
 
 
 async def call_target(runtime: StreamProvider, target: _Target, item: ReceivedItem) -> None:
-    """Decode *item* for *target* and call it once."""
-    value = runtime._codec.loads(item.data, target.item_type)
-    await target.call(value, item.token)
+    """Decode *item* for *target* and call it once (with tracing on: in a span that
+    continues the publisher's trace, from the item's headers)."""
+    tracer = runtime.tracer
+    if tracer is None:
+        value = runtime._codec.loads(item.data, target.item_type)
+        await target.call(value, item.token)
+        return
+    attributes: Attributes = {
+        **stream_attributes(runtime.name, item.stream_id),
+        "messaging.message.id": item.msg_id,
+        "messaging.delivery_attempt": item.attempt,
+        "trio_grains.stream_token": str(item.token),
+        "trio_grains.subscriber": target.describe,
+    }
+    parent = tracer.extract(item.headers) if item.headers else None
+    name = f"process {item.stream_id.namespace}"
+    with tracer.span(name, SpanKind.CONSUMER, attributes, parent=parent, root=parent is None):
+        value = runtime._codec.loads(item.data, target.item_type)
+        await target.call(value, item.token)
 
 
 async def deliver_with_retries(

@@ -135,6 +135,7 @@ def _plugins(args: argparse.Namespace) -> int:
         ("clustering providers", loaded.clustering),
         ("placement strategies", loaded.placement),
         ("services", loaded.services),
+        ("tracing providers", loaded.tracers),
     ):
         print(f"{title}:")
         for name in registry.names():

@@ -53,6 +53,7 @@ from ._registry import (
     ServiceFactory,
     StorageFactory,
     StreamProviderFactory,
+    TracerFactory,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ __all__ = [
     "ServiceFactory",
     "StorageFactory",
     "StreamProviderFactory",
+    "TracerFactory",
     "grains_configure_converter",
     "grains_register_clustering",
     "grains_register_grain_classes",
@@ -75,6 +77,7 @@ __all__ = [
     "grains_register_services",
     "grains_register_storage",
     "grains_register_streams",
+    "grains_register_tracers",
     "hookimpl",
     "hookspec",
 ]
@@ -213,6 +216,26 @@ def grains_register_services(registry: ProviderRegistry[ServiceFactory]) -> None
         @hookimpl
         def grains_register_services(registry):
             registry.register("dashboard", open_dashboard)
+    """
+
+
+@hookspec
+def grains_register_tracers(registry: ProviderRegistry[TracerFactory]) -> None:
+    """Register tracing providers by name.
+
+    Called once per silo (and client), while its plugins are loaded. Call
+    ``registry.register(name, factory)``; the configuration chooses one
+    (``[tracing] provider = "<name>"``, with its ``options``). ``factory(context, options)``
+    returns an async context manager yielding a :class:`~trio_grains.Tracer`: the object
+    the runtime asks for spans, the current trace context, and the W3C headers that carry
+    it to other silos and into stream items. The silo enters it before its other
+    providers and leaves it after them. ``trio-grains-otel`` registers ``otel``.
+
+    Example::
+
+        @hookimpl
+        def grains_register_tracers(registry):
+            registry.register("otel", open_otel_tracer)
     """
 
 

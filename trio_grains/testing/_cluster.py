@@ -171,6 +171,7 @@ async def open_test_cluster(
                     clustering=clustering,
                     response_timeout=base.response_timeout,
                     plugins=base.plugins,
+                    tracing=base.tracing,
                 )
                 async with open_client(client_config, plugins=plugins) as the_client:
                     cluster._client = the_client
