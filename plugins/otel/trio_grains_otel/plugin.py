@@ -1,11 +1,14 @@
-"""The ``otel`` plugin: registers the ``otel-metrics`` silo service.
+"""The ``otel`` plugin: registers the ``otel-metrics`` silo service and the ``otel``
+tracing provider.
 
-Loaded through the ``trio_grains`` entry point ``otel`` of trio-grains-otel; the hook only
-registers the factory. The factory validates its options when the silo starts (a
+Loaded through the ``trio_grains`` entry point ``otel`` of trio-grains-otel; the hooks only
+register the factories. The service factory validates its options when the silo starts (a
 :class:`~trio_grains.ConfigError` names every bad key) and returns an async context
 manager: entered, it registers the silo with the OpenTelemetry instruments of its meter
 (creating them on first use); left, it takes the silo out again, so the callbacks report
-nothing more for it.
+nothing more for it. The tracer factory (:func:`~trio_grains_otel.open_otel_tracer`, in
+``_tracing.py``) yields an :class:`~trio_grains_otel.OtelTracer` for ``[tracing] provider
+= "otel"``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import attrs
 from opentelemetry.metrics import MeterProvider
 
 from trio_grains import ConfigError, ProviderRegistry, hookimpl
-from trio_grains.hookspecs import ServiceContext, ServiceFactory
+from trio_grains.hookspecs import ServiceContext, ServiceFactory, TracerFactory
 
 from ._instruments import DEFAULT_QUANTILES
 from ._metrics import SiloSource, instruments_for
+from ._tracing import TRACER_NAME, open_otel_tracer
 
 __all__ = ["SERVICE_NAME", "OtelMetricsOptions", "open_otel_metrics"]
 
@@ -121,3 +125,8 @@ async def _observed(context: ServiceContext, options: OtelMetricsOptions) -> Asy
 @hookimpl
 def grains_register_services(registry: ProviderRegistry[ServiceFactory]) -> None:
     registry.register(SERVICE_NAME, open_otel_metrics)
+
+
+@hookimpl
+def grains_register_tracers(registry: ProviderRegistry[TracerFactory]) -> None:
+    registry.register(TRACER_NAME, open_otel_tracer)
