@@ -100,11 +100,17 @@ def test_orders_quick_prints_one_json_line_per_mode() -> None:
         assert line["silos"] == {"1-silo": 1, "2-silos": 2}[line["mode"]]
 
 
-def test_observability_quick_prints_metrics_on_against_off() -> None:
+def test_observability_quick_prints_metrics_and_tracing_on_against_off() -> None:
     proc = _run("observability", "--quick", "--rounds", "1")
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(text) for text in proc.stdout.splitlines() if text.strip()]
-    assert [line["mode"] for line in lines] == ["metrics-local-calls", "metrics-streams"]
+    assert [line["mode"] for line in lines] == [
+        "metrics-local-calls",
+        "metrics-streams",
+        "tracing-local-calls",
+        "tracing-local-calls-inline",
+        "tracing-streams",
+    ]
     for line in lines:
         assert list(line)[:5] == REQUIRED, line
         _check_numbers(line)
