@@ -45,6 +45,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 import trio_grains
 from trio_grains import Attributes, ConfigError, ProviderContext, SpanKind, TraceContext, Tracer
 
+from ._options import check_known
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
@@ -294,12 +296,7 @@ class OtelTracerOptions:
     def from_mapping(cls, options: Mapping[str, Any]) -> OtelTracerOptions:
         """Validate *options* (every problem in one :class:`~trio_grains.ConfigError`)."""
         problems: list[str] = []
-        unknown = sorted(set(options) - set(_KEYS))
-        if unknown:
-            problems.append(
-                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
-                f"; the options are {', '.join(_KEYS)}"
-            )
+        check_known(options, _KEYS, problems)
         provider = options.get("tracer_provider")
         if provider is not None and not isinstance(provider, trace.TracerProvider):
             problems.append(

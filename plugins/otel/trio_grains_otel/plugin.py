@@ -27,6 +27,7 @@ from trio_grains.hookspecs import ServiceContext, ServiceFactory, TracerFactory
 
 from ._instruments import DEFAULT_QUANTILES
 from ._metrics import SiloSource, instruments_for
+from ._options import check_known
 from ._tracing import TRACER_NAME, open_otel_tracer
 
 __all__ = ["SERVICE_NAME", "OtelMetricsOptions", "open_otel_metrics"]
@@ -58,12 +59,7 @@ class OtelMetricsOptions:
     def from_mapping(cls, options: Mapping[str, Any], what: str) -> OtelMetricsOptions:
         """Validate *options*; *what* names the service in errors."""
         problems: list[str] = []
-        unknown = sorted(set(options) - set(_KEYS))
-        if unknown:
-            problems.append(
-                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
-                f"; the options are {', '.join(_KEYS)}"
-            )
+        check_known(options, _KEYS, problems)
         meter_name = options.get("meter_name", "trio_grains")
         if not isinstance(meter_name, str) or not meter_name.strip():
             problems.append(f"meter_name must be a non-empty string, got {meter_name!r}")
