@@ -20,14 +20,31 @@ import trio
 
 from ._exceptions import AuthorizationError, NatsConnectionError
 
-__all__ = ["Credentials", "ServerAddress", "handshake", "parse_servers"]
+__all__ = ["Credentials", "ServerAddress", "handshake", "parse_servers", "redact_url"]
 
 _LANG = "python-trio"
 _VERSION = "0.1.0"
 _MAX_LINE = 64 * 1024
 
 
-@attrs.frozen
+def redact_url(url: str) -> str:
+    """*url* safe to print: the password of ``user:password@`` becomes ``***`` (the user is
+    kept), and a lone ``token@`` (NATS reads ``nats://token@host`` as a token) is ``***``.
+
+    Everything before the last ``@`` counts as credentials, whatever else the URL holds: a
+    password with an unescaped ``/`` or ``@`` in it is still hidden.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{f'{user}:***' if colon else '***'}@{host}"
+
+
+@attrs.frozen(repr=False)
 class ServerAddress:
     """One entry of the server list: ``nats://[user:pass@]host[:port]`` or ``tls://...``."""
 
@@ -37,8 +54,16 @@ class ServerAddress:
     user: str | None = None
     password: str | None = None
 
+    def __repr__(self) -> str:
+        # The user of a URL without a password is a token: neither is printed.
+        if self.user is None:
+            return f"ServerAddress({self.url!r})"
+        shown = f"{self.user}:***" if self.password is not None else "***"
+        return f"ServerAddress({self.url.replace('://', f'://{shown}@', 1)!r})"
+
     @property
     def url(self) -> str:
+        """``nats://host:port`` (or ``tls://``), without credentials: safe to print."""
         return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
 
@@ -54,14 +79,22 @@ def parse_servers(servers: str | list[str] | tuple[str, ...]) -> list[ServerAddr
             if "://" not in raw:
                 raw = "nats://" + raw
             parts = urlsplit(raw)
+            shown = redact_url(raw)  # errors never print a password
             if parts.scheme not in ("nats", "tls"):
-                raise ValueError(f"bad server URL {raw!r}: the scheme must be nats:// or tls://")
+                raise ValueError(f"bad server URL {shown!r}: the scheme must be nats:// or tls://")
             if not parts.hostname:
-                raise ValueError(f"bad server URL {raw!r}: no host")
+                raise ValueError(f"bad server URL {shown!r}: no host")
+            try:
+                port = parts.port
+            except ValueError:  # its message quotes the "port", maybe part of a password
+                raise ValueError(
+                    f"bad server URL {shown!r}: the port must be a number from 0 to 65535 "
+                    "(percent-encode '/', '@' and ':' in a user name or password)"
+                ) from None
             result.append(
                 ServerAddress(
                     host=parts.hostname,
-                    port=parts.port or 4222,
+                    port=port or 4222,
                     tls=parts.scheme == "tls",
                     user=unquote(parts.username) if parts.username else None,
                     password=unquote(parts.password) if parts.password else None,

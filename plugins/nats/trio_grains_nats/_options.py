@@ -3,6 +3,12 @@
 Each provider's option parser validates these keys with :func:`parse_connect_options`
 (errors are the provider's own :class:`~trio_grains.ConfigError`, naming the key), and its
 config class inherits :class:`ConnectOptions` to connect with them.
+
+Secrets are never printed: the repr of a config shows ``password``, ``token`` and
+``nkeys_seed`` as ``'***'`` and server URLs as ``nats://user:***@host`` (attrs ``repr=``
+on the fields, so every subclass inherits it), and neither the option errors nor
+:func:`unreachable_error` quote them. ``creds`` and the TLS options are file paths, shown
+as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from trio_grains import ConfigError
 
 from ._connection import Connection, connect
 from ._exceptions import AuthorizationError, NatsConnectionError
+from ._handshake import redact_url
 
 __all__ = [
     "CONNECT_OPTIONS",
@@ -29,6 +36,7 @@ __all__ = [
 ]
 
 _CREDENTIALS = ("user", "password", "token", "nkeys_seed", "creds", "tls_ca", "tls_cert", "tls_key")
+_SECRETS = frozenset({"password", "token", "nkeys_seed"})  # never printed
 CONNECT_OPTIONS = frozenset({"servers", *_CREDENTIALS})
 """The option keys :func:`parse_connect_options` handles."""
 
@@ -36,15 +44,25 @@ BadOption = Callable[[str, str], ConfigError]
 """``bad(key, what)``: the provider's ConfigError for option *key*, which must be *what*."""
 
 
+def _secret_repr(value: object) -> str:
+    return "None" if value is None else "'***'"
+
+
+def _servers_repr(servers: tuple[str, ...]) -> str:
+    return repr(tuple(redact_url(url) for url in servers))
+
+
 @attrs.frozen(kw_only=True)
 class ConnectOptions:
-    """Where and how to connect: servers, credentials and TLS files (all optional)."""
+    """Where and how to connect: servers, credentials and TLS files (all optional).
 
-    servers: tuple[str, ...] = ()
+    Its repr (and its subclasses') hides the secrets: see the module's docstring."""
+
+    servers: tuple[str, ...] = attrs.field(default=(), repr=_servers_repr)
     user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    nkeys_seed: str | None = None
+    password: str | None = attrs.field(default=None, repr=_secret_repr)
+    token: str | None = attrs.field(default=None, repr=_secret_repr)
+    nkeys_seed: str | None = attrs.field(default=None, repr=_secret_repr)  # a seed or a path
     creds: str | None = None
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -111,26 +129,63 @@ def parse_connect_options(
     error for a key)."""
     kwargs: dict[str, Any] = {}
     if "servers" in options:
+        value = options["servers"]
         kwargs["servers"] = parse_servers_option(
-            options["servers"], bad, allow_empty=allow_empty_servers
+            value, _redacting(bad, value, _redacted_servers(value)), allow_empty=allow_empty_servers
         )
     for key in _CREDENTIALS:
         if key in options:
-            if not isinstance(options[key], str) or not options[key]:
+            value = options[key]
+            if not isinstance(value, str) or not value:
+                if key in _SECRETS and value != "":
+                    raise _redacting(bad, value, "'***'")(key, "a non-empty string")
                 raise bad(key, "a non-empty string")
-            kwargs[key] = options[key]
+            kwargs[key] = value
     if "tls_key" in kwargs and "tls_cert" not in kwargs:
         raise bad("tls_key", "given together with 'tls_cert'")
     return kwargs
 
 
+def _redacted_servers(value: object) -> str:
+    """The repr of a ``servers`` option value with the passwords of its URLs hidden."""
+    if isinstance(value, str):
+        return repr(redact_url(value))
+    if isinstance(value, list | tuple):
+        return repr(type(value)(redact_url(v) if isinstance(v, str) else v for v in value))
+    return repr(value)
+
+
+def _redacting(bad: BadOption, value: object, shown: str) -> BadOption:
+    """*bad*, but its error shows *shown* where it would quote *value*.
+
+    The providers' ``bad`` ends its message with ``got <repr of the value>``: a password
+    given as a number, say, must not be printed there."""
+
+    def redacting_bad(key: str, what: str) -> ConfigError:
+        exc = bad(key, what)
+        exc.args = tuple(
+            _replace_last(arg, repr(value), shown) if isinstance(arg, str) else arg
+            for arg in exc.args
+        )
+        return exc
+
+    return redacting_bad
+
+
+def _replace_last(text: str, old: str, new: str) -> str:
+    head, sep, tail = text.rpartition(old)
+    return f"{head}{new}{tail}" if sep else text
+
+
 def unreachable_error(section: str, servers: Sequence[str], exc: NatsConnectionError) -> Exception:
     """The error for a provider whose servers cannot be reached at start (*exc*), as a
-    :class:`~trio_grains.ConfigError` telling what to do; authorization errors are kept."""
+    :class:`~trio_grains.ConfigError` telling what to do; authorization errors are kept.
+    Passwords and tokens in the server URLs are not printed."""
     if isinstance(exc, AuthorizationError):
         return exc
+    shown = ", ".join(redact_url(url) for url in servers)
     return ConfigError(
-        f"{section} cannot reach a NATS server at {', '.join(servers)} ({exc}): start "
+        f"{section} cannot reach a NATS server at {shown} ({exc}): start "
         f"nats-server (with JetStream: nats-server -js), or set {section} options servers "
         "to where it runs"
     )
