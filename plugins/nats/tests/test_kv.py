@@ -14,6 +14,7 @@ from trio_grains_nats import (
     NotFoundError,
     WrongLastSequenceError,
 )
+from trio_grains_nats._exceptions import InvalidKeyError
 from trio_grains_nats._kv import KeyValue
 
 
@@ -240,3 +241,83 @@ async def test_write_errors_and_revisions(js: JetStream) -> None:
     assert (await kv.get("k")).revision == rev5
     info = await js.stream_info(f"KV_{kv.bucket}")
     assert info.state.last_seq == rev5
+
+
+async def test_a_wildcard_key_reads_nothing_but_an_error(js: JetStream) -> None:
+    """A key is a subject: ``get("victim.*")`` used to return another key's entry."""
+    kv = await js.create_key_value(_bucket())
+    await kv.put("victim.secret", b"theirs")
+    for key in ("victim.*", "victim.>", ">", "*", "victim.se*", "a>"):
+        with pytest.raises(InvalidKeyError, match="bad KV key"):
+            await kv.get(key)
+    with pytest.raises(InvalidKeyError, match="wildcards are for watch"):
+        await kv.get("victim.*")
+    # the explicit filter API finds it, and says which key it found
+    entry = await kv.last_entry("victim.*")
+    assert (entry.key, entry.value) == ("victim.secret", b"theirs")
+    assert (await KeyValue(js, kv.bucket, direct=False).last_entry(">")).key == "victim.secret"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        ".a",
+        "a.",
+        "a..b",
+        "a b",
+        "a\tb",
+        "a\r\nPUB x 1",
+        "ключ",
+        "a*",
+        "a.>",
+        "a:b",
+        "a" * 4000,
+    ],
+)
+async def test_bad_keys_are_refused_before_anything_is_sent(js: JetStream, key: str) -> None:
+    kv = await js.create_key_value(_bucket())
+    writes = (
+        kv.put(key, b"x"),
+        kv.create(key, b"x"),
+        kv.update(key, b"x", 1),
+        kv.delete(key),
+        kv.get(key),
+    )
+    for write in writes:
+        with pytest.raises(InvalidKeyError) as info:
+            await write
+        assert isinstance(info.value, ValueError)
+        assert len(str(info.value)) < 300  # a long key is shortened in the message
+    info_after = await js.stream_info(f"KV_{kv.bucket}")
+    assert info_after.state.messages == 0
+
+
+async def test_the_keys_the_providers_use_are_valid(js: JetStream) -> None:
+    kv = await js.create_key_value(_bucket())
+    for key in ("cart.cart/alice", "a-b_c/d=E9", "counter%2Falice@x", "=", "A.b.0"):
+        rev = await kv.put(key, b"v")
+        assert (await kv.get(key)).revision == rev
+    with pytest.raises(InvalidKeyError, match="longer than 3900"):
+        await kv.put("k" * (3900 - len(f"$KV.{kv.bucket}.") + 1), b"v")
+    await kv.put("k" * (3900 - len(f"$KV.{kv.bucket}.")), b"v")
+
+
+async def test_watch_and_last_entry_take_filters_only(js: JetStream) -> None:
+    kv = await js.create_key_value(_bucket())
+    for bad in ("a.>.b", "a..*", "a b.*", ".>", "a*.b"):
+        for call in (kv.last_entry(bad), kv.watch(bad).__aenter__()):
+            with pytest.raises(InvalidKeyError, match="bad KV filter"):
+                await call
+    await kv.put("x.y", b"1")
+    with trio.fail_after(5):
+        async with kv.watch("x.*") as watcher:
+            assert (await watcher.__anext__()).key == "x.y"
+    with pytest.raises(NotFoundError):
+        await kv.last_entry("nothing.>")
+
+
+async def test_bucket_names_are_checked(js: JetStream) -> None:
+    for bucket in ("a.b", "a*", ">", "", "a b"):
+        with pytest.raises(ValueError, match="bucket name"):
+            KeyValue(js, bucket)

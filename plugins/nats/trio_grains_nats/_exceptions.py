@@ -12,6 +12,8 @@ Every error raised on purpose derives from :class:`NatsError` (itself a
     ├── ProtocolViolationError         a `-ERR` the server sent that names a bad request
     │                                  (bad subject, payload too large, permissions, ...)
     ├── NoRespondersError              a request reached no subscriber of its subject
+    ├── InvalidKeyError                a KV key (or watch filter) NATS KV does not allow
+    │                                  (also a ValueError)
     └── JetStreamError                 JetStream-level failures
         ├── JetStreamAPIError          the JetStream API answered with an error
         │   │                          (``code``, ``err_code``, ``description``)
@@ -32,6 +34,7 @@ from trio_grains import GrainsError
 __all__ = [
     "AuthorizationError",
     "ConnectionClosedError",
+    "InvalidKeyError",
     "JetStreamAPIError",
     "JetStreamError",
     "KeyDeletedError",
@@ -72,6 +75,12 @@ class ProtocolViolationError(NatsError):
 
 class NoRespondersError(NatsError):
     """A request was published on a subject that no subscriber listens to."""
+
+
+class InvalidKeyError(NatsError, ValueError):
+    """A key-value key NATS KV does not allow: a wildcard (``*``, ``>``), an empty token,
+    a character outside ``A-Z a-z 0-9 - _ / = . % @``, or too long a subject. Nothing is
+    sent to the server."""
 
 
 class JetStreamError(NatsError):

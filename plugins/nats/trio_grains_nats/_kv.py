@@ -12,11 +12,20 @@ base64) when the bucket allows it and has one replica. With more replicas every 
 answers direct gets, and a follower may not have applied the latest writes yet; those
 buckets (and ones without ``allow_direct``) are read through the stream leader
 (``STREAM.MSG.GET``), so a ``get`` always sees every write acknowledged before it.
+
+Keys are checked before anything is sent (:class:`InvalidKeyError`, a ValueError): tokens
+of ``A-Z a-z 0-9 - _ / =`` joined by ``.`` as NATS KV allows, plus ``%`` and ``@`` (grain-id
+tokens, the directory's keys, use them); no empty token, no wildcard, and the subject
+``$KV.<bucket>.<key>`` at most :data:`MAX_SUBJECT_LENGTH` characters. A key is a subject,
+so a wildcard in it would read or write *other* keys (``get("victim.*")`` was the latest
+entry of any ``victim.`` key): only :meth:`KeyValue.watch` and :meth:`KeyValue.last_entry`
+take a filter, whose tokens may also be ``*`` and, last, ``>``.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +35,7 @@ import trio
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig, StreamInfo
 
 from ._exceptions import (
+    InvalidKeyError,
     JetStreamError,
     KeyDeletedError,
     KeyExistsError,
@@ -39,15 +49,61 @@ if TYPE_CHECKING:
     from ._jetstream import JetStream
     from ._subscription import Subscription
 
-__all__ = ["KeyValue", "KvEntry", "KvWatcher"]
+__all__ = ["MAX_SUBJECT_LENGTH", "KeyValue", "KvEntry", "KvWatcher"]
 
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _OPERATION = "KV-Operation"
 _TTL = "Nats-TTL"
 _SEQUENCE = "Nats-Sequence"  # of a direct get's reply
+_SUBJECT = "Nats-Subject"  # of a direct get's reply
 _DEL_HEADERS = {_OPERATION: "DEL"}
 
 Operation = Literal["PUT", "DEL", "PURGE"]
+
+MAX_SUBJECT_LENGTH = 3900
+"""The longest ``$KV.<bucket>.<key>`` subject a key may make: a publish's control line
+must fit nats-server's ``max_control_line`` (4 KiB by default). The storage, reminder and
+directory providers check the same bound first, with a message naming the record."""
+
+_KEY_TOKEN = re.compile(r"[-/_=a-zA-Z0-9%@]+")
+_BUCKET = re.compile(r"[-_a-zA-Z0-9]+")
+
+
+def _shown(key: str) -> str:
+    return repr(key) if len(key) <= 60 else f"{key[:60]!r}... ({len(key)} characters)"
+
+
+def check_key(prefix: str, key: object, *, wildcards: bool = False) -> None:
+    """An :class:`InvalidKeyError` unless *key* is a key NATS KV allows (or, with
+    *wildcards*, a filter: tokens may also be ``*``, and the last one ``>``), and
+    ``<prefix><key>`` fits :data:`MAX_SUBJECT_LENGTH`."""
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"a KV key must be a str, not {type(key).__name__}")
+    tokens = key.split(".")
+    for i, token in enumerate(tokens):
+        if _KEY_TOKEN.fullmatch(token):
+            continue
+        if wildcards and (token == "*" or (token == ">" and i == len(tokens) - 1)):
+            continue
+        what = "filter" if wildcards else "key"
+        if not token:
+            why = (
+                "it is empty"
+                if not key
+                else "it has an empty token (a leading, trailing or double '.')"
+            )
+        elif not wildcards and ("*" in token or ">" in token):
+            why = "wildcards are for watch() and last_entry() filters, not keys"
+        elif token in ("*", ">"):
+            why = "'>' may only be its last token"
+        else:
+            why = "use only A-Z a-z 0-9 - _ / = % @ and '.' between tokens (escape the rest)"
+        raise InvalidKeyError(f"bad KV {what} {_shown(key)}: {why}")
+    if len(prefix) + len(key) > MAX_SUBJECT_LENGTH:
+        raise InvalidKeyError(
+            f"bad KV key {_shown(key)}: the subject {prefix}<key> would be longer than "
+            f"{MAX_SUBJECT_LENGTH} characters; use a shorter key"
+        )
 
 
 @attrs.frozen
@@ -136,6 +192,8 @@ class KeyValue:
     """
 
     def __init__(self, js: JetStream, bucket: str, *, direct: bool = False) -> None:
+        if not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"bad KV bucket name {bucket!r}: use only A-Z a-z 0-9 - _")
         self._js = js
         self.bucket = bucket
         self._stream = f"KV_{bucket}"
@@ -149,7 +207,23 @@ class KeyValue:
 
     async def get(self, key: str) -> KvEntry:
         """The latest value of *key*: :class:`NotFoundError` if it never had one,
-        :class:`KeyDeletedError` (a subclass) if its latest entry is a delete."""
+        :class:`KeyDeletedError` (a subclass) if its latest entry is a delete.
+        :class:`InvalidKeyError` for a key with a wildcard (see :meth:`last_entry`)."""
+        check_key(self._prefix, key)
+        return await self._last(key)
+
+    async def last_entry(self, keys: str = ">") -> KvEntry:
+        """The latest entry of any key that the filter *keys* matches (``*`` for one token,
+        a last ``>`` for the rest, as :meth:`watch` takes): its ``key`` is the one found.
+
+        :class:`NotFoundError` if no key matches, :class:`KeyDeletedError` if that latest
+        entry is a delete (its ``revision`` is still the filter's last one).
+        """
+        check_key(self._prefix, keys, wildcards=True)
+        return await self._last(keys)
+
+    async def _last(self, key: str) -> KvEntry:
+        """The latest entry on ``$KV.<bucket>.<key>`` (*key* checked, maybe a filter)."""
         if not self._direct:
             return await self._get_from_leader(key)
         subject = self._prefix + key
@@ -157,7 +231,7 @@ class KeyValue:
             msg = await self._js.direct_get_last(
                 self._stream,
                 subject,
-                # a whole-token wildcard in the key would make the request subject one
+                # a whole-token wildcard in a filter would make the request subject one
                 in_subject=self._direct_in_subject and "*" not in key and ">" not in key,
             )
         except NoRespondersError:
@@ -168,10 +242,17 @@ class KeyValue:
         if headers is None or _SEQUENCE not in headers:
             raise JetStreamError(f"the direct get of {subject!r} answered without a sequence")
         revision = int(headers[_SEQUENCE])
+        key = self._key_of(headers.get(_SUBJECT), key)
         op = headers.get(_OPERATION)
         if op == "DEL" or op == "PURGE":
             raise KeyDeletedError(key, revision)
         return KvEntry(self.bucket, key, msg.data, revision)
+
+    def _key_of(self, subject: str | None, key: str) -> str:
+        """The key of the entry found on *subject*; *key* (what was asked) if unknown."""
+        if subject is not None and subject.startswith(self._prefix):
+            return subject[len(self._prefix) :]
+        return key
 
     async def _get_from_leader(self, key: str) -> KvEntry:
         """``get`` through the stream leader (``STREAM.MSG.GET``: JSON, base64)."""
@@ -179,6 +260,7 @@ class KeyValue:
             f"STREAM.MSG.GET.{self._stream}", {"last_by_subj": self._prefix + key}
         )
         message = resp["message"]
+        key = self._key_of(message.get("subject"), key)
         headers: dict[str, str] | None = None
         if message.get("hdrs"):
             headers, _, _ = decode_headers(base64.b64decode(message["hdrs"]))
@@ -191,6 +273,7 @@ class KeyValue:
 
     async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
         """Set *key*; returns the new revision. *ttl*: seconds until the entry expires."""
+        check_key(self._prefix, key)
         headers = _ttl_header(ttl) if ttl is not None else None
         return await self._js.publish_sequence(self._prefix + key, value, headers=headers)
 
@@ -200,6 +283,7 @@ class KeyValue:
         Raises :class:`KeyExistsError` if it has one: of many concurrent creates, exactly
         one wins.
         """
+        check_key(self._prefix, key)
         try:
             return await self._cas(key, value, 0, ttl)
         except WrongLastSequenceError as exc:
@@ -225,6 +309,7 @@ class KeyValue:
 
         Raises :class:`WrongLastSequenceError` if someone else wrote it meanwhile.
         """
+        check_key(self._prefix, key)
         return await self._cas(key, value, revision, ttl)
 
     async def _cas(self, key: str, value: bytes, last: int, ttl: float | None) -> int:
@@ -235,6 +320,7 @@ class KeyValue:
 
     async def delete(self, key: str, *, revision: int | None = None) -> int:
         """Write a delete marker for *key* (only at *revision*, if given)."""
+        check_key(self._prefix, key)
         headers = _DEL_HEADERS
         if revision is not None:
             headers = {**headers, _EXPECTED_LAST_SUBJECT_SEQ: str(revision)}
@@ -244,12 +330,14 @@ class KeyValue:
     async def watch(
         self, keys: str = ">", *, include_history: bool = False, updates_only: bool = False
     ) -> AsyncIterator[KvWatcher]:
-        """Watch *keys* (wildcards allowed): ``async with kv.watch() as w: async for e in w``.
+        """Watch the keys the filter *keys* matches (``*`` for one token, a last ``>`` for
+        the rest; default every key): ``async with kv.watch() as w: async for e in w``.
 
         First the current entries (every revision with *include_history*; none with
         *updates_only*), then every change, deletes included (``operation="DEL"``).
         Backed by an ephemeral push consumer, removed on exit.
         """
+        check_key(self._prefix, keys, wildcards=True)
         conn = self._js._conn
         inbox = conn.new_inbox()
         sub = await conn.subscribe(inbox, max_pending=1 << 16)

@@ -212,9 +212,9 @@ class NatsKvReminderTable(ReminderTable):
                 # The last entry under the filter once the watch's consumer exists: every
                 # entry the watch delivers first (the latest of each key, in revision order)
                 # is at or before it, so the snapshot is complete once it or a later one
-                # arrives. A get of a wildcard key is the last message on the filter.
+                # arrives.
                 try:
-                    last = (await self._kv.get(keys)).revision
+                    last = (await self._kv.last_entry(keys)).revision
                 except KeyDeletedError as exc:
                     last = exc.revision
                 except NotFoundError as exc:
