@@ -153,6 +153,24 @@ class _Request:
 _STOP: Final = object()
 
 
+def _create_private(path: str) -> None:
+    """Create *path* empty, readable and writable by its owner only (0600), unless it exists.
+
+    Grain states and reminders are nobody else's business, but sqlite3 creates a database
+    0644 (less the umask). SQLite gives the ``-wal``, ``-shm`` and ``-journal`` files the
+    mode of the database file, so creating it first is enough, without touching the
+    process-wide umask while other threads create files. An empty file is a new database
+    to SQLite. An existing file keeps its mode (an operator may have chosen it); any other
+    failure is left for sqlite3 to report, naming the file.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        return
+    os.close(fd)
+
+
 @attrs.define(eq=False)
 class _Connection:
     """One sqlite3 connection owned by one thread, serving queued calls in transactions."""
@@ -293,6 +311,8 @@ class _Connection:
             self._token.run_sync_soon(self._deliver, leftovers)
 
     def _connect(self) -> sqlite3.Connection:
+        if self.options.path != MEMORY:
+            _create_private(self.options.path)
         conn = sqlite3.connect(
             self.options.path, timeout=self.options.busy_timeout, isolation_level=None
         )
