@@ -412,6 +412,12 @@ async def test_too_large_arguments_and_results_fail_the_call_not_the_silos() -> 
         assert len(await silo_named(cluster, host).get_grain(EchoGrain, "e").big(10_000)) == 10_000
 
 
+def _decode_reply(data: bytes) -> env.Reply:
+    message = env.decode(data, env.Limits(lambda address: True))
+    assert isinstance(message, env.Reply)
+    return message
+
+
 async def test_malformed_messages_are_dropped_and_counted() -> None:
     async with open_test_cluster(2, grains=[EchoGrain]) as cluster:
         assert cluster.memory is not None
@@ -430,12 +436,12 @@ async def test_malformed_messages_are_dropped_and_counted() -> None:
             msgpack.packb([env.REPLY, 1, 0, "not bytes", "silo"]),
             msgpack.packb([7, 1, 2, 3, 4, 5, 6, 7, 8]),
         ]
-        before = messenger.malformed
+        before = messenger.dropped["malformed"]
         async with cluster.memory.open_endpoint("rogue") as rogue:
             for message in junk:
                 await rogue.send(messenger.transport.address, message)
             await trio.testing.wait_all_tasks_blocked()
-        assert messenger.malformed - before == len(junk)
+        assert messenger.dropped["malformed"] - before == len(junk)
         # the silo keeps serving, locally and remotely
         assert await silo.get_grain(EchoGrain, "a").echo("a") == "a"
         for i in range(10):
@@ -461,18 +467,18 @@ async def test_a_request_the_silo_cannot_serve_gets_an_error_reply() -> None:
                 )
                 await rogue.send(address, request)
                 with trio.fail_after(5):
-                    fields = env.decode(await rogue.receive())
-                assert fields[:3] == [env.REPLY, call_id, env.ERROR]
-                exc = silo.codec.decode_exception(fields[3])
+                    reply = _decode_reply(await rogue.receive())
+                assert (reply.call_id, reply.status) == (call_id, env.ERROR)
+                exc = silo.codec.decode_exception(reply.payload)
                 assert isinstance(exc, kind)
                 assert text in str(exc)
             # and a well-formed one is answered
             request = env.encode_request(99, rogue.address, "echo/e", "echo", args, 5.0, 0, 0)
             await rogue.send(address, request)
             with trio.fail_after(5):
-                fields = env.decode(await rogue.receive())
-            assert fields[:3] == [env.REPLY, 99, env.OK]
-            assert msgpack.unpackb(fields[3]) == "hi"
+                reply = _decode_reply(await rogue.receive())
+            assert (reply.call_id, reply.status) == (99, env.OK)
+            assert msgpack.unpackb(reply.payload) == "hi"
         assert await cluster.get_grain(EchoGrain, "e").echo("ok") == "ok"
 
 
@@ -484,8 +490,8 @@ async def test_a_request_with_a_nan_timeout_is_dropped_as_malformed(
         silo = cluster.silos[0]
         messenger = silo.cluster.messenger  # type: ignore[union-attr]
         args = msgpack.packb({"value": "hi"})
-        before = messenger.malformed
-        replies: list[list[Any]] = []
+        before = messenger.dropped["malformed"]
+        replies: list[env.Reply] = []
         async with cluster.memory.open_endpoint("rogue") as rogue:
             for call_id, timeout in enumerate([float("nan"), -1.0, float("inf")], 1):
                 request = env.encode_request(
@@ -494,11 +500,11 @@ async def test_a_request_with_a_nan_timeout_is_dropped_as_malformed(
                 await rogue.send(messenger.transport.address, request)
             with trio.move_on_after(5):
                 while True:
-                    replies.append(env.decode(await rogue.receive()))
-        # NaN: malformed (it used to break the activation with "deadline must not be NaN");
-        # a deadline already past: dropped unanswered, as for a caller that gave up
-        assert messenger.malformed == before + 1
-        assert [fields[:3] for fields in replies] == [[env.REPLY, 3, env.OK]]
+                    replies.append(_decode_reply(await rogue.receive()))
+        # NaN, negative and infinite timeouts are malformed (NaN used to break the
+        # activation with "deadline must not be NaN"; a negative one was dropped unanswered)
+        assert messenger.dropped["malformed"] == before + 3
+        assert replies == []
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert not cluster.stopped
         assert await silo.get_grain(EchoGrain, "t1").echo("ok") == "ok"

@@ -415,10 +415,14 @@ async def test_a_factory_that_yields_no_tracer_is_named() -> None:
 
 def test_the_envelope_carries_trace_headers_and_rejects_malformed_ones() -> None:
     headers = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    limits = env.Limits(lambda address: address == "reply")
     data = env.encode_request(1, "reply", "counter/a", "add", b"", None, 0, 0, headers)
-    request = env.Request(env.decode(data))
+    request = env.decode(data, limits)
+    assert isinstance(request, env.Request)
     assert request.trace == headers
-    assert env.Request(env.decode(request.encode())).trace == headers  # forwarded as is
+    forwarded = env.decode(request.encode(), limits)  # forwarded as is
+    assert isinstance(forwarded, env.Request)
+    assert forwarded.trace == headers
     bad = env.encode_request(1, "reply", "counter/a", "add", b"", None, 0, 0, {"a": 1})  # type: ignore[dict-item]
     with pytest.raises(SerializationError, match="malformed request"):
-        env.Request(env.decode(bad))
+        env.decode(bad, limits)

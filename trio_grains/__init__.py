@@ -21,6 +21,7 @@ from ._config import SiloConfig as SiloConfig
 from ._directory import DirectoryEntry as DirectoryEntry
 from ._directory import GrainDirectory as GrainDirectory
 from ._directory import MemoryGrainDirectory as MemoryGrainDirectory
+from ._exceptions import ActivationOverloadedError as ActivationOverloadedError
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import DirectoryError as DirectoryError
 from ._exceptions import GrainCallError as GrainCallError
@@ -127,6 +128,7 @@ __all__ = [
     "SINGLETON_KEY",
     "ActivationCountPlacement",
     "Client",
+    "ActivationOverloadedError",
     "ClientConfig",
     "ClientStatistics",
     "ClusterBackend",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import outcome
 import trio
 
-from ._exceptions import ActivationRaceLostError, InternalError
+from ._exceptions import ActivationOverloadedError, ActivationRaceLostError, InternalError
 from ._grain import Grain
 from ._logging import GRAIN_ID, SILO_ID
 from ._messaging import (
@@ -144,11 +144,22 @@ class Activation:
 
         A call that may interleave with anything runs at once in a task of its own instead:
         it must not wait behind a turn that the activation's task is running.
+
+        A full mailbox (``SiloConfig.max_queued_calls``) fails the call at once with
+        :class:`~trio_grains.ActivationOverloadedError` instead of queueing it.
         """
         self._ensure_worker()
         if call.kind == INTERLEAVE and self.state == ACTIVE:
             self.begin_turn(INTERLEAVE)
             self._spawn(self._run_turn_in_own_scope, call)
+            return
+        if self.queued >= self.runtime.max_queued_calls:
+            call.fail(
+                ActivationOverloadedError(
+                    f"{call.describe()} refused: {self.grain_id} already has {self.queued} "
+                    "calls waiting (SiloConfig.max_queued_calls); retry later"
+                )
+            )
             return
         assert self._send is not None
         self.queued += 1

@@ -24,10 +24,11 @@ from ._exceptions import (
     SiloUnavailableError,
 )
 from ._grain import GrainClassInfo, GrainClassRegistry, GrainInterface, MethodInfo, class_info
-from ._ids import GrainId, GrainKey
+from ._ids import GrainId, GrainKey, check_key_length
 from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY, Call, TimeoutWheel, wait_reply
 from ._metrics import SiloMetrics, timed_call
 from ._reference import GrainReference, reference_class
+from ._streams import implicit_subscriptions
 from ._tracing import SpanKind, Tracer, call_attributes, traced_methods
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ class Catalog:
         #: the tracing provider's tracer (``SiloConfig.tracing``), set by the silo
         self.tracer: Tracer | None = None
         self._tables: dict[type, dict[str, MethodInfo]] = {}
+        self._remote_tables: dict[type, dict[str, MethodInfo]] = {}
+        self.max_queued_calls = config.max_queued_calls
         #: storage name -> (opened provider, provider name), set by the silo
         self.storages: dict[str, tuple[GrainStorage, str]] = {}
         self.reminders: ReminderService | None = None
@@ -99,6 +102,20 @@ class Catalog:
             self._tables[info.cls] = table
         return table
 
+    def remote_methods(self, info: GrainClassInfo) -> dict[str, MethodInfo]:
+        """The methods of *info* that other processes may call: those its grain interfaces
+        declare (all of them if it implements none), and those the runtime calls on it from
+        any silo (``receive_reminder``, implicit stream subscriptions' handlers)."""
+        table = self._remote_tables.get(info.cls)
+        if table is None:
+            table = self.method_table(info)
+            if info.declared is not None:
+                allowed = info.declared | {"receive_reminder"}
+                allowed |= {sub.handler for sub in implicit_subscriptions(info.cls)}
+                table = {name: m for name, m in table.items() if name in allowed}
+            self._remote_tables[info.cls] = table
+        return table
+
     def reminder_service(self) -> ReminderService:
         if self.reminders is None:
             raise SiloUnavailableError("the silo's reminder service is not running")
@@ -115,6 +132,7 @@ class Catalog:
     def get_grain(self, grain_class: type[G], key: GrainKey, *, key_ext: str | None = None) -> G:
         info = class_info(grain_class)
         grain_id = GrainId.create(info.grain_type, key, key_ext)
+        check_key_length(grain_id.key, self.config.max_key_length)
         return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
 
     def reference(self, grain_class: type[G], grain_id: GrainId | str) -> G:
@@ -245,7 +263,8 @@ class Catalog:
         if self.tracer is not None:
             return await self._wait_traced(self.tracer, act, call)
         act.post(call)
-        self.wheel.add(call)
+        if call.result is None:  # (not refused by a full mailbox)
+            self.wheel.add(call)
         return await wait_reply(call)
 
     async def _wait_traced(self, tracer: Tracer, act: Activation, call: Call) -> Any:
@@ -256,7 +275,8 @@ class Catalog:
         with tracer.span(f"{grain_type}/{name}", SpanKind.CLIENT, attributes):
             call.trace = tracer.current()
             act.post(call)
-            self.wheel.add(call)
+            if call.result is None:  # (not refused by a full mailbox)
+                self.wheel.add(call)
             return await wait_reply(call)
 
     def _copy_outcome(

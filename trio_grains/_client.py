@@ -24,7 +24,13 @@ import cattrs
 import trio
 
 from ._cluster import call_anywhere
-from ._config import PluginsConfig, ProviderConfig, positive_seconds, structure_config
+from ._config import (
+    PluginsConfig,
+    ProviderConfig,
+    positive_int,
+    positive_seconds,
+    structure_config,
+)
 from ._exceptions import (
     ConfigError,
     GrainCallTimeoutError,
@@ -32,7 +38,7 @@ from ._exceptions import (
     MembershipUnavailableError,
 )
 from ._grain import GrainClassRegistry, GrainInterface, MethodInfo, class_info
-from ._ids import GrainId, GrainKey
+from ._ids import GrainId, GrainKey, check_key_length
 from ._locator import Locator
 from ._membership import MembershipTable, MembershipView
 from ._messaging import TimeoutWheel
@@ -71,6 +77,8 @@ class ClientConfig:
       (``client.get_stream_provider(name)``). A client publishes; it pulls nothing.
     * ``tracing``: the tracing provider, as the silos have it: calls and publishes start
       traces (or continue the caller's) that the silos continue.
+    * ``max_key_length``: the longest grain key ``get_grain`` accepts (as the silos'
+      ``SiloConfig.max_key_length``: they refuse calls to longer keys).
     """
 
     name: str = attrs.field(factory=_default_client_name)
@@ -80,6 +88,7 @@ class ClientConfig:
     streams: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
     tracing: ProviderConfig | None = None
+    max_key_length: int = attrs.field(default=1024, validator=positive_int)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -97,6 +106,9 @@ class ClientStatistics:
     pending_calls: int
     messages_sent: int
     messages_received: int
+    #: messages dropped at the client's endpoint, by reason (forged or late replies are
+    #: ``unexpected_reply``); see ``docs/security.md``
+    dropped_messages: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class Client:
@@ -132,6 +144,7 @@ class Client:
         """A reference to grain ``(type of grain_class, key)``; *grain_class* may be an
         interface (the client needs no grain classes). No I/O."""
         grain_id = GrainId.create(class_info(grain_class).grain_type, key, key_ext)
+        check_key_length(grain_id.key, self._config.max_key_length)
         return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
 
     def get_grain_by_id(self, grain_class: type[G], grain_id: GrainId | str) -> G:
@@ -197,6 +210,7 @@ class Client:
             pending_calls=messenger.pending(),
             messages_sent=messenger.sent,
             messages_received=messenger.received,
+            dropped_messages=dict(messenger.dropped),
         )
 
     def _running(self) -> tuple[Locator, Messenger]:
@@ -263,7 +277,7 @@ async def open_client(
     async with (
         open_tracer(loaded.tracers, config.tracing, attrs.evolve(ctx, name="tracing")) as tracer,
         factory(ctx, dict(config.clustering.options)) as backend,
-        backend.open_endpoint(client._endpoint_id) as transport,
+        backend.open_client_endpoint(config.name, client._endpoint_id) as transport,
         trio.open_nursery() as nursery,
     ):
         wheel = TimeoutWheel(config.response_timeout, _timeout_error)
@@ -277,7 +291,7 @@ async def open_client(
         )
         messenger = Messenger(
             transport, client._codec, wheel, client._endpoint_id, locator.address_of
-        )
+        )  # (a client's endpoint takes no requests, so its reply-address limit never applies)
         messenger.tracer = client._tracer = tracer
         client._locator, client._messenger = locator, messenger
 

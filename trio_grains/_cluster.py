@@ -35,11 +35,12 @@ from ._exceptions import (
     ActivationRaceLostError,
     DirectoryError,
     GrainCallError,
+    GrainCallTimeoutError,
     GrainMethodError,
     GrainsError,
     SiloUnavailableError,
 )
-from ._ids import GrainId
+from ._ids import GrainId, check_key_length
 from ._locator import Locator
 from ._membership import MembershipView, SiloEntry, SiloStatus
 from ._messaging import ABANDONED, DONE, Call, log_one_way_outcome
@@ -127,8 +128,16 @@ class SiloCluster:
             self_id=silo_id,
             local_load=lambda: len(catalog._activations),
         )
+        config = catalog.config
+        self.max_key_length = config.max_key_length
         self.messenger = Messenger(
-            transport, catalog.codec, catalog.wheel, silo_id, self.locator.address_of
+            transport,
+            catalog.codec,
+            catalog.wheel,
+            silo_id,
+            self.locator.address_of,
+            max_subject_length=config.max_subject_length,
+            max_grain_id_length=config.max_key_length + 256,
         )
         self.messenger.tracer = catalog.tracer
         self.messenger.on_request = self._on_request
@@ -311,14 +320,23 @@ class SiloCluster:
             grain_id = self._grain_ids.get(req.grain_id)
             if grain_id is None:
                 grain_id = GrainId.parse(req.grain_id)
+                check_key_length(grain_id.key, self.max_key_length)
                 if len(self._grain_ids) >= _GRAIN_ID_CACHE_SIZE:
                     self._grain_ids.clear()
                 self._grain_ids[req.grain_id] = grain_id
             info = catalog._implementation(grain_id, None)
-            method = catalog.method_table(info).get(req.method)
+            method = catalog.remote_methods(info).get(req.method)
             if method is None:
-                raise GrainMethodError(f"{info.describe()} has no grain method {req.method!r}")
+                raise GrainMethodError(
+                    f"{info.describe()} has no grain method {req.method!r} that other "
+                    "processes may call (see its grain interfaces)"
+                )
             kwargs = catalog.codec.decode_call(method, req.args)
+            if req.timeout == 0:
+                raise GrainCallTimeoutError(
+                    f"the caller's deadline for {grain_id}.{req.method}() had passed when "
+                    "the call was sent"
+                )
         except (GrainsError, ValueError) as exc:
             messenger.reply_error(req, exc)
             return
@@ -384,14 +402,14 @@ class SiloCluster:
     def _send_reply(
         self, req: env.Request, method: MethodInfo, result: outcome.Outcome[Any]
     ) -> None:
-        codec = self.catalog.codec
+        messenger = self.messenger
         if isinstance(result, outcome.Value):
             try:
-                payload = codec.encode_result(method, result.value)
-            except GrainsError as exc:
-                self.messenger.reply(req, env.ERROR, codec.encode_exception(exc))
+                payload = self.catalog.codec.encode_result(method, result.value)
+            except Exception as exc:
+                messenger.reply(req, env.ERROR, messenger.encode_exception(exc))
                 return
-            self.messenger.reply(req, env.OK, payload)
+            messenger.reply(req, env.OK, payload)
         else:
             assert isinstance(result, outcome.Error)
-            self.messenger.reply(req, env.ERROR, codec.encode_exception(result.error))
+            messenger.reply(req, env.ERROR, messenger.encode_exception(result.error))

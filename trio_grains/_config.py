@@ -24,6 +24,11 @@ def positive_seconds(_inst: object, attribute: attrs.Attribute[float], value: fl
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
 
+def positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
 def _default_silo_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -97,6 +102,14 @@ class SiloConfig:
     * ``tracing``: the tracing provider (``[tracing] provider = "otel"``, registered by
       plugins through ``grains_register_tracers``); ``None`` (the default): no tracing,
       and the call path does nothing extra.
+    * Limits on what callers send (``docs/security.md``): ``max_key_length``, the longest
+      grain key, in characters (``get_grain`` raises :class:`~trio_grains.GrainIdError`
+      past it, and requests for such grains are refused); ``max_subject_length``, the
+      longest reply address a request may name; ``max_queued_calls``, calls an activation
+      queues before it answers :class:`~trio_grains.ActivationOverloadedError` (Orleans'
+      request-queue limit). ``remote_tracebacks``: error replies carry the grain's
+      traceback text (off by default: it tells any caller about the server's code; on in
+      the test cluster and the demo).
     """
 
     name: str = attrs.field(factory=_default_silo_name)
@@ -121,6 +134,10 @@ class SiloConfig:
     metrics: bool = False
     services: Mapping[str, ProviderConfig] = attrs.field(factory=dict)
     tracing: ProviderConfig | None = None
+    max_key_length: int = attrs.field(default=1024, validator=positive_int)
+    max_subject_length: int = attrs.field(default=256, validator=positive_int)
+    max_queued_calls: int = attrs.field(default=10_000, validator=positive_int)
+    remote_tracebacks: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.dead_after <= self.heartbeat_interval:

@@ -1,4 +1,4 @@
-"""The envelopes of messages between silos and clients: requests and replies.
+"""The envelopes of messages between silos and clients: requests, replies and cancels.
 
 A message is a msgpack array; the call's arguments and its result are already encoded by
 the :class:`~trio_grains._serialization.Codec` (by the method's annotations) and travel
@@ -8,20 +8,29 @@ as opaque bytes inside it::
     reply:   [1, call_id, status, payload, silo_id]
     cancel:  [2, call_id, reply_to]     (the caller was cancelled: cancel the turn)
 
-``reply_to`` is the caller's transport address (``""`` for one-way calls, which get no
-reply); ``timeout`` the seconds left of the caller's deadline (``None``: none), so a
-deadline travels with the call without comparing clocks; ``hops`` counts forwards, and
-``flags`` holds :data:`LOCATE` when the receiver must find the activation itself (the
-caller does not host the grain class, so it cannot apply its placement strategy).
-``trace`` is ``None``, or with tracing on the caller's trace context as string headers (W3C
-``traceparent`` / ``tracestate``), which the receiving silo continues.
+``call_id`` is a random 64-bit number chosen by the caller (unguessable: a reply or a
+cancel must name it); ``reply_to`` is the caller's transport address (``""`` for one-way
+calls, which get no reply); ``timeout`` the seconds left of the caller's deadline
+(``None``: none), so a deadline travels with the call without comparing clocks; ``hops``
+counts forwards, and ``flags`` holds :data:`LOCATE` when the receiver must find the
+activation itself (the caller does not host the grain class, so it cannot apply its
+placement strategy). ``trace`` is ``None``, or with tracing on the caller's trace context
+as string headers (W3C ``traceparent`` / ``tracestate``), which the receiving silo continues.
+
+Every message is hostile until checked: :func:`decode` checks each field's type, range and
+length against :class:`Limits` (``bool`` is not an ``int``, a timeout is finite and not
+negative, a reply address is an endpoint of the cluster) and raises
+:class:`~trio_grains.SerializationError` for anything else, which the receiver counts and
+drops. Nothing in a message is used before it passed here.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import msgpack
 
 from ._exceptions import SerializationError
@@ -34,6 +43,9 @@ __all__ = [
     "REPLY",
     "REQUEST",
     "REROUTE",
+    "Cancel",
+    "Limits",
+    "Reply",
     "Request",
     "decode",
     "encode_cancel",
@@ -44,8 +56,29 @@ __all__ = [
 REQUEST, REPLY, CANCEL = 0, 1, 2
 OK, ERROR, REROUTE = 0, 1, 2  # reply statuses; REROUTE: "not here, locate it again"
 LOCATE = 1  # request flag
+_FLAGS = LOCATE  # every flag a request may carry
+
+MAX_CALL_ID = 2**64 - 1
+MAX_HOPS = 64  # forwards; the runtime gives up long before (``_cluster.MAX_ATTEMPTS``)
+MAX_METHOD_LENGTH = 200
+MAX_TRACE_HEADERS = 8
+MAX_TRACE_HEADER_LENGTH = 1024
+MAX_SILO_ID_LENGTH = 512
 
 _pack = msgpack.Packer(use_bin_type=True).pack
+
+
+@attrs.frozen
+class Limits:
+    """What a receiver accepts in an envelope.
+
+    *is_endpoint_address* says whether a reply address belongs to the cluster's reply
+    namespace (:meth:`~trio_grains.Transport.is_endpoint_address`).
+    """
+
+    is_endpoint_address: Callable[[str], bool]
+    max_subject_length: int = 256
+    max_grain_id_length: int = 1024 + 256  # a key of max_key_length and its type name
 
 
 class Request:
@@ -76,21 +109,6 @@ class Request:
             self.flags,
             self.trace,
         ) = fields
-        if not (
-            isinstance(self.call_id, int)
-            and isinstance(self.reply_to, str)
-            and isinstance(self.grain_id, str)
-            and isinstance(self.method, str)
-            and isinstance(self.args, bytes)
-            and (
-                self.timeout is None
-                or (isinstance(self.timeout, (int, float)) and not math.isnan(self.timeout))
-            )
-            and isinstance(self.hops, int)
-            and isinstance(self.flags, int)
-            and (self.trace is None or _is_headers(self.trace))
-        ):
-            raise SerializationError("malformed request envelope")
 
     def encode(self) -> bytes:
         """This request as a message (e.g. to forward it with ``hops`` changed)."""
@@ -107,10 +125,22 @@ class Request:
         )
 
 
-def _is_headers(value: object) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    )
+class Reply:
+    """A decoded reply."""
+
+    __slots__ = ("call_id", "payload", "silo_id", "status")
+
+    def __init__(self, fields: list[Any]) -> None:
+        _, self.call_id, self.status, self.payload, self.silo_id = fields
+
+
+class Cancel:
+    """A decoded cancel: the caller at *reply_to* gave up its call *call_id*."""
+
+    __slots__ = ("call_id", "reply_to")
+
+    def __init__(self, fields: list[Any]) -> None:
+        _, self.call_id, self.reply_to = fields
 
 
 def encode_request(
@@ -135,30 +165,95 @@ def encode_cancel(call_id: int, reply_to: str) -> bytes:
     return _pack([CANCEL, call_id, reply_to])  # type: ignore[no-any-return]
 
 
-def decode(data: bytes) -> list[Any]:
-    """The fields of a message; :class:`SerializationError` if it is not an envelope."""
+class ReplyAddressError(SerializationError):
+    """A message's reply address is not an endpoint of this cluster (counted apart)."""
+
+
+def decode(data: bytes, limits: Limits) -> Request | Reply | Cancel:
+    """The message *data*, checked against *limits*.
+
+    Raises :class:`ReplyAddressError` for a reply address outside the cluster's reply
+    namespace and :class:`SerializationError` for anything else that is not an envelope.
+    """
     try:
         fields = msgpack.unpackb(data, use_list=True, raw=False)
     except Exception as exc:
-        raise SerializationError(f"not a trio-grains message: {exc}") from None
+        raise SerializationError(f"not a trio-grains message: {type(exc).__name__}") from None
     if not isinstance(fields, list) or not fields:
         raise SerializationError("not a trio-grains message: expected an array")
     kind = fields[0]
+    if type(kind) is not int:  # not True, not 0.0
+        raise SerializationError(f"not a trio-grains message: kind {kind!r}")
     if kind == REQUEST and len(fields) == 10:
-        return fields
-    if (
-        kind == REPLY
-        and len(fields) == 5
-        and isinstance(fields[1], int)
-        and isinstance(fields[2], int)
-        and isinstance(fields[3], bytes)
-    ):
-        return fields
-    if (
-        kind == CANCEL
-        and len(fields) == 3
-        and isinstance(fields[1], int)
-        and isinstance(fields[2], str)
-    ):
-        return fields
+        _check_request(fields, limits)
+        return Request(fields)
+    if kind == REPLY and len(fields) == 5:
+        _check_call_id(fields[1])
+        status, payload, silo_id = fields[2], fields[3], fields[4]
+        if type(status) is not int or status not in (OK, ERROR, REROUTE):
+            raise SerializationError(f"malformed reply: status {status!r}")
+        if not isinstance(payload, bytes):
+            raise SerializationError("malformed reply: payload is not bytes")
+        _check_str("silo id", silo_id, MAX_SILO_ID_LENGTH)
+        return Reply(fields)
+    if kind == CANCEL and len(fields) == 3:
+        _check_call_id(fields[1])
+        _check_reply_to(fields[2], limits, one_way=False)
+        return Cancel(fields)
     raise SerializationError(f"not a trio-grains message: kind {kind!r}, {len(fields)} fields")
+
+
+def _check_request(fields: list[Any], limits: Limits) -> None:
+    _, call_id, reply_to, grain_id, method, args, timeout, hops, flags, trace = fields
+    _check_call_id(call_id)
+    _check_reply_to(reply_to, limits, one_way=True)
+    _check_str("grain id", grain_id, limits.max_grain_id_length)
+    _check_str("method", method, MAX_METHOD_LENGTH)
+    if not isinstance(args, bytes):
+        raise SerializationError("malformed request: arguments are not bytes")
+    if timeout is not None and (
+        type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout < 0
+    ):
+        raise SerializationError(f"malformed request: timeout {timeout!r}")
+    if type(hops) is not int or not 0 <= hops <= MAX_HOPS:
+        raise SerializationError(f"malformed request: hops {hops!r}")
+    if type(flags) is not int or flags & ~_FLAGS or flags < 0:
+        raise SerializationError(f"malformed request: flags {flags!r}")
+    if trace is not None and not _is_headers(trace):
+        raise SerializationError("malformed request: trace is not a small map of strings")
+
+
+def _check_call_id(call_id: object) -> None:
+    if type(call_id) is not int or not 0 < call_id <= MAX_CALL_ID:
+        raise SerializationError(f"malformed message: call id {call_id!r}")
+
+
+def _check_str(what: str, value: object, limit: int) -> None:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        shown = value if not isinstance(value, str) else f"of {len(value)} characters"
+        raise SerializationError(f"malformed message: {what} {shown!r}")
+
+
+def _check_reply_to(reply_to: object, limits: Limits, *, one_way: bool) -> None:
+    if not isinstance(reply_to, str):
+        raise SerializationError(f"malformed message: reply address {reply_to!r}")
+    if not reply_to and one_way:
+        return  # a one-way call: no reply
+    if len(reply_to) > limits.max_subject_length or not limits.is_endpoint_address(reply_to):
+        raise ReplyAddressError(
+            f"reply address {reply_to[:80]!r}{'...' if len(reply_to) > 80 else ''} is not an "
+            "endpoint of this cluster"
+        )
+
+
+def _is_headers(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) <= MAX_TRACE_HEADERS
+        and all(
+            isinstance(k, str)
+            and isinstance(v, str)
+            and len(k) + len(v) <= MAX_TRACE_HEADER_LENGTH
+            for k, v in value.items()
+        )
+    )

@@ -12,7 +12,8 @@ Every error the runtime raises on purpose derives from :class:`GrainsError`::
     │   ├── GrainCallTimeoutError (TimeoutError)   no reply within the response timeout
     │   ├── RemoteGrainError               the grain raised an exception whose type could not
     │   │                                  be rebuilt here: carries type name, message, traceback
-    │   └── SiloUnavailableError           the silo is shutting down or is not running
+    │   ├── SiloUnavailableError           the silo is shutting down or is not running
+    │   └── ActivationOverloadedError      the activation's queue is full (max_queued_calls)
     ├── ConfigError (ValueError)           bad configuration: says which key and how to fix it
     ├── PluginError                        duplicate or unknown provider names, bad plugins
     ├── SerializationError                 a value the silo's converter cannot encode or decode
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 __all__ = [
     "first_leaf",
+    "ActivationOverloadedError",
     "ActivationRaceLostError",
     "StreamError",
     "RejectedItemError",
@@ -114,6 +116,13 @@ class RemoteGrainError(GrainCallError):
 
 class SiloUnavailableError(GrainCallError):
     """The silo is not running (not yet started, shutting down, or closed)."""
+
+
+class ActivationOverloadedError(GrainCallError):
+    """The activation already has ``SiloConfig.max_queued_calls`` calls waiting: the call
+    was refused, not run (Orleans' request-queue limit). Retry later with backoff, or
+    spread the load over more grains (a ``@stateless_worker`` or keys that shard it).
+    """
 
 
 class ConfigError(GrainsError, ValueError):

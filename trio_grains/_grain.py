@@ -165,6 +165,9 @@ class GrainClassInfo:
     placement: PlacementStrategy | None = None
     #: the ``persistent_state(...)`` declarations of the class, read at activation
     states: tuple[StateDeclaration[Any], ...] = ()
+    #: the methods its grain interfaces declare (``None``: it implements none, so every
+    #: grain method is its interface): what other processes may call
+    declared: frozenset[str] | None = None
 
     @property
     def class_name(self) -> str:
@@ -223,6 +226,12 @@ def _build_info(cls: type) -> GrainClassInfo:
                 idempotent=_flag(name, "__grain_idempotent__", mro),
                 kind=INTERLEAVE if interleave or is_reentrant else READ_ONLY if ro else EXCLUSIVE,
             )
+    interfaces = [k for k in mro if not issubclass(k, Grain)]
+    declared = (
+        frozenset(name for name in methods if any(name in vars(k) for k in interfaces))
+        if interfaces and issubclass(cls, Grain)
+        else None
+    )
     if issubclass(cls, Grain):
         for name in reserved & set(vars(cls)):
             if name not in Grain._overridable:
@@ -242,6 +251,7 @@ def _build_info(cls: type) -> GrainClassInfo:
         collection_age=getattr(cls, "__grain_collection_age__", None),
         placement=getattr(cls, "__grain_placement__", None),
         states=tuple(declarations(cls)) if issubclass(cls, Grain) else (),
+        declared=declared,
     )
 
 

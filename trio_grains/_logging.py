@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["GRAIN_ID", "SILO_ID", "GrainsContextFilter", "trace_ids_from"]
+__all__ = ["GRAIN_ID", "SILO_ID", "GrainsContextFilter", "LogThrottle", "trace_ids_from"]
 
 SILO_ID: contextvars.ContextVar[str] = contextvars.ContextVar("trio_grains_silo_id", default="-")
 GRAIN_ID: contextvars.ContextVar[str] = contextvars.ContextVar("trio_grains_grain_id", default="-")
@@ -55,3 +57,29 @@ class GrainsContextFilter(logging.Filter):
         record.grain_id = GRAIN_ID.get()
         record.trace_id = (_trace_id_sources[-1]() if _trace_id_sources else None) or "-"
         return True
+
+
+class LogThrottle:
+    """Warnings about bad input that an attacker can repeat at will, at most one per
+    *interval* seconds: the first at once, later ones with how many were left unlogged
+    (counters in ``statistics()`` keep the exact figures)."""
+
+    __slots__ = ("_interval", "_logger", "_next", "_suppressed")
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()  # not trio's clock: usable outside a run, and cheap
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + self._interval
+        if self._suppressed:
+            message += " (and %d more like it not logged)"
+            args = (*args, self._suppressed)
+            self._suppressed = 0
+        self._logger.warning(message, *args)

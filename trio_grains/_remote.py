@@ -6,12 +6,22 @@ result is decoded in the caller's task) and requests to the silo's handler. Call
 the way local callers of a busy grain do (:func:`~trio_grains._messaging.wait_reply`,
 response timeouts from the :class:`~trio_grains._messaging.TimeoutWheel`), so cancelling
 a caller simply forgets its call.
+
+The messenger is the silo's trust boundary for the transport: every message is decoded by
+:func:`~trio_grains._envelope.decode` against the endpoint's limits before anything reads
+it, and nothing a message carries can end the receive loop. Call ids are random 64-bit
+numbers; a reply is accepted only for a pending call and only from the silo the call went
+to (or, for a call that silo may forward, from a member of the cluster). Replies go only
+to addresses the transport recognises as the cluster's endpoints, and so do calls to the
+addresses of membership rows. What is dropped is counted by reason in :attr:`dropped`
+(``statistics().dropped_messages``) and logged at most every few seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +30,7 @@ import trio
 
 from . import _envelope as env
 from ._exceptions import SerializationError, SiloUnavailableError
+from ._logging import LogThrottle
 from ._messaging import Call, TimeoutWheel, wait_reply
 from ._tracing import SpanKind, Tracer, call_attributes
 from ._transport import MessageTooLargeError, Transport, TransportClosedError
@@ -32,6 +43,10 @@ if TYPE_CHECKING:
 __all__ = ["Messenger", "RerouteError"]
 
 log = logging.getLogger("trio_grains.remote")
+
+#: the reasons :attr:`Messenger.dropped` counts
+DROP_REASONS = ("malformed", "reply_address", "unexpected_reply", "too_large", "send_failed")
+_CHECKED_ADDRESSES = 10_000  # membership addresses found well-formed (cleared when full)
 
 
 class RerouteError(Exception):
@@ -48,27 +63,67 @@ class Messenger:
         wheel: TimeoutWheel,
         endpoint_id: str,
         address_of: Callable[[str], str | None],
+        *,
+        max_subject_length: int = 256,
+        max_grain_id_length: int = 1024 + 256,
     ) -> None:
         self.transport = transport
         self.codec = codec
         self.wheel = wheel
         self.endpoint_id = endpoint_id
-        self.address_of = address_of
+        self._address_of = address_of
+        self.limits = env.Limits(
+            transport.is_endpoint_address, max_subject_length, max_grain_id_length
+        )
+        self._checked: set[str] = set()
         #: the tracing provider's tracer: calls out are spans and carry their context
         self.tracer: Tracer | None = None
         #: silo requests go here (a silo sets it; a client ignores requests)
         self.on_request: Callable[[env.Request], None] | None = None
         #: a caller cancelled its call: ``on_cancel(reply_to, call_id)`` (silos set it)
         self.on_cancel: Callable[[str, int], None] | None = None
-        self._pending: dict[int, tuple[Call, str]] = {}
-        self._next_id = 0
+        #: call id -> (call, silo it went to, whether that silo may forward it)
+        self._pending: dict[int, tuple[Call, str, bool]] = {}
         self._backlog_send, self._backlog = trio.open_memory_channel[tuple[str, bytes]](math.inf)
         self.sent = 0
         self.received = 0
-        self.malformed = 0
+        #: messages dropped, by reason (:data:`DROP_REASONS`)
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._warn = LogThrottle(log)
 
     def pending(self) -> int:
         return len(self._pending)
+
+    def address_of(self, silo_id: str) -> str | None:
+        """The address of silo *silo_id*, if it is known and is an endpoint address (a
+        membership row is a message too: its address is checked before it is used)."""
+        address = self._address_of(silo_id)
+        if address is None or address in self._checked:
+            return address
+        if len(address) > self.limits.max_subject_length or not self.transport.is_endpoint_address(
+            address
+        ):
+            self._warn.warning(
+                "ignored silo %s: its address %r is not an endpoint of this cluster",
+                silo_id,
+                address[:80],
+            )
+            return None
+        if len(self._checked) >= _CHECKED_ADDRESSES:
+            self._checked.clear()
+        self._checked.add(address)
+        return address
+
+    def _drop(self, reason: str, data: bytes, why: object) -> None:
+        self.dropped[reason] += 1
+        self._warn.warning("dropped a message of %d bytes (%s): %s", len(data), reason, why)
+
+    def _new_call_id(self) -> int:
+        """A random call id (unguessable, so no one can answer or cancel another's call)."""
+        while True:
+            call_id = secrets.randbits(64)
+            if call_id and call_id not in self._pending:
+                return call_id
 
     # -- outgoing calls -----------------------------------------------------------------------
 
@@ -116,8 +171,7 @@ class Messenger:
         payload = self.codec.encode_call(method, args, kwargs)
         deadline = trio.current_effective_deadline()
         timeout = None if deadline == math.inf else max(0.0, deadline - trio.current_time())
-        self._next_id += 1
-        call_id = self._next_id
+        call_id = self._new_call_id()
         reply_to = "" if method.one_way else self.transport.address
         data = env.encode_request(
             call_id, reply_to, str(grain_id), method.name, payload, timeout, 0, flags, trace
@@ -131,7 +185,7 @@ class Messenger:
             self.sent += 1
             return None
         call = Call(method, args, kwargs, target=grain_id)
-        self._pending[call_id] = (call, silo_id)
+        self._pending[call_id] = (call, silo_id, bool(flags & env.LOCATE))
         try:
             try:
                 await self.transport.send(address, data)
@@ -163,7 +217,7 @@ class Messenger:
     def fail_calls_to(self, silo_id: str, why: str) -> int:
         """Fail every call waiting for a reply from *silo_id* (it died or left); calls of
         ``@idempotent`` methods are sent again instead (to wherever the grain goes)."""
-        doomed = [call for call, silo in self._pending.values() if silo == silo_id]
+        doomed = [call for call, silo, _ in self._pending.values() if silo == silo_id]
         for call in doomed:
             if call.method is not None and call.method.idempotent:
                 call.finish(outcome.Value((env.REROUTE, b"")))
@@ -180,7 +234,8 @@ class Messenger:
 
     def send_nowait(self, address: str, data: bytes) -> None:
         """Send without waiting (replies are sent from sync callbacks); a full outgoing
-        buffer queues the message for the backlog task instead."""
+        buffer queues the message for the backlog task instead. Never raises: a message
+        that cannot be sent costs that message, not the turn or task that sent it."""
         try:
             self.transport.send_nowait(address, data)
             self.sent += 1
@@ -189,7 +244,9 @@ class Messenger:
         except TransportClosedError:
             pass  # the silo is stopping; the caller learns it from membership
         except MessageTooLargeError:
-            log.error("dropped a %d-byte message to %s: too large", len(data), address)
+            self._drop("too_large", data, f"to {address[:80]!r}: larger than the transport carries")
+        except Exception as exc:
+            self._drop("send_failed", data, f"to {address[:80]!r}: {exc!r}")
 
     def reply(self, request: env.Request, status: int, payload: bytes) -> None:
         data = env.encode_reply(request.call_id, status, payload, self.endpoint_id)
@@ -200,15 +257,24 @@ class Messenger:
                 "return a key to stored data instead"
             )
             data = env.encode_reply(
-                request.call_id, env.ERROR, self.codec.encode_exception(error), self.endpoint_id
+                request.call_id, env.ERROR, self.encode_exception(error), self.endpoint_id
             )
         self.send_nowait(request.reply_to, data)
 
     def reply_error(self, request: env.Request, exc: BaseException) -> None:
         if request.reply_to:
-            self.reply(request, env.ERROR, self.codec.encode_exception(exc))
+            self.reply(request, env.ERROR, self.encode_exception(exc))
         else:
             log.error("one-way call %s.%s() failed: %s", request.grain_id, request.method, exc)
+
+    def encode_exception(self, exc: BaseException) -> bytes:
+        """*exc* for an error reply (never raises: a failing encoder sends its own error)."""
+        try:
+            return self.codec.encode_exception(exc)
+        except Exception as error:
+            return self.codec.encode_exception(
+                SerializationError(f"cannot encode a {type(exc).__name__}: {error!r}")
+            )
 
     def forward(self, request: env.Request, silo_id: str) -> bool:
         """Send *request* on to *silo_id* unchanged but for one more hop; the reply goes
@@ -237,6 +303,8 @@ class Messenger:
                 self.sent += 1
             except TransportClosedError:
                 return
+            except Exception as exc:  # too large, or a transport's own error: this one only
+                self._drop("send_failed", data, f"to {address[:80]!r}: {exc!r}")
 
     async def _receive_loop(self) -> None:
         receive_batch = self.transport.receive_batch
@@ -250,26 +318,32 @@ class Messenger:
                 on_message(data)
 
     def _on_message(self, data: bytes) -> None:
-        """One incoming message: a reply wakes its caller, a request goes to the silo."""
+        """One incoming message: a reply wakes its caller, a request goes to the silo.
+        Nothing in *data* can raise out of here."""
         self.received += 1
         try:
-            fields = env.decode(data)
-            if fields[0] == env.REPLY:
-                entry = self._pending.get(fields[1])
-                if entry is not None:
-                    entry[0].finish(outcome.Value((fields[2], fields[3])))
-                return
-            if fields[0] == env.CANCEL:
-                if self.on_cancel is not None:
-                    self.on_cancel(fields[2], fields[1])
-                return
-            request = env.Request(fields)
-        except (SerializationError, ValueError, TypeError) as exc:
-            self.malformed += 1
-            log.warning("dropped a malformed message of %d bytes: %s", len(data), exc)
+            message = env.decode(data, self.limits)
+        except env.ReplyAddressError as exc:
+            self._drop("reply_address", data, exc)
             return
-        if self.on_request is not None:
+        except Exception as exc:  # SerializationError; anything else is a bug, not fatal
+            self._drop("malformed", data, exc)
+            return
+        if isinstance(message, env.Reply):
+            entry = self._pending.get(message.call_id)
+            if entry is None or not self._from_callee(entry, message.silo_id):
+                self._drop("unexpected_reply", data, "not a reply to a pending call of ours")
+                return
+            entry[0].finish(outcome.Value((message.status, message.payload)))
+        elif isinstance(message, env.Cancel):
+            if self.on_cancel is not None:
+                self.on_cancel(message.reply_to, message.call_id)
+        elif self.on_request is not None:
             try:
-                self.on_request(request)
+                self.on_request(message)
             except Exception:
-                log.exception("a request to %s.%s() failed", request.grain_id, request.method)
+                log.exception("a request to %s.%s() failed", message.grain_id, message.method)
+
+    def _from_callee(self, entry: tuple[Call, str, bool], silo_id: str) -> bool:
+        """Did the reply come from where the call went (or a silo it may be forwarded to)?"""
+        return silo_id == entry[1] or (entry[2] and self._address_of(silo_id) is not None)

@@ -63,6 +63,10 @@ class SiloStatistics:
     #: calls per grain type and method, storage latency, membership changes: with
     #: ``SiloConfig.metrics`` on (``None`` when it is off)
     metrics: MetricsSnapshot | None = None
+    #: in a cluster: messages dropped at the silo's endpoint, by reason (``malformed``,
+    #: ``reply_address``, ``unexpected_reply``, ``too_large``, ``send_failed``); see
+    #: ``docs/security.md``
+    dropped_messages: Mapping[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -253,6 +257,7 @@ class Silo:
             calls_forwarded=0 if cluster is None else cluster.forwarded + cluster.rerouted,
             active_silos=1 if cluster is None else len(cluster.locator.view.active()),
             metrics=None if catalog.metrics is None else catalog.metrics.snapshot(),
+            dropped_messages={} if cluster is None else dict(cluster.messenger.dropped),
         )
 
     def __repr__(self) -> str:

@@ -73,6 +73,17 @@ class Transport(abc.ABC):
         """The largest message, in bytes, :meth:`send` accepts."""
 
     @abc.abstractmethod
+    def is_endpoint_address(self, address: str) -> bool:
+        """Is *address* where an endpoint of this cluster (a silo's or a client's) receives?
+
+        The runtime sends replies only to such addresses: a request names its reply address,
+        and a silo must never publish, with its own credentials, where a message told it to
+        (a stream's or a key-value bucket's subject, say). Answer from the address's shape
+        (no I/O; called for every request), and say no to anything the backend itself uses
+        for other purposes. The runtime bounds the length before it asks.
+        """
+
+    @abc.abstractmethod
     async def send(self, address: str, message: bytes) -> None:
         """Send *message* to *address*.
 
@@ -128,6 +139,18 @@ class ClusterBackend(abc.ABC):
         """``async with backend.open_endpoint(silo_id) as transport``: an endpoint
         receiving at an address derived from *endpoint_id* until the block is left."""
 
+    def open_client_endpoint(
+        self, client_name: str, endpoint_id: str
+    ) -> AbstractAsyncContextManager[Transport]:
+        """The endpoint of a client named *client_name* (many clients may share a name;
+        *endpoint_id* is unique). Silos never send requests to clients, only replies.
+
+        A backend may put clients' endpoints apart from silos' (the ``nats`` backend uses
+        ``<prefix>.client.<name>.<id>``, so that server permissions can let a client user
+        receive on its own addresses only). The default is :meth:`open_endpoint`.
+        """
+        return self.open_endpoint(endpoint_id)
+
 
 # --- in memory ------------------------------------------------------------------------------
 
@@ -150,6 +173,9 @@ class MemoryTransport(Transport):
     @property
     def max_message_size(self) -> int:
         return self.cluster.max_message_size
+
+    def is_endpoint_address(self, address: str) -> bool:
+        return self.cluster.is_endpoint(address)
 
     async def send(self, address: str, message: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -220,6 +246,10 @@ class MemoryCluster(ClusterBackend):
     @property
     def directory(self) -> MemoryGrainDirectory:
         return self._directory
+
+    def is_endpoint(self, address: str) -> bool:
+        """Is *address* an endpoint that is open in this cluster?"""
+        return address in self._endpoints
 
     @asynccontextmanager
     async def open_endpoint(self, endpoint_id: str) -> AsyncIterator[Transport]:

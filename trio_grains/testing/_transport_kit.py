@@ -324,6 +324,48 @@ async def check_odd_endpoint_ids(open_backend: ClusterBackendOpener) -> None:
             )
 
 
+# Addresses a silo must never reply to: the backend's other subjects, wildcards, junk.
+NOT_ENDPOINTS: tuple[str, ...] = (
+    "",
+    "*",
+    ">",
+    "a b",
+    "$JS.API.STREAM.PURGE.ORDERS",
+    "$KV.grains-directory-dev.x",
+    "_INBOX.x",
+    "\x00",
+)
+
+
+async def check_endpoint_addresses(open_backend: ClusterBackendOpener) -> None:
+    """``is_endpoint_address`` says yes to every endpoint's address (silos' and clients',
+    odd ids included) and no to other subjects: replies go only there."""
+    tag = new_tag()
+    async with open_backend() as backend, contextlib.AsyncExitStack() as stack:
+        endpoints = [
+            await stack.enter_async_context(_endpoint(backend, f"{name} {tag}"))
+            for name in ODD_IDS[:4]
+        ]
+        client = await stack.enter_async_context(
+            backend.open_client_endpoint("web app", f"web app {tag}")
+        )
+        if client.address in {e.address for e in endpoints}:
+            raise AssertionError(f"a client endpoint shares a silo's address {client.address!r}")
+        judge = endpoints[0]
+        for endpoint in [*endpoints, client]:
+            if not judge.is_endpoint_address(endpoint.address):
+                raise AssertionError(
+                    f"is_endpoint_address({endpoint.address!r}) must be True: it is an "
+                    "endpoint of the cluster (replies to it would be dropped)"
+                )
+        for address in (*NOT_ENDPOINTS, judge.address + " x", judge.address + ".>"):
+            if judge.is_endpoint_address(address):
+                raise AssertionError(
+                    f"is_endpoint_address({address!r}) must be False: a silo must never "
+                    "reply to an address that is not an endpoint"
+                )
+
+
 async def check_receive_waits_and_cancels(open_backend: ClusterBackendOpener) -> None:
     """``receive`` waits for a message; a cancelled ``receive`` loses nothing."""
     a_id, b_id = _ids("a", "b")
@@ -377,6 +419,7 @@ def _async(fn: Callable[..., None]) -> Callable[..., Awaitable[None]]:
 TRANSPORT_CHECKS: Mapping[str, TransportCheck] = types.MappingProxyType(
     {
         "exchange_and_order": check_exchange_and_order,
+        "endpoint_addresses": check_endpoint_addresses,
         "across_backends": check_across_backends,
         "no_listener_drops": check_no_listener_drops,
         "message_too_large": check_message_too_large,

@@ -6,11 +6,14 @@ One connection per silo (or client) carries everything:
   ``grains-membership-<cluster>``;
 * grain directory: :class:`~trio_grains_nats.directory.KvGrainDirectory`, KV bucket
   ``grains-directory-<cluster>``;
-* transport: each endpoint subscribes to its address ``<subject_prefix>.silo.<token>``,
-  where the token is the endpoint id escaped into one subject token
-  (:func:`~trio_grains_nats.membership.encode_token`: any string, reversibly). Messages
-  are core NATS publishes: at most once, in order between two endpoints, dropped when
-  nobody listens.
+* transport: each silo's endpoint subscribes to its address ``<subject_prefix>.silo.<token>``,
+  where the token is the silo id escaped into one subject token
+  (:func:`~trio_grains_nats.membership.encode_token`: any string, reversibly); a client's
+  to ``<subject_prefix>.client.<name token>.<id token>``, apart from the silos, so that a
+  server's permissions can let clients publish to silos only and receive on their own
+  name's addresses only (``docs/security.md``). Messages are core NATS publishes: at most
+  once, in order between two endpoints, dropped when nobody listens. A reply goes only to
+  an address of one of these two shapes (:meth:`NatsTransport.is_endpoint_address`).
 
 Options (``[clustering] provider = "nats"``; see ``docs/clustering-nats.md``): ``servers``,
 the credential and TLS options of the ``jetstream`` stream provider, ``subject_prefix``,
@@ -66,6 +69,7 @@ ENDPOINT_MAX_PENDING = 262_144
 """Messages an endpoint buffers before the connection's reader waits for its consumer."""
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_TOKEN = "[A-Za-z0-9_=-]{1,200}"  # what encode_token makes
 
 
 # --- the transport ----------------------------------------------------------------------------
@@ -78,11 +82,14 @@ class NatsTransport(Transport):
     (:meth:`~trio_grains_nats.Connection.publish` / ``publish_nowait``).
     """
 
-    def __init__(self, nc: Connection, address: str, sub: Subscription) -> None:
+    def __init__(
+        self, nc: Connection, address: str, sub: Subscription, endpoints: re.Pattern[str]
+    ) -> None:
         self._nc = nc
         self._address = address
         self._sub = sub
         self._closed = False
+        self._endpoints = endpoints
 
     def __repr__(self) -> str:
         return f"<NatsTransport {self._address!r}{' closed' if self._closed else ''}>"
@@ -94,6 +101,9 @@ class NatsTransport(Transport):
     @property
     def max_message_size(self) -> int:
         return self._nc.max_payload
+
+    def is_endpoint_address(self, address: str) -> bool:
+        return self._endpoints.fullmatch(address) is not None
 
     def _closed_error(self, cause: BaseException | None = None) -> TransportClosedError:
         why = f": {cause}" if cause is not None else ""
@@ -158,6 +168,12 @@ class NatsCluster(ClusterBackend):
     _membership: KvMembershipTable
     _directory: KvGrainDirectory
     _endpoints: set[str] = attrs.field(factory=set, init=False)
+    _endpoint_re: re.Pattern[str] = attrs.field(init=False)
+
+    @_endpoint_re.default
+    def _endpoint_pattern(self) -> re.Pattern[str]:
+        prefix = re.escape(self.subject_prefix)
+        return re.compile(rf"{prefix}\.(?:silo\.{_TOKEN}|client\.{_TOKEN}\.{_TOKEN})")
 
     @classmethod
     async def open(
@@ -203,18 +219,29 @@ class NatsCluster(ClusterBackend):
         except ValueError:
             return None
 
+    def open_endpoint(
+        self, endpoint_id: str
+    ) -> contextlib.AbstractAsyncContextManager[NatsTransport]:
+        return self._open(endpoint_id, self.address_of(endpoint_id))
+
+    def open_client_endpoint(
+        self, client_name: str, endpoint_id: str
+    ) -> contextlib.AbstractAsyncContextManager[NatsTransport]:
+        """A client's endpoint: ``<prefix>.client.<name token>.<id token>``."""
+        address = f"{self.subject_prefix}.client.{encode_token(client_name)}"
+        return self._open(endpoint_id, f"{address}.{encode_token(endpoint_id)}")
+
     @contextlib.asynccontextmanager
-    async def open_endpoint(self, endpoint_id: str) -> AsyncIterator[NatsTransport]:
+    async def _open(self, endpoint_id: str, address: str) -> AsyncIterator[NatsTransport]:
         if endpoint_id in self._endpoints:
             raise TransportError(f"endpoint {endpoint_id!r} is already open on this connection")
-        address = self.address_of(endpoint_id)
         try:
             sub = await self.nc.subscribe(
                 address, max_pending=ENDPOINT_MAX_PENDING, slow_consumer="block"
             )
         except ConnectionClosedError as exc:
             raise TransportClosedError(f"cannot open endpoint {address!r}: {exc}") from exc
-        transport = NatsTransport(self.nc, address, sub)
+        transport = NatsTransport(self.nc, address, sub, self._endpoint_re)
         self._endpoints.add(endpoint_id)
         try:
             try:
