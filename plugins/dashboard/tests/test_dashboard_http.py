@@ -138,6 +138,70 @@ async def test_with_a_token_every_request_needs_it(caplog: pytest.LogCaptureFixt
     assert '"Bearer " + token' in page.text
 
 
+async def _status_for_host(port: int, host: str | None) -> tuple[int, str]:
+    """``GET /api/stats`` with this ``Host`` header (None: no Host at all, in HTTP/1.0,
+    which allows that: HTTP/1.1 servers refuse such requests themselves)."""
+    lines = [f"GET /api/stats HTTP/1.{0 if host is None else 1}", "Connection: close"]
+    if host is not None:
+        lines.insert(1, f"Host: {host}")
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+            data = bytearray()
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body.decode("utf-8", "replace")
+
+
+async def test_without_a_token_only_loopback_host_names_are_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Against DNS rebinding: a page of evil.example whose name now points at 127.0.0.1
+    reaches the dashboard with ``Host: evil.example``, and gets nothing."""
+    async with serving(caplog) as (_, port):
+        answered = {
+            host: await _status_for_host(port, host)
+            for host in (
+                f"127.0.0.1:{port}",
+                "127.0.0.1",
+                f"localhost:{port}",
+                "LocalHost",
+                f"[::1]:{port}",
+                "[::1]",
+                "127.0.0.2:80",
+            )
+        }
+        refused = {
+            host: await _status_for_host(port, host)
+            for host in (
+                f"evil.example:{port}",
+                "evil.example",
+                "localhost.evil.example",
+                "127.0.0.1.nip.io",
+                f"10.0.0.1:{port}",
+                "[::ffff:1.2.3.4]",
+                "localhost:evil",
+                "[::1]x",
+                "",
+                None,
+            )
+        }
+    assert {host: status for host, (status, _) in answered.items()} == dict.fromkeys(answered, 200)
+    assert {host: status for host, (status, _) in refused.items()} == dict.fromkeys(refused, 421)
+    assert "localhost, 127.0.0.1 or [::1]" in refused[f"evil.example:{port}"][1]
+    assert "give it a token" in refused["evil.example"][1]
+
+
+async def test_with_a_token_any_host_name_may_be_used(caplog: pytest.LogCaptureFixture) -> None:
+    """The token is what a rebinding page cannot know: a proxy's name is fine with it."""
+    async with serving(caplog, token="s3cret") as (_, port):
+        by_name = await http_get(port, "/api/stats?token=s3cret")
+        status, _ = await _status_for_host(port, "dashboard.example")
+    assert by_name.status == 200
+    assert status == 401  # the token is still needed, whatever the name
+
+
 async def test_a_non_loopback_host_without_token_refuses_to_start() -> None:
     with pytest.raises(ConfigError, match=r"services\.dash.*0\.0\.0\.0.*without a token.*token ="):
         async with open_silo(config(host="0.0.0.0"), grains=[CartGrain]):

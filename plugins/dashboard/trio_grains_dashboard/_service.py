@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -25,7 +24,7 @@ from hypercorn.trio import serve
 from trio_grains import ConfigError
 from trio_grains.hookspecs import ServiceContext
 
-from ._app import make_app
+from ._app import is_loopback, make_app
 
 __all__ = ["Dashboard", "DashboardOptions", "open_dashboard"]
 
@@ -34,18 +33,6 @@ log = logging.getLogger("trio_grains.dashboard")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 _GRACEFUL_TIMEOUT = 1.0  # seconds requests under way get when the silo stops
-
-_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-def is_loopback(host: str) -> bool:
-    """Whether *host* (a name or address) only accepts connections from this machine."""
-    if host.lower() in _LOCAL_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # any other name may resolve to a reachable address
 
 
 @attrs.frozen
