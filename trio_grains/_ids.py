@@ -11,9 +11,15 @@ A grain is named by a :class:`GrainId`: a :class:`GrainType` plus a key, written
 * **Keys** are strings. ``int`` keys are encoded as uppercase hex like .NET's
   ``long.ToString("X")`` (``42`` -> ``"2A"``, ``-1`` -> ``"FFFFFFFFFFFFFFFF"``); UUID keys
   as 32 lowercase hex digits; compound keys (int or UUID plus a string extension) as
-  ``"{key}+{extension}"``. So ``42`` and ``"2A"`` name the same grain. Keys may hold any
-  character except control characters and lone surrogates; ids are parsed at the first
-  ``/``, so keys may contain ``/``.
+  ``"{key}+{extension}"``. So ``42`` and ``"2A"`` name the same grain. Reading a key back
+  as an int or a UUID follows Orleans' ``GrainIdKeyExtensions`` and ``GetPrimaryKey``.
+* **Key text** is checked once, in :class:`GrainId`'s validator (so also by ``parse``):
+  at most :data:`MAX_KEY_LENGTH` characters, not empty nor only whitespace (.NET's
+  ``char.IsWhiteSpace``), and none of the characters that forge log lines or change how
+  text displays: control characters (``Cc``), line and paragraph separators, Unicode's
+  bidirectional controls, lone surrogates. Other format characters (``Cf``: zero-width
+  joiners, soft hyphens, emoji tags) are allowed: real names and emoji need them. Ids are
+  parsed at the first ``/``, so keys may contain ``/``.
 * **Tokens**: :func:`escape_token` percent-encodes everything outside ``[A-Za-z0-9_-@=]``
   for NATS subjects and file names; :func:`unescape_token` reverses it.
 """
@@ -32,10 +38,12 @@ import attrs
 from ._exceptions import GrainIdError, GrainKeyKindError
 
 __all__ = [
+    "MAX_KEY_LENGTH",
     "SINGLETON_KEY",
     "GrainId",
     "GrainKey",
     "GrainType",
+    "check_key_length",
     "encode_key",
     "escape_token",
     "unescape_token",
@@ -47,6 +55,9 @@ GrainKey: TypeAlias = str | int | uuid.UUID
 SINGLETON_KEY = "default"
 """The key by convention for a grain type that has a single instance."""
 
+MAX_KEY_LENGTH = 1024
+"""The most characters an encoded key may have, extension included (:func:`check_key_length`)."""
+
 _TYPE_CHARS = frozenset(string.ascii_letters + string.digits + "-_.@=")
 _TOKEN_SAFE = frozenset(string.ascii_letters + string.digits + "_-@=")
 _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_\-@=]")
@@ -57,6 +68,21 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _UINT64_MASK = 2**64 - 1
 _ALLOWED_TYPE_CHARS = "ASCII letters, digits and - _ . @ = (plus `N for a generic's arity)"
+
+# Whitespace as .NET's char.IsWhiteSpace has it (what Orleans' string.IsNullOrWhiteSpace
+# uses): categories Zs, Zl and Zp, plus U+0009-U+000D and U+0085. Not str.isspace, which
+# also counts the information separators U+001C-U+001F. Spelled out rather than computed
+# from unicodedata at import; test_ids checks it against the categories.
+_WHITESPACE = frozenset(
+    "\t\n\v\f\r\x85 \xa0\u1680\u2028\u2029\u202f\u205f\u3000"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))
+)
+# Unicode's Bidi_Control characters (PropList.txt). They reorder how the text around them
+# displays, so a key holding one can show up in a log or dashboard as a different key
+# ("Trojan Source", CVE-2021-42574).
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 
 def _describe(ch: str) -> str:
@@ -150,9 +176,23 @@ def _grain_type_named(name: str) -> GrainType:
 # --- keys ------------------------------------------------------------------------------
 
 
-def _is_blank(ext: str | None) -> bool:
-    # Orleans' string.IsNullOrWhiteSpace: such an extension means "no extension".
-    return ext is None or not ext or ext.isspace()
+def _is_blank(text: str) -> bool:
+    # Empty or only whitespace in .NET's sense (issuperset is True for "").
+    return _WHITESPACE.issuperset(text)
+
+
+def check_key_length(key: str, limit: int) -> None:
+    """Raise :class:`GrainIdError` if the encoded *key* has more than *limit* characters.
+
+    :class:`GrainId` checks every key against :data:`MAX_KEY_LENGTH`; a silo configured
+    with a lower limit calls this with its own.
+    """
+    if len(key) > limit:
+        shown = f"{key[:40]!r}..." if len(key) > 40 else repr(key)
+        raise GrainIdError(
+            f"grain key {shown} has {len(key)} characters, more than the limit of {limit}; "
+            "hash or shorten the key (e.g. hashlib.sha256(key.encode()).hexdigest())"
+        )
 
 
 def _encode_int(key: int) -> str:
@@ -168,17 +208,10 @@ def encode_key(key: GrainKey, key_ext: str | None = None) -> str:
     """Encode *key* (and the extension of a compound key) as the string naming the grain.
 
     ``int`` -> uppercase hex (64-bit two's complement when negative); ``UUID`` -> 32
-    lowercase hex digits; ``str`` -> itself. A non-blank *key_ext* is appended after ``+``;
-    it needs an int or UUID key.
+    lowercase hex digits; ``str`` -> itself. A *key_ext* is appended after ``+``; it needs
+    an int or UUID key and must not be empty or only whitespace (``None`` means none).
     """
-    if key_ext is not None and not isinstance(key_ext, str):
-        raise GrainIdError(f"a key extension must be a str, got {type(key_ext).__name__}")
     if isinstance(key, str):
-        if not _is_blank(key_ext):
-            raise GrainIdError(
-                f"key extension {key_ext!r} given with the string key {key!r}; compound keys "
-                "are an int or UUID plus a string: put the extension into the string key"
-            )
         encoded = key
     elif isinstance(key, bool):
         raise GrainIdError(f"{key!r} is not a grain key; use an int, str or UUID, not a bool")
@@ -191,33 +224,72 @@ def encode_key(key: GrainKey, key_ext: str | None = None) -> str:
             f"grain keys are str, int or uuid.UUID, got {type(key).__name__} {key!r}; "
             "convert it to one of those"
         )
-    if not _is_blank(key_ext):
-        encoded = f"{encoded}+{key_ext}"
-    return encoded
+    if key_ext is None:
+        return encoded
+    if not isinstance(key_ext, str):
+        raise GrainIdError(f"a key extension must be a str, got {type(key_ext).__name__}")
+    if isinstance(key, str):
+        raise GrainIdError(
+            f"key extension {key_ext!r} given with the string key {key!r}; compound keys "
+            "are an int or UUID plus a string: put the extension into the string key"
+        )
+    # Orleans (string.IsNullOrWhiteSpace) drops a blank extension silently, so
+    # get_grain(cls, 7, key_ext=" ") reaches grain 7. A blank extension is nearly always a
+    # bug upstream (an unset field), and dropping it merges what the caller meant to keep
+    # apart, so only None means "no extension" here.
+    if _is_blank(key_ext):
+        raise GrainIdError(
+            f"key extension {key_ext!r} is empty or only whitespace; "
+            "pass key_ext=None for a key without extension"
+        )
+    return f"{encoded}+{key_ext}"
+
+
+def _forbidden(ch: str) -> str | None:
+    """What *ch* is if keys must not contain it, else None."""
+    if ch in _BIDI_CONTROLS:
+        return "a bidirectional control"
+    category = unicodedata.category(ch)
+    if category == "Cc":
+        return "a control character"
+    if category in ("Zl", "Zp"):
+        return "a line or paragraph separator"
+    if category == "Cs":
+        return "a lone surrogate"
+    return None
 
 
 def _check_key(_inst: object, _attr: object, key: str) -> None:
-    if type(key) is str and key and key.isprintable():
-        return  # the common case; isprintable() is False for every control character
+    # The common case first. isprintable() is False for every character _forbidden names
+    # (and for others we allow, which the loop below then lets through); among printable
+    # characters only U+0020 is whitespace, so isspace() means "only spaces" here.
+    if (
+        type(key) is str
+        and 0 < len(key) <= MAX_KEY_LENGTH
+        and key.isprintable()
+        and not key.isspace()
+    ):
+        return
     if not isinstance(key, str):
         raise GrainIdError(
             f"GrainId.key must be the encoded key str, got {type(key).__name__} {key!r}; "
             "use GrainId.create(grain_type, key) to encode int and UUID keys"
         )
+    check_key_length(key, MAX_KEY_LENGTH)  # first: the checks below read every character
     if not key:
         raise GrainIdError("a grain key must not be empty; use SINGLETON_KEY for a singleton")
-    for ch in key:
-        category = unicodedata.category(ch)
-        if category == "Cc":
-            what = "a control character"
-        elif category == "Cs":
-            what = "a lone surrogate"
-        else:
-            continue
+    if _is_blank(key):
         raise GrainIdError(
-            f"grain key {key!r} contains {_describe(ch)}, {what}; keys must not contain "
-            "control characters or lone surrogates because they break logs and text protocols"
+            f"grain key {key!r} is only whitespace; use a visible key, or SINGLETON_KEY "
+            "for a singleton"
         )
+    for index, ch in enumerate(key):
+        what = _forbidden(ch)
+        if what is not None:
+            raise GrainIdError(
+                f"grain key {key!r} contains {what} {_describe(ch)} at index {index}; "
+                "remove it, or encode the text first (e.g. with escape_token)"
+            )
 
 
 def _split_ext(key: str, at: int) -> tuple[str, str | None]:
@@ -227,13 +299,30 @@ def _split_ext(key: str, at: int) -> tuple[str, str | None]:
 
 
 def _try_int_key(key: str) -> tuple[int, str | None] | None:
+    # Orleans' TryGetIntegerKey: the text before the first "+" must be read whole by
+    # Utf8Parser.TryParse(..., out long, 'X'), which takes one or more ASCII hex digits of
+    # either case, any number of them as long as the value fits in 64 bits (so leading zeros
+    # beyond 16 digits are fine, 2**64 and above is not an integer key), and reinterprets
+    # the unsigned value as a two's complement long.
     head, ext = _split_ext(key, key.find("+"))
-    if not 0 < len(head) <= 16 or not _HEX.issuperset(head):
+    if not head or not _HEX.issuperset(head):
         return None
-    value = int(head, 16)
+    digits = head.lstrip("0")
+    if len(digits) > 16:
+        return None
+    value = int(digits, 16) if digits else 0
     if value > _INT64_MAX:
         value -= 2**64
     return value, ext
+
+
+def _int_key_uuid(value: int) -> uuid.UUID:
+    # Orleans' GetPrimaryKey() of an integer key N is
+    # new Guid(0, 0, 0, (byte)N, (byte)(N >> 8), ..., (byte)(N >> 56)): the Guid's a, b and
+    # c fields are zero, and its bytes d..k, which .NET prints in order as the last 16 hex
+    # digits ("00000000-0000-0000-dddd-dddddddddddd"), are N's 8 bytes, low byte first.
+    # uuid.UUID(bytes=...) takes the bytes in that printed order.
+    return uuid.UUID(bytes=bytes(8) + (value & _UINT64_MASK).to_bytes(8, "little"))
 
 
 def _try_uuid_key(key: str) -> tuple[uuid.UUID, str | None] | None:
@@ -275,7 +364,10 @@ class GrainId:
 
     @classmethod
     def parse(cls, text: str) -> GrainId:
-        """Parse ``"type/key"`` at the first ``/`` (so the key may contain ``/``)."""
+        """Parse ``"type/key"`` at the first ``/`` (so the key may contain ``/``).
+
+        The key is checked as any key is (length, whitespace, forbidden characters).
+        """
         if not isinstance(text, str):
             raise GrainIdError(f"a grain id text must be a str, got {type(text).__name__}")
         type_name, slash, key = text.partition("/")
@@ -309,7 +401,13 @@ class GrainId:
         return escape_token(str(self))
 
     def key_as_int(self) -> tuple[int, str | None]:
-        """The integer key and its extension (None without ``+``), as Orleans decodes them."""
+        """The integer key and its extension (None without ``+``), as Orleans decodes them.
+
+        The part before the first ``+`` must be hex digits (either case, leading zeros
+        allowed) whose value fits in 64 bits; it is read as two's complement, so
+        ``"2A"``, ``"2a"`` and ``"00000000000000000002A"`` are 42 (though three different
+        grains), and ``"FFFFFFFFFFFFFFFF"`` is -1.
+        """
         decoded = _try_int_key(self.key)
         if decoded is None:
             raise GrainKeyKindError(
@@ -319,7 +417,11 @@ class GrainId:
         return decoded
 
     def key_as_uuid(self) -> tuple[uuid.UUID, str | None]:
-        """The UUID key and its extension (None without ``+``), as Orleans decodes them."""
+        """The UUID key and its extension (None without ``+``), as Orleans decodes them.
+
+        Only a UUID key (32 hex digits, optionally ``+extension``) has one; see
+        :meth:`primary_key_uuid` for the UUID Orleans also gives integer keys.
+        """
         decoded = _try_uuid_key(self.key)
         if decoded is None:
             raise GrainKeyKindError(
@@ -328,6 +430,27 @@ class GrainId:
                 "use primary_key for string keys"
             )
         return decoded
+
+    def primary_key_uuid(self) -> tuple[uuid.UUID, str | None]:
+        """The UUID Orleans' ``GetPrimaryKey(out keyExt)`` gives, and the extension.
+
+        A UUID key is itself (:meth:`key_as_uuid`). An integer key N becomes the UUID
+        whose first 8 bytes are zero and whose last 8 are N's, low byte first: 42 ->
+        ``00000000-0000-0000-2a00-000000000000``, -1 ->
+        ``00000000-0000-0000-ffff-ffffffffffff``. A string key raises
+        :class:`GrainKeyKindError`.
+        """
+        decoded = _try_uuid_key(self.key)
+        if decoded is not None:
+            return decoded
+        as_int = _try_int_key(self.key)
+        if as_int is None:
+            raise GrainKeyKindError(
+                f"grain {str(self)!r} has the key {self.key!r}, which is neither a UUID nor "
+                "an integer key; use primary_key for string keys"
+            )
+        value, ext = as_int
+        return _int_key_uuid(value), ext
 
 
 # --- tokens ----------------------------------------------------------------------------
