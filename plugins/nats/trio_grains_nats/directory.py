@@ -16,11 +16,21 @@ bucket's revision of a key is the entry's ``revision``.
 
 Deletes leave a delete marker per grain key in the bucket (history 1); markers are
 small but are not compacted yet.
+
+**Entries are untrusted.** Anything that can write the bucket can put any bytes under any
+key, so an entry is decoded by :func:`decode_directory_entry` with the bounds of
+:mod:`trio_grains._rows` (at most 64 KiB, a JSON object, string fields, and the grain it
+names must be the one whose key holds it). An entry that fails is *malformed*: counted in
+:attr:`KvGrainDirectory.malformed_rows`, logged once, and otherwise treated as no entry:
+``lookup`` returns ``None``, scans skip it, ``unregister`` leaves it, and ``register``
+replaces it (compare-and-set on its revision), so the grain activates again. (A
+malformed entry names no activation any silo could route a call to.)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Set
 from typing import TYPE_CHECKING
@@ -30,6 +40,7 @@ from nats.js.api import StorageType
 
 from trio_grains import ConfigError, GrainId
 from trio_grains._directory import DirectoryEntry, DirectoryError, GrainDirectory
+from trio_grains._rows import MalformedRows, load_json_object, text_field
 
 from ._exceptions import KeyExistsError, NatsError, NotFoundError, WrongLastSequenceError
 from ._kv import KeyValue, KvEntry
@@ -37,7 +48,9 @@ from ._kv import KeyValue, KvEntry
 if TYPE_CHECKING:
     from ._jetstream import JetStream
 
-__all__ = ["KvGrainDirectory", "directory_bucket_name"]
+__all__ = ["KvGrainDirectory", "decode_directory_entry", "directory_bucket_name"]
+
+log = logging.getLogger("trio_grains.directory")
 
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_ATTEMPTS = 100  # CAS retries under churn before giving up (each one means progress)
@@ -61,20 +74,26 @@ def _encode(entry: DirectoryEntry) -> bytes:
     ).encode()
 
 
-def _decode(kv_entry: KvEntry) -> DirectoryEntry:
+def decode_directory_entry(key: str, value: bytes, revision: int) -> DirectoryEntry:
+    """The entry stored as *value* under the KV key *key* at *revision*.
+
+    Raises :class:`~trio_grains.DirectoryError`, and nothing else, if *value* is not an
+    entry of the grain whose key is *key*: more than 64 KiB, not a JSON object, a field
+    missing, empty or not a string, a grain id that does not parse or has another key.
+    """
     try:
-        body = json.loads(kv_entry.value)
+        body = load_json_object(value)
+        grain_id = GrainId.parse(text_field(body, "grain"))
         entry = DirectoryEntry(
-            GrainId.parse(body["grain"]),
-            body["silo"],
-            body["activation"],
-            kv_entry.revision,
+            grain_id, text_field(body, "silo"), text_field(body, "activation"), revision
         )
-    except (ValueError, KeyError, TypeError) as exc:
+        if grain_id.token != key:
+            raise ValueError(f"it names grain {str(grain_id)[:80]!r}, whose key is not this one")
+    except Exception as exc:  # ValueError from the checks; anything else is malformed too
         raise DirectoryError(
-            f"unreadable directory entry {kv_entry.key!r} in bucket {kv_entry.bucket!r} "
-            f"(revision {kv_entry.revision}): {exc}; delete the key or the bucket"
-        ) from exc
+            f"unreadable directory entry {key[:200]!r} (revision {revision}): {exc}; "
+            "delete the key, or register the grain again to replace it"
+        ) from None
     return entry
 
 
@@ -89,6 +108,24 @@ class KvGrainDirectory(GrainDirectory):
 
     kv: KeyValue
     js: JetStream
+    _malformed: MalformedRows = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._malformed = MalformedRows(f"directory bucket {self.kv.bucket!r}", log)
+
+    @property
+    def malformed_rows(self) -> int:
+        """How many malformed entries this directory skipped (each key at each revision
+        once)."""
+        return self._malformed.count
+
+    def _decode(self, kv_entry: KvEntry) -> DirectoryEntry | None:
+        """The entry of *kv_entry*; ``None`` if it is malformed (counted, logged once)."""
+        try:
+            return decode_directory_entry(kv_entry.key, kv_entry.value, kv_entry.revision)
+        except DirectoryError as exc:
+            self._malformed.report(kv_entry.key, kv_entry.revision, exc)
+            return None
 
     @classmethod
     async def open(
@@ -124,9 +161,17 @@ class KvGrainDirectory(GrainDirectory):
                 else:
                     return attrs.evolve(entry, revision=revision)
                 try:
-                    return _decode(await self.kv.get(key))
+                    stored = await self.kv.get(key)
                 except NotFoundError:
                     continue  # unregistered in between: try to create again
+                winner = self._decode(stored)
+                if winner is not None:
+                    return winner
+                try:  # malformed: replace it, unless it changed meanwhile
+                    revision = await self.kv.update(key, data, stored.revision)
+                except WrongLastSequenceError:
+                    continue
+                return attrs.evolve(entry, revision=revision)
         except NatsError as exc:
             raise DirectoryError(f"cannot register {entry.grain_id}: {exc}") from exc
         raise DirectoryError(
@@ -136,7 +181,7 @@ class KvGrainDirectory(GrainDirectory):
 
     async def lookup(self, grain_id: GrainId) -> DirectoryEntry | None:
         try:
-            return _decode(await self.kv.get(grain_id.token))
+            return self._decode(await self.kv.get(grain_id.token))
         except NotFoundError:
             return None
         except NatsError as exc:
@@ -147,10 +192,10 @@ class KvGrainDirectory(GrainDirectory):
         try:
             for _ in range(_MAX_ATTEMPTS):
                 try:
-                    stored = _decode(await self.kv.get(key))
+                    stored = self._decode(await self.kv.get(key))
                 except NotFoundError:
                     return False
-                if stored.activation_id != entry.activation_id:
+                if stored is None or stored.activation_id != entry.activation_id:
                     return False
                 if await self._delete_at(key, stored.revision):
                     return True
@@ -171,7 +216,7 @@ class KvGrainDirectory(GrainDirectory):
     # --- helpers --------------------------------------------------------------------
 
     async def entries(self) -> list[DirectoryEntry]:
-        """Every entry in the bucket now (a snapshot, O(entries)); unreadable ones skipped."""
+        """Every entry in the bucket now (a snapshot, O(entries)); malformed ones skipped."""
         try:
             return [entry for _, entry in await self._scan()]
         except NatsError as exc:
@@ -191,10 +236,9 @@ class KvGrainDirectory(GrainDirectory):
             last = info.state.last_seq
             async for kv_entry in watcher:
                 if kv_entry.operation == "PUT":
-                    try:
-                        found.append((kv_entry.key, _decode(kv_entry)))
-                    except DirectoryError:
-                        pass  # not ours to judge here; lookup reports it
+                    entry = self._decode(kv_entry)
+                    if entry is not None:
+                        found.append((kv_entry.key, entry))
                 if kv_entry.revision >= last:
                     break
         return found
