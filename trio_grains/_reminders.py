@@ -19,6 +19,12 @@ In a cluster, silos share one table and each reminder must fire on exactly one l
 removed by other silos. Without a filter a service owns every reminder (one silo). A
 reminder that changes owner resumes at its next tick on the new owner (a tick that a dead
 owner missed is not replayed), so pick a refresh interval shorter than your due times.
+
+A reminder table is shared, so its rows are untrusted input: tables decode each row with
+:func:`checked_reminder_row` (a name, bounded times, a period of at least 1 µs), skip the ones that
+fail, count them and log each once (:mod:`trio_grains._rows`). The service checks the rows
+it is given again, so a table that lets a bad row through (a period of 0 would divide by
+zero) costs that reminder, counted in :attr:`ReminderService.malformed_rows`, not the silo.
 """
 
 from __future__ import annotations
@@ -34,15 +40,23 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ._exceptions import ConfigError, GrainMethodError
+from ._exceptions import ConfigError, GrainMethodError, StorageError
 from ._grain import class_info
 from ._ids import GrainId
+from ._rows import MalformedRows
 from ._tracing import ATTR_GRAIN_ID, SpanKind
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
 
-__all__ = ["GrainReminder", "ReminderEntry", "ReminderService", "ReminderTable", "TickStatus"]
+__all__ = [
+    "GrainReminder",
+    "ReminderEntry",
+    "ReminderService",
+    "ReminderTable",
+    "TickStatus",
+    "checked_reminder_row",
+]
 
 log = logging.getLogger("trio_grains.reminders")
 
@@ -62,6 +76,51 @@ class ReminderEntry:
     start_at: float
     period: float
     etag: str | None = None
+
+
+_MAX_SECONDS = 1e15  # times and periods of a row: about 30 million years either way
+_MIN_PERIOD = 1e-6  # so that (now - start_at) / period stays a finite float
+
+
+def _seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{what} is too large") from None
+    if not -_MAX_SECONDS <= number <= _MAX_SECONDS:  # NaN fails too
+        raise ValueError(f"{what} must be a finite number of seconds within ±1e15, got {number!r}")
+    return number
+
+
+def checked_reminder_row(entry: ReminderEntry) -> ReminderEntry:
+    """*entry*, a row read from a table, checked strictly; its times as floats.
+
+    Raises :class:`~trio_grains.StorageError`, and nothing else, unless ``grain_id`` is a
+    :class:`GrainId`, ``name`` a non-empty string of valid text, ``start_at`` and
+    ``period`` numbers (an int or a float, not a bool) within ±1e15 seconds with
+    ``period`` at least a microsecond, and ``etag`` a string or ``None``. Table providers
+    call it on every row they decode.
+    """
+    try:
+        if not isinstance(entry.grain_id, GrainId):
+            raise ValueError(f"grain_id must be a GrainId, got {type(entry.grain_id).__name__}")
+        name = entry.name
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty str, got {type(name).__name__}")
+        name.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+        start_at = _seconds(entry.start_at, "start_at")
+        period = _seconds(entry.period, "period")
+        if not period >= _MIN_PERIOD:
+            raise ValueError(f"period must be at least {_MIN_PERIOD} seconds, got {period!r}")
+        if entry.etag is not None and not isinstance(entry.etag, str):
+            raise ValueError(f"etag must be a str, got {type(entry.etag).__name__}")
+    except Exception as exc:  # ValueError from the checks; anything else is malformed too
+        raise StorageError(f"not a reminder row: {exc}") from None
+    if start_at is entry.start_at and period is entry.period:
+        return entry
+    return attrs.evolve(entry, start_at=start_at, period=period)
 
 
 @attrs.frozen
@@ -160,10 +219,29 @@ class ReminderService:
     # keys registered or unregistered here while a table read is under way (None: no read)
     _touched: set[tuple[GrainId, str]] | None = attrs.field(default=None, init=False)
     ticks_delivered: int = attrs.field(default=0, init=False)
+    _malformed: MalformedRows = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.refresh_interval is not None and not self.refresh_interval > 0:
             raise ValueError(f"refresh_interval must be > 0 seconds, got {self.refresh_interval}")
+        self._malformed = MalformedRows(f"reminder table {self.table!r}", log)
+
+    @property
+    def malformed_rows(self) -> int:
+        """Rows the table returned that are no reminder (skipped; each row once). Rows
+        the table itself skipped are counted by the table (its ``malformed_rows``)."""
+        return self._malformed.count
+
+    def _checked(self, rows: list[ReminderEntry]) -> list[ReminderEntry]:
+        """The rows of *rows* that pass :func:`checked_reminder_row`; the others skipped."""
+        good = []
+        for row in rows:
+            try:
+                good.append(checked_reminder_row(row))
+            except StorageError as exc:
+                key = f"{getattr(row, 'grain_id', '?')}.{getattr(row, 'name', '?')}"
+                self._malformed.report(key, getattr(row, "etag", None), f"row {key!r}: {exc}")
+        return good
 
     def now(self) -> float:
         """Wall-clock seconds, advancing with Trio's clock."""
@@ -237,7 +315,7 @@ class ReminderService:
         touched: set[tuple[GrainId, str]] = set()
         self._touched = touched
         try:
-            rows = await self.table.read_all()
+            rows = self._checked(await self.table.read_all())
         finally:
             self._touched = None
         current = {(r.grain_id, r.name): r for r in rows if self.owns(r.grain_id)}
@@ -333,7 +411,7 @@ class ReminderService:
         return removed
 
     async def list(self, grain_id: GrainId) -> list[GrainReminder]:
-        rows = await self.table.read_grain(grain_id)
+        rows = self._checked(await self.table.read_grain(grain_id))
         return sorted(
             (GrainReminder(r.grain_id, r.name, r.start_at, r.period) for r in rows),
             key=lambda r: r.name,

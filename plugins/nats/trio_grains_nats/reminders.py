@@ -20,6 +20,16 @@ bucket, delete markers included; the silo calls it when it starts and, in a clus
 ``SiloConfig.reminder_refresh`` seconds, so it suits tables of thousands of reminders, not
 millions.
 
+**Untrusted rows.** Anything that can write the bucket can put any bytes under any key.
+A key is decoded by :func:`decode_reminder_key`, a value by :func:`decode_reminder_row`
+with the bounds of :mod:`trio_grains._rows`: at most 64 KiB, a JSON object whose
+``start_at`` and ``period`` are numbers (not strings, not booleans) that
+:func:`~trio_grains._reminders.checked_reminder_row` accepts (within ±1e15 seconds, a
+period of at least 1 µs). A key or value that fails makes a *malformed* row: the scans
+skip it, count it in :attr:`NatsKvReminderTable.malformed_rows` and log it once; ``read``
+of it raises :class:`~trio_grains.StorageError`. Upserting or removing the reminder
+replaces it.
+
 **Writes.** ``upsert`` is a plain put (the table's contract: last writer wins). ``remove``
 reads the key and writes a delete marker expecting the revision it read (compare-and-set),
 so a remove with a stale ETag, or racing an upsert, deletes nothing and returns False.
@@ -37,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -51,6 +60,8 @@ from trio_grains import (
     ReminderTable,
     StorageError,
 )
+from trio_grains._reminders import checked_reminder_row
+from trio_grains._rows import MalformedRows, load_json_object, number_field
 
 from ._connection import Connection
 from ._exceptions import (
@@ -80,6 +91,7 @@ __all__ = [
     "NatsKvReminderTable",
     "NatsKvReminderTableConfig",
     "decode_reminder_key",
+    "decode_reminder_row",
     "open_nats_kv_reminder_table",
     "parse_reminder_options",
     "reminder_key",
@@ -117,22 +129,27 @@ def _encode_value(entry: ReminderEntry) -> bytes:
 
 
 def _decode_value(data: bytes) -> tuple[float, float]:
-    """``(start_at, period)`` of a stored value; ValueError if it is not one."""
+    """``(start_at, period)`` of a stored value; ValueError (only) if it is not one."""
+    value = load_json_object(data)
+    return number_field(value, "start_at"), number_field(value, "period")
+
+
+def decode_reminder_row(key: str, value: bytes, revision: int) -> ReminderEntry:
+    """The row stored as *value* under the KV key *key* at *revision* (its ETag).
+
+    Raises :class:`~trio_grains.StorageError`, and nothing else, if *key* is not a
+    :func:`reminder_key` or *value* is not a reminder's (see the module's docstring).
+    """
     try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {data[:80]!r}")
-    fields = []
-    for field in ("start_at", "period"):
-        number = value.get(field)
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise ValueError(f"field {field!r} must be a number, got {number!r}")
-        if not math.isfinite(number):
-            raise ValueError(f"field {field!r} must be finite, got {number!r}")
-        fields.append(float(number))
-    return fields[0], fields[1]
+        grain_id, name = decode_reminder_key(key)
+        if reminder_key(grain_id, name) != key:
+            raise ValueError("it is not the key of the reminder it decodes to")
+        start_at, period = _decode_value(value)
+        return checked_reminder_row(
+            ReminderEntry(grain_id, name, start_at, period, str(revision))
+        )
+    except Exception as exc:  # ValueError from the checks; anything else is malformed too
+        raise StorageError(f"malformed reminder row {key[:200]!r}: {exc}") from None
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -149,6 +166,16 @@ class NatsKvReminderTable(ReminderTable):
 
     nc: Connection
     _kv: KeyValue
+    _malformed: MalformedRows = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._malformed = MalformedRows(f"reminder bucket {self._kv.bucket!r}", log)
+
+    @property
+    def malformed_rows(self) -> int:
+        """How many malformed rows this table skipped or refused (each key at each
+        revision once)."""
+        return self._malformed.count
 
     @classmethod
     async def open(
@@ -189,9 +216,13 @@ class NatsKvReminderTable(ReminderTable):
     def _failed(self, what: str, exc: NatsError) -> StorageError:
         return StorageError(f"NATS KV bucket {self._kv.bucket!r}: {what} failed: {exc}")
 
-    def _row(self, grain_id: GrainId, name: str, kv_entry: KvEntry) -> ReminderEntry:
-        start_at, period = _decode_value(kv_entry.value)
-        return ReminderEntry(grain_id, name, start_at, period, str(kv_entry.revision))
+    def _row(self, kv_entry: KvEntry) -> ReminderEntry | None:
+        """The row of *kv_entry*; ``None`` if it is malformed (counted, logged once)."""
+        try:
+            return decode_reminder_row(kv_entry.key, kv_entry.value, kv_entry.revision)
+        except StorageError as exc:
+            self._malformed.report(kv_entry.key, kv_entry.revision, exc)
+            return None
 
     async def _get(self, key: str) -> KvEntry | None:
         """The latest value of *key*, or None if it has none (never written, or deleted)."""
@@ -223,17 +254,9 @@ class NatsKvReminderTable(ReminderTable):
                     raise
                 complete = False
                 async for kv_entry in watcher:
-                    if kv_entry.operation == "PUT":
-                        try:
-                            grain_id, name = decode_reminder_key(kv_entry.key)
-                            rows[kv_entry.key] = self._row(grain_id, name, kv_entry)
-                        except ValueError as exc:
-                            log.warning(
-                                "NATS KV bucket %r: skipping key %r, not a reminder: %s",
-                                self._kv.bucket,
-                                kv_entry.key,
-                                exc,
-                            )
+                    row = self._row(kv_entry) if kv_entry.operation == "PUT" else None
+                    if row is not None:
+                        rows[kv_entry.key] = row
                     else:
                         rows.pop(kv_entry.key, None)
                     if kv_entry.revision >= last:
@@ -271,11 +294,13 @@ class NatsKvReminderTable(ReminderTable):
         if kv_entry is None:
             return None
         try:
-            return self._row(grain_id, name, kv_entry)
-        except ValueError as exc:
+            return decode_reminder_row(kv_entry.key, kv_entry.value, kv_entry.revision)
+        except StorageError as exc:
+            self._malformed.report(kv_entry.key, kv_entry.revision, exc)
             raise StorageError(
-                f"NATS KV bucket {self._kv.bucket!r}: key {key!r} holds no reminder: {exc}"
-            ) from exc
+                f"NATS KV bucket {self._kv.bucket!r}: key {key!r} holds no reminder: {exc}; "
+                "upsert or remove the reminder to replace it"
+            ) from None
 
     async def upsert(self, entry: ReminderEntry) -> str:
         key = self._key(entry.grain_id, entry.name)

@@ -1,23 +1,56 @@
-"""The sqlite reminder table."""
+"""The sqlite reminder table.
+
+SQLite does not enforce column types (a ``REAL`` column takes a string, a ``TEXT`` one a
+blob), and the file may be shared by other programs, so every row read is decoded
+strictly (:func:`decode_reminder_row`): a row that fails is skipped by ``read_all`` and
+``read_grain``, counted in :attr:`SqliteReminderTable.malformed_rows` and logged once;
+``read`` of it raises :class:`~trio_grains.StorageError`.
+"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from typing import Any
 
 import attrs
 
+from ..._exceptions import StorageError
 from ..._ids import GrainId, GrainType
-from ..._reminders import ReminderEntry, ReminderTable
+from ..._reminders import ReminderEntry, ReminderTable, checked_reminder_row
+from ..._rows import MalformedRows
 from ._connection import SqliteStatistics, _Connection, _new_etag
+
+log = logging.getLogger("trio_grains.sqlite")
 
 # --- reminder table --------------------------------------------------------------------------
 
 _REMINDER_COLUMNS = "grain_type, grain_key, name, start_at, period, etag"
 
 
-def _entry(row: tuple[str, str, str, float, float, str]) -> ReminderEntry:
-    grain_type, grain_key, name, start_at, period, etag = row
-    return ReminderEntry(GrainId(GrainType(grain_type), grain_key), name, start_at, period, etag)
+def decode_reminder_row(row: tuple[Any, ...]) -> ReminderEntry:
+    """The reminder of a row of the ``reminders`` table (its columns in the order of
+    ``_REMINDER_COLUMNS``); :class:`~trio_grains.StorageError`, and nothing else, if the
+    row holds no valid reminder (a value of the wrong type included: nothing is coerced)."""
+    try:
+        grain_type, grain_key, name, start_at, period, etag = row
+        if not isinstance(grain_type, str) or not isinstance(grain_key, str):
+            raise ValueError("grain_type and grain_key must be TEXT")
+        if not isinstance(etag, str):
+            raise ValueError("etag must be TEXT")
+        grain_id = GrainId(GrainType(grain_type), grain_key)
+        return checked_reminder_row(ReminderEntry(grain_id, name, start_at, period, etag))
+    except Exception as exc:  # ValueError, StorageError, an unexpected row shape: malformed
+        raise StorageError(f"malformed reminder row {_row_name(row)}: {exc}") from None
+
+
+def _row_name(row: object) -> str:
+    """The key of a row, for messages: ``'type/key'.'name'`` (each cut short)."""
+    try:
+        grain_type, grain_key, name = (str(field)[:100] for field in row[:3])  # type: ignore[index]
+    except Exception:
+        return "(unreadable)"
+    return f"{grain_type + '/' + grain_key!r}.{name!r}"
 
 
 @attrs.define(eq=False)
@@ -25,41 +58,68 @@ class SqliteReminderTable(ReminderTable):
     """Reminder rows in the ``reminders`` table of a SQLite file."""
 
     _conn: _Connection
+    _malformed: MalformedRows = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._malformed = MalformedRows(f"sqlite reminders {self._conn.options.path!r}", log)
 
     def statistics(self) -> SqliteStatistics:
         return self._conn.statistics()
 
-    async def read_all(self) -> list[ReminderEntry]:
-        def read_all(conn: sqlite3.Connection) -> list[ReminderEntry]:
-            rows = conn.execute(f"SELECT {_REMINDER_COLUMNS} FROM reminders").fetchall()
-            return [_entry(row) for row in rows]
+    @property
+    def malformed_rows(self) -> int:
+        """How many malformed rows this table skipped or refused (each row once)."""
+        return self._malformed.count
 
-        return await self._conn.call(read_all, writes=False)
+    def _rows(self, rows: list[tuple[Any, ...]]) -> list[ReminderEntry]:
+        """The reminders of *rows*; malformed ones skipped, counted and logged once."""
+        entries = []
+        for row in rows:
+            try:
+                entries.append(decode_reminder_row(row))
+            except StorageError as exc:
+                self._malformed.report(_row_name(row), hash(row), exc)
+        return entries
+
+    async def read_all(self) -> list[ReminderEntry]:
+        def read_all(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(f"SELECT {_REMINDER_COLUMNS} FROM reminders").fetchall()
+
+        return self._rows(await self._conn.call(read_all, writes=False))
 
     async def read_grain(self, grain_id: GrainId) -> list[ReminderEntry]:
         key = (str(grain_id.type), grain_id.key)
 
-        def read_grain(conn: sqlite3.Connection) -> list[ReminderEntry]:
-            rows = conn.execute(
+        def read_grain(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
                 f"SELECT {_REMINDER_COLUMNS} FROM reminders WHERE grain_type = ? AND grain_key = ?",
                 key,
             ).fetchall()
-            return [_entry(row) for row in rows]
 
-        return await self._conn.call(read_grain, writes=False)
+        return self._rows(await self._conn.call(read_grain, writes=False))
 
     async def read(self, grain_id: GrainId, name: str) -> ReminderEntry | None:
         key = (str(grain_id.type), grain_id.key, name)
 
-        def read(conn: sqlite3.Connection) -> ReminderEntry | None:
-            row = conn.execute(
+        def read(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(
                 f"SELECT {_REMINDER_COLUMNS} FROM reminders "
                 "WHERE grain_type = ? AND grain_key = ? AND name = ?",
                 key,
             ).fetchone()
-            return None if row is None else _entry(row)
+            return row
 
-        return await self._conn.call(read, writes=False)
+        row = await self._conn.call(read, writes=False)
+        if row is None:
+            return None
+        try:
+            return decode_reminder_row(row)
+        except StorageError as exc:
+            self._malformed.report(_row_name(row), hash(row), exc)
+            raise StorageError(
+                f"sqlite database {self._conn.options.path!r}: {exc}; upsert or remove the "
+                "reminder to replace it"
+            ) from None
 
     async def upsert(self, entry: ReminderEntry) -> str:
         values = (
