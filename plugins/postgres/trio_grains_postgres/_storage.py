@@ -6,13 +6,19 @@ changed a row; a write expecting no record (ETag ``None``) is ``INSERT ... ON CO
 NOTHING`` and succeeded if it inserted one. Under PostgreSQL's row locks, of N writers
 holding the same ETag exactly one updates the row; the others see the new ETag and change
 nothing. ETags are random 128-bit hex strings made by the provider.
+
+A record read is checked (``data`` bytes, ``etag`` non-empty text; a table altered by hand
+may hold anything): one that is not is a :class:`~trio_grains.StorageError`, so the
+grain's activation fails and the silo goes on.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
-from trio_grains import GrainId, GrainStorage, InconsistentStateError, StoredState
+from trio_grains import GrainId, GrainStorage, InconsistentStateError, StorageError, StoredState
 
 from ._database import Database
 from ._values import Statement, new_etag, table_statements
@@ -55,7 +61,7 @@ class PostgresStorage(GrainStorage):
         key = (state_name, str(grain_id.type), grain_id.key)
         what = f"reading {state_name!r} of {grain_id}"
         rows = (await self._db.execute(what, self._sql["read"], key)).rows
-        return StoredState(rows[0][0], rows[0][1]) if rows else None
+        return _record(rows[0], f"{state_name!r} of {grain_id}") if rows else None
 
     async def write(self, state_name: str, grain_id: GrainId, data: bytes, etag: str | None) -> str:
         key = (state_name, str(grain_id.type), grain_id.key)
@@ -91,6 +97,18 @@ class PostgresStorage(GrainStorage):
         # Only to name the stored ETag in the message: the decision was the statement's.
         rows = (await self._db.execute(what, self._sql["etag"], key)).rows
         return _conflict(state_name, grain_id, expected, rows[0][0] if rows else None)
+
+
+def _record(row: tuple[Any, ...], what: str) -> StoredState:
+    """The record of a ``(data, etag)`` row; StorageError (only) if it is not one."""
+    data, etag = row if len(row) == 2 else (None, None)
+    if not isinstance(data, bytes) or not isinstance(etag, str) or not etag:
+        raise StorageError(
+            f"the record of {what} is malformed: data is {type(data).__name__} (bytea "
+            f"expected), etag {type(etag).__name__} (non-empty text expected); delete or "
+            "repair it"
+        )
+    return StoredState(data, etag)
 
 
 def _conflict(

@@ -1,16 +1,40 @@
-"""The sqlite grain storage provider."""
+"""The sqlite grain storage provider.
+
+SQLite does not enforce column types, so a record read is checked: its ``data`` must be a
+BLOB and its ``etag`` TEXT, or the read is a :class:`~trio_grains.StorageError` (the
+grain's activation fails; the silo goes on). Nothing is coerced: ``bytes(n)`` of an
+integer would allocate *n* bytes.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import attrs
 
+from ..._exceptions import StorageError
 from ..._ids import GrainId
 from ..._storage import GrainStorage, InconsistentStateError, StoredState
 from ._connection import SqliteStatistics, _Connection, _new_etag
 
 # --- grain storage ---------------------------------------------------------------------------
+
+
+def decode_record(row: tuple[Any, ...], what: str) -> StoredState:
+    """The record of a ``(data, etag)`` row of *what*; :class:`~trio_grains.StorageError`
+    (and nothing else) unless ``data`` is a BLOB and ``etag`` non-empty TEXT."""
+    try:
+        data, etag = row
+    except Exception:
+        raise StorageError(f"the record of {what} is malformed: not a (data, etag) row") from None
+    if not isinstance(data, bytes) or not isinstance(etag, str) or not etag:
+        raise StorageError(
+            f"the record of {what} is malformed: data is {type(data).__name__} (a BLOB "
+            f"expected), etag {type(etag).__name__} (non-empty TEXT expected); delete or "
+            "repair it"
+        )
+    return StoredState(data, etag)
 
 
 def _mismatch(
@@ -44,7 +68,9 @@ class SqliteStorage(GrainStorage):
                 "WHERE state_name = ? AND grain_type = ? AND grain_key = ?",
                 key,
             ).fetchone()
-            return None if row is None else StoredState(bytes(row[0]), row[1])
+            if row is None:
+                return None
+            return decode_record(row, f"state {state_name!r} of {grain_id}")
 
         return await self._conn.call(read, writes=False)
 
