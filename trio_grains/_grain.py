@@ -365,8 +365,10 @@ class Grain(GrainInterface):
 
     @property
     def primary_key_uuid(self) -> uuid.UUID:
-        """The UUID key; :class:`GrainKeyKindError` if the key is not a UUID key."""
-        return self._activation.grain_id.key_as_uuid()[0]
+        """The UUID key, or for an integer key the Guid Orleans' ``GetPrimaryKey()`` gives
+        it (``42`` -> ``00000000-0000-0000-2a00-000000000000``); :class:`GrainKeyKindError`
+        for a string key."""
+        return self._activation.grain_id.primary_key_uuid()[0]
 
     @property
     def key_extension(self) -> str | None:
