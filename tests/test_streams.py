@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -16,12 +16,14 @@ import trio.testing
 from trio_grains import (
     ConfigError,
     DeadLetter,
+    EncodedItem,
     Grain,
     GrainTypeError,
     PluginError,
     ProviderConfig,
     ProviderContext,
     ProviderRegistry,
+    ReceivedItem,
     RejectedItemError,
     SequenceToken,
     SiloConfig,
@@ -34,6 +36,8 @@ from trio_grains import (
     partition_for,
 )
 from trio_grains._builtin.memory_streams import MemoryStreamAdapter
+from trio_grains._serialization import Codec, make_converter
+from trio_grains._stream_delivery import encode_dead_letter
 
 
 @attrs.frozen
@@ -603,3 +607,166 @@ async def test_a_failing_receive_is_retried(
             await silo.get_stream_provider().get_stream("orders", "k").publish(Order(1))
             await until(lambda: len(HANDLED) == 1)
     assert "receive from partition 0 failed" in caplog.text
+
+
+# --- dead letters and items nobody should trust --------------------------------------------
+
+
+def shared(adapter: MemoryStreamAdapter, **options: Any) -> tuple[SiloConfig, object]:
+    """A silo config on *adapter* (the core's *options* beside it) and its plugin."""
+    config = SiloConfig(streams={"default": ProviderConfig(provider="shared", options=options)})
+    return config, shared_plugin(adapter)
+
+
+class Recording(MemoryStreamAdapter):
+    """Records what is published to the dead-letter namespace; receives items without
+    their msg ids (as an independent publisher's come), and items of the namespace
+    ``garbage`` as items it could not read."""
+
+    def __init__(self, *, limit: int | None = None, fail_letters: int = 0) -> None:
+        super().__init__(partitions=4)
+        self.letters: list[EncodedItem] = []
+        self.limit = limit
+        self.fail_letters = fail_letters  # letters stored, then an error (a lost ack)
+
+    @property
+    def max_item_size(self) -> int | None:
+        return self.limit
+
+    async def publish_batch(
+        self, stream_id: StreamId, partition: int, items: Sequence[EncodedItem]
+    ) -> list[SequenceToken]:
+        tokens = await super().publish_batch(stream_id, partition, items)
+        if stream_id.namespace == "dead-letters":
+            self.letters += items
+            if self.fail_letters:
+                self.fail_letters -= 1
+                raise StreamError("the publish ack was lost")
+        return tokens
+
+    async def receive(self, partition: int, max_items: int) -> list[ReceivedItem]:
+        items = await super().receive(partition, max_items)
+        return [
+            attrs.evolve(
+                item,
+                msg_id="",
+                stream_id=ReceivedItem.UNREADABLE,
+                unreadable=f"namespace of item {item.token} is garbage",
+            )
+            if item.stream_id.namespace == "garbage"
+            else attrs.evolve(item, msg_id="")
+            for item in items
+        ]
+
+
+async def test_items_without_msg_ids_get_distinct_dead_letters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adapter = Recording()
+    config, plugin = shared(adapter)
+    async with open_silo(config, grains=[PickyGrain, DeadLetterGrain], plugins=[plugin]) as silo:
+        provider = silo.get_stream_provider()
+        tokens = [
+            await provider.get_stream("checked", f"k{n % 3}").publish(-n - 1) for n in range(30)
+        ]
+        await until(lambda: len(LETTERS) == 30)
+        assert sorted(letter.token for letter in LETTERS) == sorted(tokens)
+        assert {letter.msg_id for letter in LETTERS} == {""}
+        ids = [item.msg_id for item in adapter.letters]
+        assert sorted(ids) == sorted(f"dead-letter:{t.partition}:{t.sequence}" for t in tokens)
+        assert provider.statistics().dead_lettered == 30
+
+
+async def test_a_dead_letter_published_again_keeps_its_msg_id(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    adapter = Recording(fail_letters=1)
+    config, plugin = shared(adapter, backoff=1.0)
+    async with open_silo(config, grains=[PickyGrain, DeadLetterGrain], plugins=[plugin]) as silo:
+        provider = silo.get_stream_provider()
+        token = await provider.get_stream("checked", "k").publish(-1)
+        await provider.get_stream("checked", "k").publish(2)
+        await until(lambda: len(HANDLED) == 1 and provider.statistics().in_flight == 0)
+        await trio.sleep(5)
+        # published twice (the item came back after the first try), stored and handled once
+        assert [item.msg_id for item in adapter.letters] == [f"dead-letter:{token}"] * 2
+        assert [letter.token for letter in LETTERS] == [token]
+        assert provider.statistics().dead_lettered == 1
+
+
+async def test_a_dead_letter_too_large_for_the_provider_is_a_reference(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    adapter = Recording(limit=4096)
+    config, plugin = shared(adapter)
+    async with open_silo(config, grains=[OrderGrain, DeadLetterGrain], plugins=[plugin]) as silo:
+        provider = silo.get_stream_provider()
+        stream = provider.get_stream("orders", "big")
+        big = await stream.publish("x" * 3500)  # not an Order: dead-lettered at once
+        small = await stream.publish("tiny")
+        await stream.publish(Order(1))
+        await until(lambda: len(LETTERS) == 2 and len(HANDLED) == 1)
+        reference, whole = sorted(LETTERS, key=lambda letter: letter.token)
+        assert (reference.token, reference.truncated, reference.data) == (big, True, b"")
+        assert reference.size == len(silo.codec.dumps("x" * 3500))
+        assert "SerializationError" in reference.error
+        assert (whole.token, whole.truncated, silo.codec.loads(whole.data)) == (
+            small,
+            False,
+            "tiny",
+        )
+        assert whole.size == len(whole.data)
+        assert all(item.size() <= 4096 - 1024 for item in adapter.letters)
+        stats = provider.statistics()
+        assert (stats.dead_lettered, stats.dead_letters_truncated, stats.in_flight) == (2, 1, 0)
+    assert "published as a reference" in caplog.text
+
+
+def test_a_reference_cuts_the_error_to_fit() -> None:
+    codec = Codec(make_converter())
+    item = ReceivedItem(StreamId("orders", "k"), b"d" * 5000, "m" * 5000, SequenceToken(1, 9))
+    encoded = encode_dead_letter(codec, item, 3, "why? " * 2000, 1000)
+    assert encoded is not None
+    letter_item, truncated = encoded
+    assert truncated
+    assert 900 < letter_item.size() <= 1000
+    letter = codec.loads(letter_item.data, DeadLetter)
+    assert (letter.stream_id, letter.token, letter.data, letter.size) == (
+        item.stream_id,
+        item.token,
+        b"",
+        5000,
+    )
+    assert letter.msg_id == "m" * 197 + "..."
+    assert letter.error.startswith("why? why?")
+    assert letter.error.endswith("...")
+    assert letter_item.headers["error"].endswith("...")
+    assert encode_dead_letter(codec, item, 3, "why?", 100) is None  # nothing fits: logged
+    # with room, the whole letter
+    whole, truncated = encode_dead_letter(codec, item, 3, "why?", None) or (None, True)
+    assert whole is not None
+    assert not truncated
+    assert codec.loads(whole.data, DeadLetter).data == item.data
+
+
+async def test_unreadable_items_are_dead_lettered_counted_and_logged_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    adapter = Recording()
+    config, plugin = shared(adapter)
+    async with open_silo(config, grains=[OrderGrain, DeadLetterGrain], plugins=[plugin]) as silo:
+        provider = silo.get_stream_provider()
+        bad = [await provider.get_stream("garbage", f"g{n}").publish(n) for n in range(3)]
+        await provider.get_stream("orders", "k").publish(Order(1))
+        await until(lambda: len(LETTERS) == 3 and len(HANDLED) == 1)
+        assert sorted(letter.token for letter in LETTERS) == sorted(bad)
+        for letter in LETTERS:
+            assert letter.stream_id == ReceivedItem.UNREADABLE
+            assert letter.attempts == 0
+            assert letter.error == f"namespace of item {letter.token} is garbage"
+        stats = provider.statistics()
+        # delivered: the good item, and the three dead letters to DeadLetterGrain
+        assert (stats.unreadable, stats.dead_lettered, stats.delivered) == (3, 3, 4)
+        assert ACTIVATED == ["k"]  # nobody was called with them
+    lines = [r for r in caplog.records if "is unreadable" in r.getMessage()]
+    assert len(lines) == 1

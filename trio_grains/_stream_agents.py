@@ -168,6 +168,8 @@ class StreamProvider:
             in_flight=sum(len(a.held) for a in self._agents.values()),
             subscriptions=sum(len(s) for s in self._subs.values()),
             lag={p: a.lag for p, a in sorted(self._agents.items())},
+            unreadable=self.counts["unreadable"],
+            dead_letters_truncated=self.counts["dead_letters_truncated"],
         )
 
     # -- lifetime and partition ownership ----------------------------------------------------

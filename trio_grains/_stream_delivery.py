@@ -8,6 +8,21 @@ retrying failed subscribers in place with backoff, then acks it, or after
 ``max_deliveries`` attempts publishes a :class:`~trio_grains._streams.DeadLetter` and
 terminates it. A :class:`~trio_grains.RejectedItemError` or an undecodable item is
 dead-lettered at once; an unavailable silo (failover) is retried without counting.
+
+Dead letters trust nothing about the item that failed, because an item is whatever
+anyone allowed to publish on the stream put there:
+
+* its msg_id is ``dead-letter:<partition>:<sequence>`` (:func:`dead_letter_msg_id`), not
+  derived from the item's own msg_id: items published without one (an independent
+  client's) would all share a dead-letter id, and the adapter's deduplication would keep
+  one letter of many. The token is unique per stored item and the same when the item
+  comes back, so a dead letter published again after a failed attempt is still one;
+* it always fits the adapter's ``max_item_size`` (:func:`encode_dead_letter`): a letter
+  that would not is cut to a reference (no data, the error cut). Otherwise its publish
+  would fail every time, and the item would come back forever;
+* an item the adapter could not read (``ReceivedItem.unreadable``) is delivered to
+  nobody and dead-lettered at once; it is counted, and logged for the 1st, 10th, 100th
+  and every 1000th of them, so that a flood of them cannot flood the log.
 """
 
 from __future__ import annotations
@@ -17,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from ._exceptions import RejectedItemError, SerializationError, SiloUnavailableError
@@ -24,10 +40,21 @@ from ._streams import DeadLetter, EncodedItem, ReceivedItem, StreamId
 from ._tracing import Attributes, SpanKind, stream_attributes
 
 if TYPE_CHECKING:
+    from ._serialization import Codec
     from ._stream_agents import StreamProvider
     from ._stream_handles import _Target
 
 log = logging.getLogger("trio_grains.streams")
+
+DEAD_LETTER_HEADROOM = 1024
+"""Bytes of the adapter's ``max_item_size`` a dead letter leaves free: for the trace
+context headers the runtime adds to a publish when tracing is on."""
+
+ERROR_HEADER_CHARS = 500
+"""Characters of the error kept in a dead letter's ``error`` header (one line)."""
+
+REFERENCE_MSG_ID_CHARS = 200
+"""Characters of the item's msg_id kept in a dead letter cut to a reference."""
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -39,6 +66,65 @@ def _describe_error(exc: BaseException) -> str:
     )
     message = str(exc)
     return f"{name}: {message}" if message else name
+
+
+def _cut(text: str, length: int) -> str:
+    """*text* if it has at most *length* characters, else its start and ``...`` (``""``
+    when not even that fits)."""
+    if len(text) <= length:
+        return text
+    return text[: length - 3] + "..." if length > 3 else ""
+
+
+def _clean(text: str) -> str:
+    """*text* encodable as UTF-8 (an exception's message may hold lone surrogates)."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def dead_letter_msg_id(item: ReceivedItem) -> str:
+    """The msg_id of *item*'s dead letter: ``dead-letter:<partition>:<sequence>``."""
+    return f"dead-letter:{item.token.partition}:{item.token.sequence}"
+
+
+def encode_dead_letter(
+    codec: Codec, item: ReceivedItem, attempts: int, error: str, limit: int | None
+) -> tuple[EncodedItem, bool] | None:
+    """*item*'s dead letter, encoded, and whether it had to be cut to a reference to fit
+    *limit* (bytes, as :meth:`EncodedItem.size` counts them; ``None``: no limit).
+
+    The reference keeps the item's stream id, token, size and (cut) msg_id, and as much
+    of the error as fits. ``None`` when not even a reference with no error fits (a limit
+    of a few hundred bytes)."""
+    error, msg_id = _clean(error), _clean(item.msg_id)
+    letter_id = dead_letter_msg_id(item)
+    # A header is one line: an error raised in a grain on another silo carries its
+    # traceback there as a note (the letter's body keeps all of it).
+    header = _cut(" ".join(error.split()), ERROR_HEADER_CHARS)
+    letter = DeadLetter(
+        item.stream_id, item.token, msg_id, item.data, attempts, error, size=len(item.data)
+    )
+    encoded = EncodedItem(codec.dumps(letter), letter_id, {"error": header})
+    if limit is None or encoded.size() <= limit:
+        return encoded, False
+    reference = attrs.evolve(
+        letter, msg_id=_cut(msg_id, REFERENCE_MSG_ID_CHARS), data=b"", truncated=True
+    )
+
+    def cut_to(length: int) -> EncodedItem:
+        text = _cut(error, length)
+        data = codec.dumps(attrs.evolve(reference, error=text))
+        return EncodedItem(data, letter_id, {"error": _cut(header, length)})
+
+    if cut_to(0).size() > limit:
+        return None
+    low, high = 0, len(error)  # the longest error that fits: low fits, high + 1 does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cut_to(middle).size() <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return cut_to(low), True
 
 
 _FATAL = (SerializationError, RejectedItemError)
@@ -212,6 +298,20 @@ class _Agent:
         """Deliver *item* to every subscriber, retrying; then ack or dead-letter it."""
         runtime = self.runtime
         counts = runtime.counts
+        if item.unreadable:
+            counts["unreadable"] += 1
+            seen = counts["unreadable"]
+            if seen in (1, 10, 100) or seen % 1000 == 0:
+                log.warning(
+                    "stream item %s is unreadable, dead-lettered without delivery (%d so far "
+                    "in stream provider %r; logged for the 1st, 10th, 100th, every 1000th): %s",
+                    item.token,
+                    seen,
+                    runtime.name,
+                    item.unreadable,
+                )
+            await self._dead_letter(item, 0, item.unreadable, quiet=True)
+            return
         done: set[Hashable] = set()
         attempt = max(1, item.attempt)
         waits = 0  # retries that did not count: the cluster's failures, not the item's
@@ -263,30 +363,55 @@ class _Agent:
             if not transient:
                 attempt += 1
 
-    async def _dead_letter(self, item: ReceivedItem, attempts: int, error: str) -> None:
-        log.warning(
-            "stream item %s of %s failed %d times; dead-lettered: %s",
-            item.token,
-            item.stream_id,
-            attempts,
-            error,
-        )
+    async def _dead_letter(
+        self, item: ReceivedItem, attempts: int, error: str, *, quiet: bool = False
+    ) -> None:
+        if not quiet:
+            log.warning(
+                "stream item %s of %s failed %d times; dead-lettered: %s",
+                item.token,
+                item.stream_id,
+                attempts,
+                error,
+            )
         runtime = self.runtime
         namespace = self.options.dead_letter_namespace
         if namespace and item.stream_id.namespace != namespace:
-            letter = DeadLetter(item.stream_id, item.token, item.msg_id, item.data, attempts, error)
-            # A header is one line: an error raised in a grain on another silo carries its
-            # traceback there as a note (the letter's body keeps all of it).
-            header = " ".join(error.split())[:1000]
-            encoded = EncodedItem(
-                runtime._codec.dumps(letter), f"dead-letter:{item.msg_id}", {"error": header}
-            )
-            try:
-                await runtime._publish(StreamId(namespace, item.stream_id.key), [encoded])
-            except Exception:
-                log.exception("dead letter of %s not published; it comes back", item.token)
-                await self.give_back(item, self.options.retry_delay(attempts))
-                return
+            limit = runtime.adapter.max_item_size
+            if limit is not None:
+                limit -= DEAD_LETTER_HEADROOM
+            encoded = encode_dead_letter(runtime._codec, item, attempts, error, limit)
+            if encoded is None:
+                # Nothing to publish that fits: the log line is the dead letter.
+                log.error(
+                    "the dead letter of stream item %s of %s (msg_id %.200r, %d bytes) does "
+                    "not fit the provider's max_item_size (%s bytes) even without its data; "
+                    "terminated, not published: %s",
+                    item.token,
+                    item.stream_id,
+                    item.msg_id,
+                    len(item.data),
+                    runtime.adapter.max_item_size,
+                    error,
+                )
+            else:
+                letter, truncated = encoded
+                try:
+                    await runtime._publish(StreamId(namespace, item.stream_id.key), [letter])
+                except Exception:
+                    log.exception("dead letter of %s not published; it comes back", item.token)
+                    await self.give_back(item, self.options.retry_delay(max(1, attempts)))
+                    return
+                if truncated:
+                    runtime.counts["dead_letters_truncated"] += 1
+                    log.warning(
+                        "the dead letter of stream item %s of %s (%d bytes) is larger than the "
+                        "provider takes (max_item_size %s): published as a reference",
+                        item.token,
+                        item.stream_id,
+                        len(item.data),
+                        runtime.adapter.max_item_size,
+                    )
         runtime.counts["dead_lettered"] += 1
         await self.settle(item, lambda: runtime.adapter.term(item, error))
 

@@ -122,6 +122,19 @@ class EncodedItem:
     msg_id: str
     headers: Mapping[str, str] = attrs.field(factory=dict)
 
+    def size(self) -> int:
+        """The item's size as :attr:`StreamAdapter.max_item_size` counts it: bytes of
+        ``data``, plus for each header ``len(name) + len(value) + 4`` (UTF-8), plus
+        ``len(msg_id) + 4`` (the adapter adds the framing and its msg-id header's name)."""
+        size = len(self.data) + _utf8_len(self.msg_id) + 4
+        for name, value in self.headers.items():
+            size += _utf8_len(name) + _utf8_len(value) + 4
+        return size
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+
 
 @attrs.frozen
 class ReceivedItem:
@@ -134,6 +147,11 @@ class ReceivedItem:
     * ``pending``: how many items of the partition wait behind it, when the adapter knows
       (JetStream's ``num_pending``); the core reports it as lag.
     * ``handle``: the adapter's own reference for ack / nak / term (a reply subject, ...).
+    * ``unreadable``: empty, or why the adapter could not read the item's stream id (its
+      subject is not one the adapter writes: another publisher's, a namespace that is not
+      valid, a key that does not unescape). Its ``stream_id`` is then
+      :attr:`UNREADABLE`; the core delivers it to nobody and dead-letters it at once
+      with this reason (and counts it in ``StreamStatistics.unreadable``).
     """
 
     stream_id: StreamId
@@ -144,6 +162,10 @@ class ReceivedItem:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     pending: int | None = None
     handle: Any = attrs.field(default=None, eq=False, repr=False)
+    unreadable: str = ""
+
+    UNREADABLE: ClassVar[StreamId] = StreamId("unreadable", "unreadable")
+    """The ``stream_id`` of an item the adapter could not read (see ``unreadable``)."""
 
 
 class StreamAdapter(abc.ABC):
@@ -177,6 +199,14 @@ class StreamAdapter(abc.ABC):
     progress_interval: float | None = None
     """Seconds between :meth:`in_progress` calls for items the core still holds, or
     ``None`` when the adapter has no ack wait to renew."""
+
+    @property
+    def max_item_size(self) -> int | None:
+        """The largest item :meth:`publish_batch` stores, as :meth:`EncodedItem.size`
+        counts it, or ``None`` (no limit known; the default). The core keeps dead
+        letters below it (a larger one is cut to a reference); ``publish_batch`` raises
+        :class:`StreamError` for a larger item rather than break its connection."""
+        return None
 
     @abc.abstractmethod
     def partitions(self) -> int:
@@ -322,8 +352,20 @@ class StreamOptions:
 class DeadLetter:
     """What the dead-letter stream receives: the item that failed and why.
 
-    Published on ``StreamId(dead_letter_namespace, <original key>)``; ``data`` is the
-    item as it was encoded (decode it with ``silo.codec.loads(data, ItemType)``).
+    Published on ``StreamId(dead_letter_namespace, <original key>)`` with the msg_id
+    ``dead-letter:<partition>:<sequence>`` of the item's token: distinct for every item
+    (with or without a msg_id of its own), and the same when the item comes back and its
+    dead letter is published again (the adapter's deduplication keeps one).
+
+    * ``stream_id``, ``token``, ``msg_id``: the item's (an item the adapter could not read
+      has ``stream_id == ReceivedItem.UNREADABLE``; ``error`` names its subject).
+    * ``data``: the item as it was encoded (decode it with ``silo.codec.loads(data,
+      ItemType)``); ``size``: its length in bytes.
+    * ``attempts``: handler attempts made; ``error``: why it failed.
+    * ``truncated``: the whole letter would not fit the provider's
+      :attr:`~StreamAdapter.max_item_size`, so it is a reference: ``data`` is empty,
+      ``msg_id`` and ``error`` are cut (``...`` at the end); read the item itself from
+      the stream by its token where the provider keeps it.
     """
 
     stream_id: StreamId
@@ -332,6 +374,8 @@ class DeadLetter:
     data: bytes
     attempts: int
     error: str
+    size: int = 0
+    truncated: bool = False
 
 
 @attrs.frozen
@@ -340,7 +384,9 @@ class StreamStatistics:
 
     * ``delivered``: handler calls that returned; ``failed``: that raised.
     * ``acked``: items done; ``redelivered``: retries (and adapter redeliveries);
-      ``dead_lettered``: items sent to the dead-letter path.
+      ``dead_lettered``: items sent to the dead-letter path, of which
+      ``dead_letters_truncated`` as a reference (too large for the provider) and
+      ``unreadable`` items the adapter could not read (see ``ReceivedItem.unreadable``).
     * ``in_flight``: items received and not yet acked or terminated.
     * ``lag``: per owned partition, items waiting behind the last one received, when the
       adapter reports it (``None`` otherwise).
@@ -357,6 +403,8 @@ class StreamStatistics:
     in_flight: int
     subscriptions: int
     lag: Mapping[int, int | None]
+    unreadable: int = 0
+    dead_letters_truncated: int = 0
 
 
 # --- implicit subscriptions ------------------------------------------------------------
