@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 from _dashboard_http import http_get
-from trio_grains_dashboard import CONTENT_TYPE, Dashboard, open_dashboard
+from trio_grains_dashboard import CONTENT_TYPE, Dashboard, DashboardOptions, open_dashboard
 
 from trio_grains import ConfigError, Grain, ProviderConfig, Silo, SiloConfig, open_silo
 from trio_grains.hookspecs import ServiceContext
@@ -200,6 +200,17 @@ async def test_with_a_token_any_host_name_may_be_used(caplog: pytest.LogCaptureF
         status, _ = await _status_for_host(port, "dashboard.example")
     assert by_name.status == 200
     assert status == 401  # the token is still needed, whatever the name
+
+
+def test_the_token_is_never_printed() -> None:
+    options = DashboardOptions.from_options("dash", {"token": "s3cret-token"})
+    assert options.token == "s3cret-token"
+    assert "s3cret-token" not in repr(options)
+    assert "token='***'" in repr(options)
+    assert "token=None" in repr(DashboardOptions())
+    with pytest.raises(ConfigError, match="got a value of type int") as info:
+        DashboardOptions.from_options("dash", {"token": 918273645})
+    assert "918273645" not in str(info.value)
 
 
 async def test_a_non_loopback_host_without_token_refuses_to_start() -> None:

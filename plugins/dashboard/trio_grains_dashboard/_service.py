@@ -41,7 +41,8 @@ class DashboardOptions:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    token: str | None = None
+    token: str | None = attrs.field(default=None, repr=lambda t: "None" if t is None else "'***'")
+    """Never printed: the repr shows ``'***'``."""
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> DashboardOptions:
@@ -66,9 +67,15 @@ class DashboardOptions:
             )
         token = options.get("token")
         if token is not None and (not isinstance(token, str) or not token.strip()):
+            # The value is not quoted: it is meant to be a secret.
+            got = (
+                "a blank string"
+                if isinstance(token, str)
+                else f"a value of type {type(token).__name__}"
+            )
             raise ConfigError(
                 f"{where} token must be a non-empty string (or leave it out on a loopback "
-                f"host), got {token!r}"
+                f"host), got {got}"
             )
         if token is None and not is_loopback(host):
             raise ConfigError(
