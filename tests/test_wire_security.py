@@ -23,8 +23,10 @@ from trio_grains import (
     GrainIdError,
     GrainInterface,
     GrainMethodError,
+    ProviderConfig,
     SiloConfig,
     grain_type,
+    open_silo,
 )
 from trio_grains import _envelope as env
 from trio_grains._logging import LogThrottle
@@ -375,3 +377,25 @@ async def test_a_grain_without_interfaces_exposes_its_public_methods() -> None:
         assert await cluster.client.call("counter/p", "add", {"n": 3}) == 3
         with pytest.raises(GrainMethodError):
             await cluster.client.call("counter/p", "_private")
+
+
+@grain_type("watcher")
+class IWatcher(GrainInterface):
+    async def watch(self) -> None: ...
+
+
+@grain_type("watcher")
+class WatcherGrain(Grain, IWatcher):
+    async def watch(self) -> None:
+        stream = self.get_stream_provider().get_stream("prices", "x")
+        await stream.subscribe(self.on_price)
+
+    async def on_price(self, price: int) -> None:
+        EVENTS.append(f"price {price}")
+
+
+async def test_an_explicit_stream_handler_must_be_declared_by_the_interface() -> None:
+    config = SiloConfig(streams={"default": ProviderConfig(provider="memory")})
+    async with open_silo(config, grains=[WatcherGrain]) as silo:
+        with pytest.raises(GrainMethodError, match="declare it in one of them"):
+            await silo.get_grain(WatcherGrain, "w").watch()

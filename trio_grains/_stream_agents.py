@@ -318,6 +318,12 @@ class StreamProvider:
                     f"{type(grain).__qualname__}.{method} is not a grain method: stream "
                     "handlers of grains must be public 'async def' methods"
                 )
+            if info.declared is not None and method not in info.declared:
+                raise GrainMethodError(
+                    f"{type(grain).__qualname__}.{method} is not declared by the grain's "
+                    "interfaces: items may be delivered from any silo, and other processes "
+                    "may call only interface methods; declare it in one of them"
+                )
             grain_id = grain.grain_id
             for sub in self._subs.get(stream_id, {}).values():
                 if sub.grain_id == grain_id and sub.method == method:
