@@ -33,6 +33,23 @@ async def test_bad_subject_and_header_are_refused(nc: Connection) -> None:
         await nc.publish("ok", b"", headers={"bad:name": "x"})
 
 
+async def test_an_over_long_subject_is_refused_and_the_connection_lives(nc: Connection) -> None:
+    # The server would close the connection on a control line past 4 KiB (the silo's
+    # calls, replies and heartbeats share it): refuse the one publish instead.
+    sub = await nc.subscribe("core.after")
+    long_subject = "a." + "x" * 5000
+    with pytest.raises(ValueError, match="bytes, more than 2048"):
+        await nc.publish(long_subject, b"")
+    with pytest.raises(ValueError, match="bytes, more than 2048"):
+        nc.publish_nowait("core.after", b"", reply=long_subject)
+    with pytest.raises(ValueError, match="bytes, more than 2048"):
+        await nc.subscribe(long_subject)
+    await nc.publish("core.after", b"still here")
+    with trio.fail_after(5):
+        assert (await sub.__anext__()).data == b"still here"
+    assert nc.statistics().reconnects == 0
+
+
 async def test_queue_group_delivers_each_message_once(nc: Connection) -> None:
     subs = [await nc.subscribe("core.q", queue="workers") for _ in range(3)]
     for i in range(300):

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Wire"]
 
 _BAD_SUBJECT = re.compile(r"[\s]")
+MAX_SUBJECT_BYTES = 2048
+"""The longest subject published or subscribed to (the server\'s control line is 4 KiB)."""
 _CONN_ERRORS = (
     OSError,
     trio.BrokenResourceError,
@@ -142,8 +144,15 @@ class Wire:
         subj = self._subject_cache.get(subject)
         if subj is None:
             if not subject or _BAD_SUBJECT.search(subject):
-                raise ValueError(f"bad subject {subject!r}: it must be non-empty, no spaces")
+                raise ValueError(f"bad subject {subject[:80]!r}: it must be non-empty, no spaces")
             subj = subject.encode()
+            if len(subj) > MAX_SUBJECT_BYTES:
+                # The server closes a connection whose protocol line passes its
+                # max_control_line (4 KiB): every other user of the connection would pay.
+                raise ValueError(
+                    f"subject {subject[:40]!r}... is {len(subj)} bytes, more than "
+                    f"{MAX_SUBJECT_BYTES}: use shorter keys (hash long ones)"
+                )
             if len(self._subject_cache) > 10_000:
                 self._subject_cache.clear()
             self._subject_cache[subject] = subj
