@@ -22,6 +22,7 @@ from trio_grains import Grain, GrainInterface, grain_type, implicit_subscription
 
 __all__ = [
     "SINK_ITEMS",
+    "SLEEPING",
     "STREAM_NAMESPACE",
     "CounterGrain",
     "ICounter",
@@ -35,6 +36,7 @@ __all__ = [
 
 STREAM_NAMESPACE = "hitems"
 SINK_ITEMS: dict[str, list[int]] = {}
+SLEEPING: list[str] = []  # keys of SlowGrains whose sleep() has begun (in this process)
 
 
 def _silo_id(grain: Grain) -> str:
@@ -122,6 +124,7 @@ class SlowGrain(Grain):
         self.finished = 0
 
     async def sleep(self, seconds: float) -> str:
+        SLEEPING.append(self.primary_key)
         await trio.sleep(seconds)
         self.finished += 1
         return "done"

@@ -28,15 +28,16 @@ if _TESTS not in sys.path:
     sys.path.append(_TESTS)
 
 from _hostile import HostileClient, HostileEnv, open_hostile_client, open_hostile_env  # noqa: E402
-from _hostile_grains import SINK_ITEMS  # noqa: E402
+from _hostile_grains import SINK_ITEMS, SLEEPING  # noqa: E402
 from _processes import Processes, processes  # noqa: E402
 
 from trio_grains import Client, open_client  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _clear_sink() -> None:
+def _clear_records() -> None:
     SINK_ITEMS.clear()
+    SLEEPING.clear()
 
 
 @pytest.fixture
