@@ -298,9 +298,15 @@ async def test_the_keys_the_providers_use_are_valid(js: JetStream) -> None:
     for key in ("cart.cart/alice", "a-b_c/d=E9", "counter%2Falice@x", "=", "A.b.0"):
         rev = await kv.put(key, b"v")
         assert (await kv.get(key)).revision == rev
-    with pytest.raises(InvalidKeyError, match="longer than 3900"):
-        await kv.put("k" * (3900 - len(f"$KV.{kv.bucket}.") + 1), b"v")
-    await kv.put("k" * (3900 - len(f"$KV.{kv.bucket}.")), b"v")
+    longest = "k" * (2048 - len(f"$KV.{kv.bucket}."))
+    with pytest.raises(InvalidKeyError, match="longer than 2048"):
+        await kv.put(longest + "k", b"v")
+    # the longest key works, also where a direct get's subject would be too long for it
+    rev = await kv.put(longest, b"v")
+    assert kv._direct
+    assert not kv._get_in_subject(longest)
+    assert (await kv.get(longest)).revision == rev
+    assert (await KeyValue(js, kv.bucket, direct=False).get(longest)).revision == rev
 
 
 async def test_watch_and_last_entry_take_filters_only(js: JetStream) -> None:

@@ -44,6 +44,7 @@ from ._exceptions import (
 )
 from ._jsmsg import JsMsgMetadata
 from ._msg import Msg, decode_headers
+from ._wire import MAX_SUBJECT_BYTES
 
 if TYPE_CHECKING:
     from ._jetstream import JetStream
@@ -60,10 +61,10 @@ _DEL_HEADERS = {_OPERATION: "DEL"}
 
 Operation = Literal["PUT", "DEL", "PURGE"]
 
-MAX_SUBJECT_LENGTH = 3900
-"""The longest ``$KV.<bucket>.<key>`` subject a key may make: a publish's control line
-must fit nats-server's ``max_control_line`` (4 KiB by default). The storage, reminder and
-directory providers check the same bound first, with a message naming the record."""
+MAX_SUBJECT_LENGTH = MAX_SUBJECT_BYTES
+"""The longest ``$KV.<bucket>.<key>`` subject a key may make (2,048): the longest subject
+the connection publishes, so that a protocol line fits nats-server's 4 KiB
+``max_control_line``. Valid keys are ASCII: characters are bytes."""
 
 _KEY_TOKEN = re.compile(r"[-/_=a-zA-Z0-9%@]+")
 _BUCKET = re.compile(r"[-_a-zA-Z0-9]+")
@@ -231,8 +232,7 @@ class KeyValue:
             msg = await self._js.direct_get_last(
                 self._stream,
                 subject,
-                # a whole-token wildcard in a filter would make the request subject one
-                in_subject=self._direct_in_subject and "*" not in key and ">" not in key,
+                in_subject=self._direct_in_subject and self._get_in_subject(key),
             )
         except NoRespondersError:
             # The stream stopped allowing direct gets, is (re)starting, or is missing (then
@@ -247,6 +247,16 @@ class KeyValue:
         if op == "DEL" or op == "PURGE":
             raise KeyDeletedError(key, revision)
         return KvEntry(self.bucket, key, msg.data, revision)
+
+    def _get_in_subject(self, key: str) -> bool:
+        """Whether a direct get may name *key* in its request subject: not a filter (a
+        wildcard would make the request subject one), and short enough that
+        ``<api>.DIRECT.GET.<stream>.$KV.<bucket>.<key>`` is a subject the connection sends
+        (longer keys are asked for in the request's body)."""
+        if "*" in key or ">" in key:
+            return False
+        api = len(self._js._prefix) + len(".DIRECT.GET.") + len(self._stream) + 1
+        return api + len(self._prefix) + len(key) <= MAX_SUBJECT_BYTES
 
     def _key_of(self, subject: str | None, key: str) -> str:
         """The key of the entry found on *subject*; *key* (what was asked) if unknown."""
