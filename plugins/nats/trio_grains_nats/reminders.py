@@ -145,9 +145,7 @@ def decode_reminder_row(key: str, value: bytes, revision: int) -> ReminderEntry:
         if reminder_key(grain_id, name) != key:
             raise ValueError("it is not the key of the reminder it decodes to")
         start_at, period = _decode_value(value)
-        return checked_reminder_row(
-            ReminderEntry(grain_id, name, start_at, period, str(revision))
-        )
+        return checked_reminder_row(ReminderEntry(grain_id, name, start_at, period, str(revision)))
     except Exception as exc:  # ValueError from the checks; anything else is malformed too
         raise StorageError(f"malformed reminder row {key[:200]!r}: {exc}") from None
 
