@@ -14,6 +14,7 @@ from ._connection import ConnectionStatistics as ConnectionStatistics
 from ._connection import connect as connect
 from ._exceptions import AuthorizationError as AuthorizationError
 from ._exceptions import ConnectionClosedError as ConnectionClosedError
+from ._exceptions import InvalidKeyError as InvalidKeyError
 from ._exceptions import JetStreamAPIError as JetStreamAPIError
 from ._exceptions import JetStreamError as JetStreamError
 from ._exceptions import KeyDeletedError as KeyDeletedError
@@ -45,6 +46,7 @@ __all__ = [
     "ConnectionStatistics",
     "JetStream",
     "JetStreamAPIError",
+    "InvalidKeyError",
     "JetStreamError",
     "JsMsg",
     "JsMsgMetadata",

@@ -15,6 +15,7 @@ from trio_grains import ConfigError, StorageError
 
 from ._connection import Connection
 from ._exceptions import JetStreamAPIError, NatsConnectionError, NatsError
+from ._kv import MAX_SUBJECT_LENGTH as KV_MAX_SUBJECT_LENGTH
 from ._kv import KeyValue, create_key_value
 from ._options import (
     BadOption,
@@ -41,9 +42,9 @@ __all__ = [
 
 DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
 
-MAX_SUBJECT_LENGTH = 3900
-"""The longest ``$KV.<bucket>.<key>`` subject a record may have: a publish's control line
-must fit nats-server's ``max_control_line`` (4 KiB by default)."""
+MAX_SUBJECT_LENGTH = KV_MAX_SUBJECT_LENGTH
+"""The longest ``$KV.<bucket>.<key>`` subject a record may have (the connection's subject
+limit: a publish's control line must fit nats-server's ``max_control_line``, 4 KiB)."""
 
 BUCKET_RE = re.compile(r"[A-Za-z0-9_-]+")
 _JS_ERR_STREAM_NAME_IN_USE = 10058  # the bucket exists with other settings
