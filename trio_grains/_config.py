@@ -7,6 +7,7 @@ every problem at once, naming each key and what it should be.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -33,6 +34,33 @@ def _default_silo_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+_SECRET_KEY = re.compile(r"pass|token|secret|seed|cred|private", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"://([^/@\s]+)@")
+
+
+def _redact(value: object) -> object:
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(
+            lambda m: "://" + (m[1].split(":")[0] + ":***" if ":" in m[1] else "***") + "@",
+            value,
+        )
+    if isinstance(value, Mapping):
+        return {
+            k: "***" if isinstance(k, str) and _SECRET_KEY.search(k) else _redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_redact(v) for v in value)
+    return value
+
+
+def redacted_repr(options: Mapping[str, Any]) -> str:
+    """*options* as ``repr`` shows them: values of keys that name a secret (password,
+    token, seed, ...) and passwords in URLs (``nats://user:***@host``) replaced by ``***``,
+    so a config printed in a log or an error shows no credentials."""
+    return repr(_redact(options))
+
+
 @attrs.frozen(kw_only=True)
 class ProviderConfig:
     """A provider chosen by name, with the options that name's factory understands.
@@ -45,7 +73,7 @@ class ProviderConfig:
     """
 
     provider: str
-    options: Mapping[str, Any] = attrs.field(factory=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict, repr=redacted_repr)
 
 
 @attrs.frozen(kw_only=True)
