@@ -105,6 +105,11 @@ class GrainDirectory(abc.ABC):
     parameters (callers use Trio cancel scopes) and must be safe to cancel: a cancelled
     :meth:`register` either stored the entry or did not, and calling it again with the
     *same* entry returns the stored one, so retrying is always safe.
+
+    A shared backend can hold entries this directory did not write: decode them with
+    bounds (:mod:`trio_grains._rows`) and treat one that does not decode as no entry,
+    counted (``malformed_rows``) and logged once: :meth:`lookup` returns ``None``, scans
+    skip it, :meth:`register` replaces it (it names no activation anyone can reach).
     """
 
     @abc.abstractmethod

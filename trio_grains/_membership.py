@@ -143,6 +143,12 @@ class MembershipTable(abc.ABC):
     Rows are keyed by silo id. Every write gives the row a larger ``version``. Translate
     transient backend errors into :class:`MembershipUnavailableError`; take no timeout
     parameters (callers use cancel scopes). One table object may serve several silos.
+
+    A shared backend can hold rows this table did not write: decode them with bounds
+    (:mod:`trio_grains._rows`) and treat a row that does not decode as absent, counted
+    (``malformed_rows``) and logged once, never as an error of :meth:`watch`,
+    :meth:`snapshot` or :meth:`join` (a silo joining over one under its own id replaces
+    it). One bad row must not stop a silo.
     """
 
     @abc.abstractmethod

@@ -214,7 +214,7 @@ def _silo_id_of_key(key: str) -> str | None:
         silo_id = decode_silo_key(key)
         if silo_id and encode_silo_key(silo_id) == key:
             return silo_id
-    except (ValueError, IndexError):
+    except Exception:  # ValueError, IndexError: a key written by something else
         pass
     return None
 
