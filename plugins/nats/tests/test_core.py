@@ -50,6 +50,30 @@ async def test_an_over_long_subject_is_refused_and_the_connection_lives(nc: Conn
     assert nc.statistics().reconnects == 0
 
 
+async def test_a_subject_that_is_not_utf8_does_not_end_the_reader(
+    nc: Connection, nats_url: str
+) -> None:
+    # A raw client (not ours) publishes bytes that are no UTF-8 on a subject we watch.
+    sub = await nc.subscribe("raw.>")
+    await nc.flush()
+    host, port = nats_url.removeprefix("nats://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"CONNECT {}\r\nPUB raw.\xff\xfe 2\r\nhi\r\nPING\r\n")
+        with trio.fail_after(5):
+            while b"PONG" not in await stream.receive_some():
+                pass
+    with trio.fail_after(5):
+        odd = await sub.__anext__()
+    assert odd.data == b"hi"
+    assert odd.subject == "raw.\udcff\udcfe"  # lone surrogates, which decoders refuse
+    with pytest.raises(ValueError, match="not text"):
+        await nc.publish(odd.subject, b"")
+    await nc.publish("raw.ok", b"after")
+    with trio.fail_after(5):
+        assert (await sub.__anext__()).data == b"after"
+
+
 async def test_queue_group_delivers_each_message_once(nc: Connection) -> None:
     subs = [await nc.subscribe("core.q", queue="workers") for _ in range(3)]
     for i in range(300):

@@ -15,7 +15,6 @@ from trio_grains import ConfigError, GrainId
 from trio_grains._directory import (
     CachedDirectory,
     DirectoryEntry,
-    DirectoryError,
     GrainDirectory,
 )
 
@@ -169,10 +168,12 @@ async def test_cached_kv_directory(js: JetStream) -> None:
         assert await directory.lookup(CART) is None
 
 
-async def test_unreadable_entry_is_a_directory_error(js: JetStream) -> None:
+async def test_an_unreadable_entry_is_skipped_counted_and_replaced(js: JetStream) -> None:
     directory = await _directory(js)
     with trio.fail_after(10):
         await directory.kv.put(CART.token, b"not json")
-        with pytest.raises(DirectoryError, match="unreadable directory entry"):
-            await directory.lookup(CART)
+        assert await directory.lookup(CART) is None  # as if absent: the grain can activate
         assert await directory.entries() == []  # skipped by scans
+        assert directory.malformed_rows == 1
+        entry = DirectoryEntry.new(CART, "silo-1")
+        assert (await directory.register(entry)).same_activation(entry)

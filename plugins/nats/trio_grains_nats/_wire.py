@@ -145,7 +145,10 @@ class Wire:
         if subj is None:
             if not subject or _BAD_SUBJECT.search(subject):
                 raise ValueError(f"bad subject {subject[:80]!r}: it must be non-empty, no spaces")
-            subj = subject.encode()
+            try:
+                subj = subject.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"bad subject {subject[:80]!r}: it is not text") from None
             if len(subj) > MAX_SUBJECT_BYTES:
                 # The server closes a connection whose protocol line passes its
                 # max_control_line (4 KiB): every other user of the connection would pay.
@@ -251,14 +254,15 @@ class Wire:
             await sub._deliver(self._make_msg(subject, reply, data, headers))
 
     def _make_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Msg:
+        # Subjects are bytes on the wire: anyone may publish one that is not UTF-8 (say to
+        # a KV bucket every silo watches). Such bytes become lone surrogates, which the
+        # consumers' decoders refuse, rather than an error that would end this reader.
+        subj = subject.decode("utf-8", "surrogateescape")
+        rep = reply.decode("utf-8", "surrogateescape") if reply else ""
         if headers:
             hdrs, status, description = decode_headers(headers)
-            return Msg(
-                subject.decode(), reply.decode(), data, hdrs, status, description, self._public
-            )
-        return Msg(
-            subject.decode(), reply.decode() if reply else "", data, None, None, "", self._public
-        )
+            return Msg(subj, rep, data, hdrs, status, description, self._public)
+        return Msg(subj, rep, data, None, None, "", self._public)
 
     async def _process_ping(self) -> None:
         self._write(b"PONG\r\n")
