@@ -276,7 +276,11 @@ def test_bad_options_are_config_errors(options: dict[str, Any], match: str) -> N
 def test_option_defaults_and_derived_names() -> None:
     config = parse_options("default", {"servers": "nats://a:4222, nats://b:4222"})
     assert config.servers == ("nats://a:4222", "nats://b:4222")
-    assert (config.stream, config.prefix, config.consumer_prefix) == ("GRAINS", "grains", "grains")
+    assert (config.stream, config.prefix, config.consumer_prefix) == (
+        "GRAINS-STREAMS",
+        "grains-streams",
+        "grains-streams",
+    )
     assert (config.partitions, config.ack_wait, config.duplicate_window) == (8, 10.0, 120.0)
     config = parse_options("x", {"prefix": "app.events", "max_bytes": 0})
     assert (config.stream, config.consumer_prefix) == ("APP_EVENTS", "app_events")

