@@ -41,6 +41,7 @@ from ._exceptions import SerializationError as SerializationError
 from ._exceptions import SiloAlreadyJoinedError as SiloAlreadyJoinedError
 from ._exceptions import SiloDeclaredDeadError as SiloDeclaredDeadError
 from ._exceptions import SiloUnavailableError as SiloUnavailableError
+from ._exceptions import remotable as remotable
 from ._grain import Grain as Grain
 from ._grain import GrainClassRegistry as GrainClassRegistry
 from ._grain import GrainInterface as GrainInterface
@@ -234,6 +235,7 @@ __all__ = [
     "placement",
     "read_only",
     "reentrant",
+    "remotable",
     "stateless_worker",
     "unescape_token",
 ]

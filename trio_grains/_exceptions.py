@@ -29,13 +29,20 @@ Every error the runtime raises on purpose derives from :class:`GrainsError`::
     └── InternalError                      a bug in trio-grains: please report it
 
 An exception raised by a grain method reaches the caller as itself (same type), not
-wrapped: ``except KeyError`` around a grain call works as it would around a plain call.
+wrapped: ``except KeyError`` around a grain call works as it would around a plain call,
+when its class is *remotable*: the tree above (and an application's subclasses of it), the
+standard ``Exception`` subclasses of ``builtins`` (but ``StopIteration`` and
+``StopAsyncIteration``), and classes marked with :func:`remotable` (and their subclasses).
+Any other type arrives as :class:`RemoteGrainError`; ``BaseException`` never crosses.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 __all__ = [
     "first_leaf",
+    "remotable",
     "ActivationOverloadedError",
     "ActivationRaceLostError",
     "StreamError",
@@ -63,8 +70,34 @@ __all__ = [
 ]
 
 
+_E = TypeVar("_E", bound=type[Exception])
+
+
+def remotable(cls: _E) -> _E:
+    """Class decorator: let the exception class *cls* (and its subclasses) be rebuilt as
+    itself when a grain on another silo raises it; otherwise the caller gets
+    :class:`RemoteGrainError`. The receiving side must have imported the class, and it is
+    built from the exception's ``args`` (a class whose constructor cannot take them
+    arrives as ``RemoteGrainError`` too). Applications and plugins mark their own::
+
+        @trio_grains.remotable
+        class OutOfStock(Exception): ...
+
+    A subclass can opt out again with ``__grains_remotable__ = False`` in its body.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        raise TypeError(f"@remotable marks Exception subclasses, not {cls!r}")
+    if issubclass(cls, (StopIteration, StopAsyncIteration)):
+        raise TypeError(f"{cls.__qualname__} changes control flow: it cannot be remotable")
+    cls.__grains_remotable__ = True  # type: ignore[attr-defined]
+    return cls
+
+
 class GrainsError(Exception):
     """Root of every error trio-grains raises on purpose."""
+
+    #: rebuilt as itself on the caller's side (see :func:`remotable`), subclasses too
+    __grains_remotable__ = True
 
 
 class GrainIdError(GrainsError, ValueError):
@@ -215,6 +248,9 @@ class ActivationRaceLostError(GrainsError):
 
     Never reaches callers: the runtime forwards their calls to the winner.
     """
+
+    # Never rebuilt from a reply: the runtime would take a forged one as a lost race.
+    __grains_remotable__ = False
 
     def __init__(self, grain_id: object, silo_id: str) -> None:
         super().__init__(f"{grain_id} is already activated on silo {silo_id!r}")
