@@ -23,6 +23,7 @@ from trio_grains import (
     SiloConfig,
     grain_type,
     open_silo,
+    remotable,
 )
 
 
@@ -236,6 +237,7 @@ def test_reference_resolves_in_another_process(tmp_path: object) -> None:
     assert out.stdout.strip() == "cart/7+eu"
 
 
+@remotable  # rebuilt as itself from a reply; LocalOnly below is not
 class Boom(Exception):
     pass
 
@@ -259,6 +261,7 @@ class IsolatedGrain(Grain):
 async def test_isolated_calls_copy_arguments_and_rebuild_exceptions() -> None:
     config = SiloConfig(isolate_local_calls=True)
     async with open_silo(config, grains=[IsolatedGrain, CartGrain]) as silo:
+        silo.codec.remote_tracebacks = True  # what SiloConfig(remote_tracebacks=True) sets
         ref = silo.get_grain(IsolatedGrain, "a")
         arg = Friendship("bob", silo.get_grain(CartGrain, "bob"))
         back = await ref.keep(arg)

@@ -21,6 +21,7 @@ from trio_grains import (
     idempotent,
     persistent_state,
     placement,
+    remotable,
 )
 from trio_grains.testing import open_test_cluster
 
@@ -70,6 +71,7 @@ class CounterGrain(Grain, ICounter):
         return self._silo_id()
 
 
+@remotable  # an application's exception crosses silos as itself only when declared
 class Boom(Exception):
     pass
 
