@@ -273,6 +273,7 @@ async def open_client(
         silo_name=config.name,
         cluster_id=config.cluster_id,
         converter=client._converter,
+        clustering=config.clustering,
     )
     async with (
         open_tracer(loaded.tracers, config.tracing, attrs.evolve(ctx, name="tracing")) as tracer,

@@ -73,6 +73,7 @@ class ClusterMember:
             silo_name=silo.name,
             cluster_id=config.cluster_id,
             converter=silo.converter,
+            clustering=config.clustering,
         )
         backend = await stack.enter_async_context(factory(ctx, dict(config.clustering.options)))
         transport = await stack.enter_async_context(backend.open_endpoint(silo.silo_id))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 import attrs
 import cattrs
 
+from ._config import ProviderConfig
 from ._exceptions import PluginError
 
 if TYPE_CHECKING:
@@ -57,12 +58,16 @@ class ProviderContext:
     * ``silo_name`` / ``cluster_id``: the silo opening the provider.
     * ``converter``: the silo's cattrs converter (one per silo), for turning state and
       events into plain data.
+    * ``clustering``: the silo's (or client's) clustering provider configuration, or
+      ``None``: a provider that shares a backend with it can refuse settings that would
+      collide (a JetStream stream whose subjects would capture the cluster's calls).
     """
 
     name: str
     silo_name: str
     cluster_id: str
     converter: cattrs.Converter
+    clustering: ProviderConfig | None = None
 
 
 ProviderFactory: TypeAlias = Callable[

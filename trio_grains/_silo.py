@@ -104,7 +104,7 @@ class Silo:
         self._registry = registry
         self._converter = make_converter(self._reference_from_id)
         plugins.configure_converter(self._converter)
-        self._codec = Codec(self._converter)
+        self._codec = Codec(self._converter, remote_tracebacks=config.remote_tracebacks)
         self._catalog = Catalog(config, registry, self._codec)
         self._providers: dict[tuple[str, str], Any] = {}
         self._stream_options: dict[str, StreamOptions] = {}
@@ -303,6 +303,7 @@ class Silo:
             silo_name=self.name,
             cluster_id=self._config.cluster_id,
             converter=self._converter,
+            clustering=self._config.clustering,
         )
 
     async def _open_providers(

@@ -67,7 +67,6 @@ from nats.js.api import (
 from trio_grains import (
     ConfigError,
     EncodedItem,
-    ProviderConfig,
     ProviderContext,
     ReceivedItem,
     SequenceToken,
@@ -239,8 +238,8 @@ def _cluster_subject_prefix(context: ProviderContext) -> str | None:
     """The subject prefix of the silo's ``nats`` clustering provider (its option
     ``subject_prefix``, ``grains.<cluster id>`` by default), or ``None``: no clustering,
     another provider, or a context that does not tell (``ProviderContext.clustering``)."""
-    clustering = getattr(context, "clustering", None)
-    if not isinstance(clustering, ProviderConfig) or clustering.provider != "nats":
+    clustering = context.clustering
+    if clustering is None or clustering.provider != "nats":
         return None
     prefix = clustering.options.get("subject_prefix", f"grains.{context.cluster_id}")
     return prefix if isinstance(prefix, str) else None  # a bad one: [clustering] says so

@@ -384,10 +384,6 @@ async def test_a_stream_that_would_capture_the_cluster_s_calls_is_refused(
             assert adapter.partitions() == 2
 
 
-@pytest.mark.skipif(
-    "clustering" not in attrs.fields_dict(ProviderContext),
-    reason="the stream provider's factory needs ProviderContext.clustering to see [clustering]",
-)
 async def test_a_silo_whose_stream_would_capture_its_calls_does_not_start(small_url: str) -> None:
     config = SiloConfig.from_dict(
         {
