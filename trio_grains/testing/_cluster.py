@@ -150,7 +150,8 @@ async def open_test_cluster(
 ) -> AsyncIterator[TestCluster]:
     """Run *silos* silos (and a client) of one cluster for the ``async with`` block.
 
-    *config* is the template for every silo (each gets the name ``silo-<n>``);
+    *config* is the template for every silo (each gets the name ``silo-<n>``; the default
+    template has ``remote_tracebacks`` on, so a failing remote grain shows where);
     *clustering* the clustering provider (default: a fresh in-memory cluster). The block
     starts once every silo and the client see all silos active; leaving it stops the
     client and then the silos gracefully.
@@ -159,7 +160,8 @@ async def open_test_cluster(
     if clustering is None:
         memory = MemoryCluster()
         clustering = ProviderConfig(provider="memory", options={"cluster": memory})
-    base = attrs.evolve(config or SiloConfig(), clustering=clustering)
+    # Tests want to see where a remote grain failed: tracebacks travel (off by default).
+    base = attrs.evolve(config or SiloConfig(remote_tracebacks=True), clustering=clustering)
     async with trio.open_nursery() as nursery:
         cluster = TestCluster(base, tuple(grains), tuple(plugins), wall_clock, memory, nursery)
         try:

@@ -88,6 +88,7 @@ grains = [{grains}]
 heartbeat_interval = {self.heartbeat_interval}
 dead_after = {self.dead_after}
 metrics = {"true" if self.dashboard_port is not None else "false"}
+remote_tracebacks = true  # a demo: show where a grain failed (off by default)
 {dashboard}
 [clustering]
 provider = "nats"
