@@ -259,9 +259,8 @@ class IsolatedGrain(Grain):
 
 
 async def test_isolated_calls_copy_arguments_and_rebuild_exceptions() -> None:
-    config = SiloConfig(isolate_local_calls=True)
+    config = SiloConfig(isolate_local_calls=True, remote_tracebacks=True)
     async with open_silo(config, grains=[IsolatedGrain, CartGrain]) as silo:
-        silo.codec.remote_tracebacks = True  # what SiloConfig(remote_tracebacks=True) sets
         ref = silo.get_grain(IsolatedGrain, "a")
         arg = Friendship("bob", silo.get_grain(CartGrain, "bob"))
         back = await ref.keep(arg)
