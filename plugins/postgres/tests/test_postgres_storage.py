@@ -79,7 +79,7 @@ KEYS = [
     GrainId.create("cart", "ünïcödé ✓ 日本語 🎉"),
     GrainId.create("cart", "%s %(name)s {schema} $1"),
     GrainId.create("cart", " spaces "),
-    GrainId.create("cart", "k" * 2000),
+    GrainId.create("cart", "k" * 1024),  # the longest key (MAX_KEY_LENGTH)
     GrainId.create("Other.Type@x=y`2", "bob"),
 ]
 
