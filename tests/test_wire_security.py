@@ -24,6 +24,7 @@ from trio_grains import (
     GrainInterface,
     GrainMethodError,
     ProviderConfig,
+    SerializationError,
     SiloConfig,
     grain_type,
     open_silo,
@@ -306,6 +307,26 @@ async def test_a_malformed_request_is_dropped_and_costs_only_itself(
             await trio.testing.wait_all_tasks_blocked()
         assert _dropped(cluster, "malformed") == 1
         assert await ref.add(1) == 11  # the activation and its state survived
+
+
+async def test_arguments_that_do_not_decode_are_an_error_reply_and_counted() -> None:
+    async with open_test_cluster(1, grains=[CounterGrain]) as cluster:
+        assert cluster.memory is not None
+        silo = cluster.silos[0]
+        async with cluster.memory.open_endpoint("caller") as caller:
+            for call_id, args in enumerate([{"n": "5"}, {"n": True}, {"n": 1.5}], 1):
+                request = env.encode_request(
+                    call_id, caller.address, "counter/d", "add", msgpack.packb(args), None, 0, 0
+                )
+                await caller.send(_silo_address(cluster), request)
+                with trio.fail_after(5):
+                    reply = _decode(await caller.receive())
+                assert isinstance(reply, env.Reply)
+                error = silo.codec.decode_exception(reply.payload)
+                assert isinstance(error, SerializationError)
+                assert "argument 'n' of add()" in str(error)
+        assert silo.statistics().decode_failures == 3
+        assert await cluster.get_grain(CounterGrain, "d").add(0) == 0  # never ran
 
 
 async def test_an_expired_deadline_gets_a_timeout_error() -> None:

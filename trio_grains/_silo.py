@@ -67,6 +67,9 @@ class SiloStatistics:
     #: ``reply_address``, ``unexpected_reply``, ``too_large``, ``send_failed``); see
     #: ``docs/security.md``
     dropped_messages: Mapping[str, int] = attrs.field(factory=dict)
+    #: arguments, results, stream items or stored states that did not decode (each one
+    #: failed its call, item or activation with a ``SerializationError``)
+    decode_failures: int = 0
 
 
 @attrs.frozen
@@ -258,6 +261,7 @@ class Silo:
             active_silos=1 if cluster is None else len(cluster.locator.view.active()),
             metrics=None if catalog.metrics is None else catalog.metrics.snapshot(),
             dropped_messages={} if cluster is None else dict(cluster.messenger.dropped),
+            decode_failures=self._codec.decode_failures,
         )
 
     def __repr__(self) -> str:
