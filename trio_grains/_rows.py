@@ -24,10 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NoReturn, TypeVar
 
 import attrs
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 __all__ = [
     "MAX_ROW_BYTES",
@@ -175,6 +178,24 @@ class MalformedRows:
             _printable(str(error)),
         )
         return True
+
+    def decode_all(
+        self,
+        rows: Iterable[R],
+        decode: Callable[[R], T],
+        errors: type[Exception] | tuple[type[Exception], ...],
+        key: Callable[[R], str],
+        revision: Callable[[R], object],
+    ) -> list[T]:
+        """``decode(row)`` of each of *rows* that decodes; the others (raising *errors*)
+        skipped and reported under ``key(row)`` at ``revision(row)``."""
+        decoded = []
+        for row in rows:
+            try:
+                decoded.append(decode(row))
+            except errors as exc:
+                self.report(key(row), revision(row), exc)
+        return decoded
 
 
 def _printable(text: str) -> str:

@@ -102,13 +102,9 @@ class PostgresReminderTable(ReminderTable):
 
     def _rows(self, rows: list[tuple[Any, ...]]) -> list[ReminderEntry]:
         """The reminders of *rows*; malformed ones skipped, counted and logged once."""
-        entries = []
-        for row in rows:
-            try:
-                entries.append(decode_reminder_row(row))
-            except StorageError as exc:
-                self._malformed.report(_row_name(row), _revision(row), exc)
-        return entries
+        return self._malformed.decode_all(
+            rows, decode_reminder_row, StorageError, _row_name, _revision
+        )
 
     @property
     def database(self) -> Database:
