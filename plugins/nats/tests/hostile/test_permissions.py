@@ -285,3 +285,13 @@ async def test_the_client_user_cannot_read_the_silos_jetstream_replies(cluster: 
         await raw.ping()
         seen = [payload for _, payload in raw.messages if b"the-real-secret" in payload]
     assert not seen, "the client user read a silo's KV reply"
+
+
+def test_the_security_page_shows_this_file() -> None:
+    """docs/security.md shows deploy/nats-permissions.conf verbatim (one ```conf block)."""
+    page = (CONF.parents[1] / "docs" / "security.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"(?ms)^```conf\n(.*?)^```$", page)
+    assert len(blocks) == 1, "docs/security.md must show the permissions in one ```conf block"
+    assert blocks[0] == CONF.read_text(encoding="utf-8"), (
+        "docs/security.md and deploy/nats-permissions.conf differ: copy the file into the page"
+    )
