@@ -30,7 +30,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import msgpack
 
 from ._exceptions import SerializationError
@@ -65,20 +64,43 @@ MAX_TRACE_HEADERS = 8
 MAX_TRACE_HEADER_LENGTH = 1024
 MAX_SILO_ID_LENGTH = 512
 
+_KNOWN_ADDRESSES = 10_000  # reply addresses found good, remembered (cleared when full)
+
 _pack = msgpack.Packer(use_bin_type=True).pack
+_unpack = msgpack.unpackb
 
 
-@attrs.frozen
 class Limits:
     """What a receiver accepts in an envelope.
 
     *is_endpoint_address* says whether a reply address belongs to the cluster's reply
-    namespace (:meth:`~trio_grains.Transport.is_endpoint_address`).
+    namespace (:meth:`~trio_grains.Transport.is_endpoint_address`); its yes answers are
+    remembered (a caller's address recurs in every request it sends).
     """
 
-    is_endpoint_address: Callable[[str], bool]
-    max_subject_length: int = 256
-    max_grain_id_length: int = 1024 + 256  # a key of max_key_length and its type name
+    __slots__ = ("_known", "is_endpoint_address", "max_grain_id_length", "max_subject_length")
+
+    def __init__(
+        self,
+        is_endpoint_address: Callable[[str], bool],
+        max_subject_length: int = 256,
+        max_grain_id_length: int = 1024 + 256,  # a key of max_key_length and its type name
+    ) -> None:
+        self.is_endpoint_address = is_endpoint_address
+        self.max_subject_length = max_subject_length
+        self.max_grain_id_length = max_grain_id_length
+        self._known: set[str] = set()
+
+    def reply_address_ok(self, address: str) -> bool:
+        """Is *address* (a str) an endpoint address of at most ``max_subject_length``?"""
+        if address in self._known:
+            return True
+        if len(address) > self.max_subject_length or not self.is_endpoint_address(address):
+            return False
+        if len(self._known) >= _KNOWN_ADDRESSES:
+            self._known.clear()
+        self._known.add(address)
+        return True
 
 
 class Request:
@@ -174,37 +196,80 @@ def decode(data: bytes, limits: Limits) -> Request | Reply | Cancel:
 
     Raises :class:`ReplyAddressError` for a reply address outside the cluster's reply
     namespace and :class:`SerializationError` for anything else that is not an envelope.
+    Every message goes through here: each kind is checked by one expression, and the
+    reason for a refusal is worked out only when there is one.
     """
     try:
-        fields = msgpack.unpackb(data, use_list=True, raw=False)
+        fields = _unpack(data, use_list=True, raw=False)
     except Exception as exc:
         raise SerializationError(f"not a trio-grains message: {type(exc).__name__}") from None
-    if not isinstance(fields, list) or not fields:
+    if fields.__class__ is not list or not fields:
         raise SerializationError("not a trio-grains message: expected an array")
     kind = fields[0]
-    if type(kind) is not int:  # not True, not 0.0
+    n = len(fields)
+    if kind.__class__ is not int:  # not True, not 0.0
         raise SerializationError(f"not a trio-grains message: kind {kind!r}")
-    if kind == REQUEST and len(fields) == 10:
-        _check_request(fields, limits)
-        return Request(fields)
-    if kind == REPLY and len(fields) == 5:
-        _check_call_id(fields[1])
-        status, payload, silo_id = fields[2], fields[3], fields[4]
-        if type(status) is not int or status not in (OK, ERROR, REROUTE):
+    if kind == REPLY and n == 5:
+        _, call_id, status, payload, silo_id = fields
+        if (
+            call_id.__class__ is int
+            and 0 < call_id <= MAX_CALL_ID
+            and status.__class__ is int
+            and OK <= status <= REROUTE
+            and payload.__class__ is bytes
+            and silo_id.__class__ is str
+            and 0 < len(silo_id) <= MAX_SILO_ID_LENGTH
+        ):
+            return Reply(fields)
+        _check_call_id(call_id)
+        if status.__class__ is not int or status not in (OK, ERROR, REROUTE):
             raise SerializationError(f"malformed reply: status {status!r}")
-        if not isinstance(payload, bytes):
+        if payload.__class__ is not bytes:
             raise SerializationError("malformed reply: payload is not bytes")
         _check_str("silo id", silo_id, MAX_SILO_ID_LENGTH)
-        return Reply(fields)
-    if kind == CANCEL and len(fields) == 3:
-        _check_call_id(fields[1])
-        _check_reply_to(fields[2], limits, one_way=False)
-        return Cancel(fields)
-    raise SerializationError(f"not a trio-grains message: kind {kind!r}, {len(fields)} fields")
+    if kind == REQUEST and n == 10:
+        _, call_id, reply_to, grain_id, method, args, timeout, hops, flags, trace = fields
+        if (
+            call_id.__class__ is int
+            and 0 < call_id <= MAX_CALL_ID
+            and reply_to.__class__ is str
+            and (not reply_to or limits.reply_address_ok(reply_to))
+            and grain_id.__class__ is str
+            and 0 < len(grain_id) <= limits.max_grain_id_length
+            and method.__class__ is str
+            and 0 < len(method) <= MAX_METHOD_LENGTH
+            and args.__class__ is bytes
+            and (
+                timeout is None
+                or (timeout.__class__ in (int, float) and 0 <= timeout < math.inf)
+            )
+            and hops.__class__ is int
+            and 0 <= hops <= MAX_HOPS
+            and flags.__class__ is int
+            and not flags & ~_FLAGS
+            and flags >= 0
+            and (trace is None or _is_headers(trace))
+        ):
+            return Request(fields)
+        _check_request(fields, limits)  # raises, saying what is wrong
+    if kind == CANCEL and n == 3:
+        _, call_id, reply_to = fields
+        if (
+            call_id.__class__ is int
+            and 0 < call_id <= MAX_CALL_ID
+            and reply_to.__class__ is str
+            and reply_to
+            and limits.reply_address_ok(reply_to)
+        ):
+            return Cancel(fields)
+        _check_call_id(call_id)
+        _check_reply_to(reply_to, limits, one_way=False)
+    raise SerializationError(f"not a trio-grains message: kind {kind!r}, {n} fields")
 
 
 def _check_request(fields: list[Any], limits: Limits) -> None:
-    _, call_id, reply_to, grain_id, method, args, timeout, hops, flags, trace = fields
+    """Raise the error that says why the request *fields* were refused."""
+    _, call_id, reply_to, grain_id, method, args, timeout, hops, flags, _trace = fields
     _check_call_id(call_id)
     _check_reply_to(reply_to, limits, one_way=True)
     _check_str("grain id", grain_id, limits.max_grain_id_length)
@@ -219,8 +284,7 @@ def _check_request(fields: list[Any], limits: Limits) -> None:
         raise SerializationError(f"malformed request: hops {hops!r}")
     if type(flags) is not int or flags & ~_FLAGS or flags < 0:
         raise SerializationError(f"malformed request: flags {flags!r}")
-    if trace is not None and not _is_headers(trace):
-        raise SerializationError("malformed request: trace is not a small map of strings")
+    raise SerializationError("malformed request: trace is not a small map of strings")
 
 
 def _check_call_id(call_id: object) -> None:
@@ -239,7 +303,7 @@ def _check_reply_to(reply_to: object, limits: Limits, *, one_way: bool) -> None:
         raise SerializationError(f"malformed message: reply address {reply_to!r}")
     if not reply_to and one_way:
         return  # a one-way call: no reply
-    if len(reply_to) > limits.max_subject_length or not limits.is_endpoint_address(reply_to):
+    if not reply_to or not limits.reply_address_ok(reply_to):
         raise ReplyAddressError(
             f"reply address {reply_to[:80]!r}{'...' if len(reply_to) > 80 else ''} is not an "
             "endpoint of this cluster"

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import os
+import struct
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import outcome
 import trio
@@ -47,6 +48,8 @@ log = logging.getLogger("trio_grains.remote")
 #: the reasons :attr:`Messenger.dropped` counts
 DROP_REASONS = ("malformed", "reply_address", "unexpected_reply", "too_large", "send_failed")
 _CHECKED_ADDRESSES = 10_000  # membership addresses found well-formed (cleared when full)
+_ID_BATCH = 512
+_UNPACK_IDS = struct.Struct(f"<{_ID_BATCH}Q").unpack
 
 
 class RerouteError(Exception):
@@ -90,6 +93,7 @@ class Messenger:
         #: messages dropped, by reason (:data:`DROP_REASONS`)
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._warn = LogThrottle(log)
+        self._random_ids: Iterator[int] = iter(())
 
     def pending(self) -> int:
         return len(self._pending)
@@ -119,10 +123,14 @@ class Messenger:
         self._warn.warning("dropped a message of %d bytes (%s): %s", len(data), reason, why)
 
     def _new_call_id(self) -> int:
-        """A random call id (unguessable, so no one can answer or cancel another's call)."""
+        """A random call id (unguessable, so no one can answer or cancel another's call):
+        64 bits from the OS's CSPRNG, read 512 ids at a time (a system call per call would
+        cost a remote call a few per cent)."""
         while True:
-            call_id = secrets.randbits(64)
-            if call_id and call_id not in self._pending:
+            call_id = next(self._random_ids, 0)
+            if not call_id:
+                self._random_ids = iter(_UNPACK_IDS(os.urandom(_ID_BATCH * 8)))
+            elif call_id not in self._pending:
                 return call_id
 
     # -- outgoing calls -----------------------------------------------------------------------
@@ -165,7 +173,9 @@ class Messenger:
         flags: int,
         trace: dict[str, str] | None,
     ) -> Any:
-        address = self.address_of(silo_id)
+        address = self._address_of(silo_id)
+        if address not in self._checked:  # (inlined address_of: every call passes here)
+            address = self.address_of(silo_id)
         if address is None:
             raise RerouteError(silo_id)
         payload = self.codec.encode_call(method, args, kwargs)
@@ -329,21 +339,28 @@ class Messenger:
         except Exception as exc:  # SerializationError; anything else is a bug, not fatal
             self._drop("malformed", data, exc)
             return
-        if isinstance(message, env.Reply):
-            entry = self._pending.get(message.call_id)
-            if entry is None or not self._from_callee(entry, message.silo_id):
+        kind = message.__class__
+        if kind is env.Reply:
+            reply = cast("env.Reply", message)
+            entry = self._pending.get(reply.call_id)
+            if entry is None or (
+                reply.silo_id != entry[1] and not self._from_member(entry, reply.silo_id)
+            ):
                 self._drop("unexpected_reply", data, "not a reply to a pending call of ours")
                 return
-            entry[0].finish(outcome.Value((message.status, message.payload)))
-        elif isinstance(message, env.Cancel):
+            entry[0].finish(outcome.Value((reply.status, reply.payload)))
+        elif kind is env.Cancel:
+            cancel = cast("env.Cancel", message)
             if self.on_cancel is not None:
-                self.on_cancel(message.reply_to, message.call_id)
+                self.on_cancel(cancel.reply_to, cancel.call_id)
         elif self.on_request is not None:
+            request = cast("env.Request", message)
             try:
-                self.on_request(message)
+                self.on_request(request)
             except Exception:
-                log.exception("a request to %s.%s() failed", message.grain_id, message.method)
+                log.exception("a request to %s.%s() failed", request.grain_id, request.method)
 
-    def _from_callee(self, entry: tuple[Call, str, bool], silo_id: str) -> bool:
-        """Did the reply come from where the call went (or a silo it may be forwarded to)?"""
-        return silo_id == entry[1] or (entry[2] and self._address_of(silo_id) is not None)
+    def _from_member(self, entry: tuple[Call, str, bool], silo_id: str) -> bool:
+        """May a reply to *entry* come from *silo_id*, another silo than the call went to?
+        Only if that silo could forward it, and *silo_id* is a member of the cluster."""
+        return entry[2] and self._address_of(silo_id) is not None
