@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -80,7 +79,7 @@ __all__ = [
 REQUEST, REPLY, CANCEL = 0, 1, 2
 OK, ERROR, REROUTE = 0, 1, 2
 
-DROP_REASONS = ("malformed", "reply_address", "unexpected_reply", "too_large")
+DROP_REASONS = ("malformed", "reply_address", "unexpected_reply", "too_large", "send_failed")
 
 
 # --- raw envelopes -----------------------------------------------------------------------------
@@ -554,7 +553,3 @@ async def open_raw_nats(url: str, **credentials: str) -> AsyncIterator[RawNats]:
     finally:
         with trio.CancelScope(shield=True):
             await raw.aclose()
-
-
-def finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))

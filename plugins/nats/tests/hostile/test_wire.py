@@ -30,6 +30,7 @@ from _hostile import (
     Reply,
     cancel,
     client_subject,
+    open_hostile_client,
     open_hostile_env,
     open_sniffer,
     pack,
@@ -243,7 +244,7 @@ async def test_forged_replies_to_a_silo_never_reach_its_caller(nats_url: str) ->
         slow = caller.get_grain(SlowGrain, key)
         results: list[Any] = []
         async with (
-            open_hostile_client_for(env) as hostile,
+            open_hostile_client(env.url, env.cluster_id) as hostile,
             open_sniffer(env.admin, env.cluster_id) as sniffer,
             trio.open_nursery() as n,
         ):
@@ -273,12 +274,6 @@ async def _key_on(caller: trio_grains.Silo, silo_id: str) -> str:
         if await caller.get_grain(SlowGrain, key).where() == silo_id:
             return key
     raise AssertionError(f"no SlowGrain key landed on {silo_id}")
-
-
-def open_hostile_client_for(env: HostileEnv) -> Any:
-    from _hostile import open_hostile_client
-
-    return open_hostile_client(env.url, env.cluster_id)
 
 
 async def test_forged_cancels_cancel_nothing(
