@@ -74,6 +74,25 @@ async def test_a_subject_that_is_not_utf8_does_not_end_the_reader(
         assert (await sub.__anext__()).data == b"after"
 
 
+async def test_replies_arrive_under_the_inbox_prefix(nc: Connection, nats_url: str) -> None:
+    responder = await nc.subscribe("core.inbox")
+    async with connect(nats_url, inbox_prefix="_INBOX_web") as web:
+        assert web.new_inbox().startswith("_INBOX_web.")
+        async with trio.open_nursery() as nursery:
+
+            async def answer() -> None:
+                msg = await responder.__anext__()
+                assert msg.reply.startswith("_INBOX_web.")
+                await nc.publish(msg.reply, b"pong")
+
+            nursery.start_soon(answer)
+            with trio.fail_after(5):
+                assert (await web.request("core.inbox", b"ping")).data == b"pong"
+    with pytest.raises(ValueError, match="inbox_prefix"):
+        async with connect(nats_url, inbox_prefix="_INBOX.>"):
+            pass  # pragma: no cover
+
+
 async def test_queue_group_delivers_each_message_once(nc: Connection) -> None:
     subs = [await nc.subscribe("core.q", queue="workers") for _ in range(3)]
     for i in range(300):

@@ -57,8 +57,9 @@ class Connection(Wire):
         return self._max_payload
 
     def new_inbox(self) -> str:
-        """A unique subject to receive replies on (``_INBOX.<nuid>``)."""
-        return "_INBOX." + self._nuid.next().decode()
+        """A unique subject to receive replies on (``<inbox_prefix>.<nuid>``; the prefix
+        is ``_INBOX`` unless :func:`connect` was given another)."""
+        return f"{self.inbox_root}." + self._nuid.next().decode()
 
     async def publish(
         self,
@@ -251,6 +252,7 @@ async def connect(
     reconnect_wait: float = 2.0,
     max_reconnect_attempts: int = 60,
     close_timeout: float = 2.0,
+    inbox_prefix: str = "_INBOX",
 ) -> AsyncIterator[Connection]:
     """Connect to the first reachable server of *servers*; close on exit.
 
@@ -259,6 +261,9 @@ async def connect(
     ``max_reconnect_attempts`` rounds (``-1``: forever), ``reconnect_wait`` seconds
     apart; subscriptions are renewed on the new server. Leaving the block flushes
     buffered publishes (shielded, at most ``close_timeout`` seconds), then closes.
+    Replies (to requests, JetStream API calls and pulls) arrive under ``inbox_prefix``
+    (as nats-py's option of that name): give each user its own, e.g. ``_INBOX_web``, and
+    the server can let it subscribe to ``_INBOX_web.>`` only.
     """
     conn = Connection(
         parse_servers(servers),
@@ -272,6 +277,7 @@ async def connect(
         reconnect=reconnect,
         reconnect_wait=reconnect_wait,
         max_reconnect_attempts=max_reconnect_attempts,
+        inbox_prefix=inbox_prefix,
     )
     stream, leftover = await conn._connect_any(first=True)
     async with trio.open_nursery() as nursery:

@@ -13,6 +13,7 @@ as they are.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -37,7 +38,8 @@ __all__ = [
 
 _CREDENTIALS = ("user", "password", "token", "nkeys_seed", "creds", "tls_ca", "tls_cert", "tls_key")
 _SECRETS = frozenset({"password", "token", "nkeys_seed"})  # never printed
-CONNECT_OPTIONS = frozenset({"servers", *_CREDENTIALS})
+_INBOX_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+CONNECT_OPTIONS = frozenset({"servers", "inbox_prefix", *_CREDENTIALS})
 """The option keys :func:`parse_connect_options` handles."""
 
 BadOption = Callable[[str, str], ConfigError]
@@ -67,6 +69,9 @@ class ConnectOptions:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: where replies arrive (``<inbox_prefix>.<id>``): ``_INBOX`` unless a server's
+    #: permissions give this user its own (``docs/security.md``)
+    inbox_prefix: str = "_INBOX"
 
     def tls_context(self) -> ssl.SSLContext | None:
         """A client TLS context from ``tls_ca`` / ``tls_cert`` / ``tls_key``, if any is set."""
@@ -93,6 +98,7 @@ class ConnectOptions:
             tls=self.tls_context(),
             reconnect_wait=0.5,
             max_reconnect_attempts=-1,
+            inbox_prefix=self.inbox_prefix,
         )
 
 
@@ -143,6 +149,11 @@ def parse_connect_options(
             kwargs[key] = value
     if "tls_key" in kwargs and "tls_cert" not in kwargs:
         raise bad("tls_key", "given together with 'tls_cert'")
+    if "inbox_prefix" in options:
+        value = options["inbox_prefix"]
+        if not isinstance(value, str) or not _INBOX_PREFIX.fullmatch(value):
+            raise bad("inbox_prefix", "subject tokens of letters, digits, '-', '_' joined by '.'")
+        kwargs["inbox_prefix"] = value
     return kwargs
 
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Wire"]
 
 _BAD_SUBJECT = re.compile(r"[\s]")
+_INBOX_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 MAX_SUBJECT_BYTES = 2048
 """The longest subject published or subscribed to (the server\'s control line is 4 KiB)."""
 _CONN_ERRORS = (
@@ -83,7 +84,13 @@ class Wire:
         reconnect: bool,
         reconnect_wait: float,
         max_reconnect_attempts: int,
+        inbox_prefix: str = "_INBOX",
     ) -> None:
+        if not _INBOX_PREFIX.fullmatch(inbox_prefix):
+            raise ValueError(
+                f"bad inbox_prefix {inbox_prefix!r}: subject tokens of letters, digits, "
+                "'-', '_', joined by '.' (e.g. '_INBOX_web')"
+            )
         self._servers = servers
         self._credentials = credentials
         self._tls = tls
@@ -118,7 +125,10 @@ class Wire:
         self._nuid = NUID()
         self._sid = 0
         self._subs: dict[int, Subscription] = {}
-        self._inbox_prefix = "_INBOX." + self._nuid.next().decode() + "."
+        #: where replies to this connection's requests and JetStream pulls arrive: under
+        #: ``<inbox_prefix>.``, so a server can let each user subscribe to its own only
+        self.inbox_root = inbox_prefix
+        self._inbox_prefix = f"{inbox_prefix}." + self._nuid.next().decode() + "."
         self._inbox_prefix_len = len(self._inbox_prefix)
         self._inbox_prefix_b = self._inbox_prefix.encode()
         self._inbox_sid = self._next_sid()

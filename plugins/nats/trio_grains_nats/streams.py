@@ -571,7 +571,7 @@ class JetStreamStreamAdapter(StreamAdapter):
 
     async def read_from(self, partition: int, sequence: int, max_items: int) -> list[ReceivedItem]:
         part = self._partition(partition)
-        name = f"{self.config.consumer_prefix}-read-{self._nc.new_inbox()[7:]}"
+        name = f"{self.config.consumer_prefix}-read-{self._nc.new_inbox().rpartition('.')[2]}"
         try:
             await self._js.add_consumer(
                 self.config.stream,
