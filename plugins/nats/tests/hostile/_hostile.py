@@ -338,7 +338,13 @@ class HostileEnv:
         return ProviderConfig(provider="nats", options={"servers": [self.url]})
 
     def streams(self) -> dict[str, ProviderConfig]:
-        options = {"servers": [self.url], "prefix": self.stream_prefix, "partitions": 2}
+        options = {
+            "servers": [self.url],
+            "prefix": self.stream_prefix,
+            "partitions": 2,
+            # a silo waits for its pull requests to expire when it stops: keep that short
+            "fetch_expires": 0.25,
+        }
         return {"default": ProviderConfig(provider="jetstream", options=options)}
 
     def storage(self) -> dict[str, ProviderConfig]:
