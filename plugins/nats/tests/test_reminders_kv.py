@@ -294,7 +294,7 @@ def test_options_have_defaults() -> None:
         (
             {"buckets": "x"},
             r"\[reminders\] the nats-kv reminder table has no option 'buckets'; "
-            r"options: bucket, creds, nkeys_seed",
+            r"options: bucket, creds, inbox_prefix, nkeys_seed",
         ),
         ({"max_bytes": 10}, "has no option 'max_bytes'"),
         ({"bucket": "a.b"}, r"\[reminders\] option 'bucket' .* must be a bucket name of ASCII"),

@@ -288,7 +288,7 @@ def test_options_have_defaults() -> None:
         (
             {"buckets": "x"},
             r"\[storage.default\] the nats-kv storage provider has no option "
-            r"'buckets'; options: bucket, creds, max_bytes",
+            r"'buckets'; options: bucket, creds, inbox_prefix, max_bytes",
         ),
         ({"bucket": "a.b"}, r"option 'bucket' .* must be a bucket name of ASCII letters"),
         ({"bucket": ""}, "option 'bucket'"),
