@@ -43,40 +43,29 @@ clients, from storage. Four rules follow.
 from __future__ import annotations
 
 import builtins
-import collections
-import collections.abc as cabc
-import dataclasses
-import datetime
-import enum
 import inspect
-import pathlib
 import sys
 import traceback
 import types
 import typing
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import cattrs
 import msgpack
-from cattrs.cols import (
-    homogenous_tuple_structure_factory,
-    list_structure_factory,
-    namedtuple_structure_factory,
-)
 from cattrs.preconf.msgpack import make_converter as _make_msgpack_converter
 
 from ._exceptions import RemoteGrainError, SerializationError
 from ._grain import GrainInterface, MethodInfo
 from ._ids import GrainId, GrainType
 from ._reference import GrainReference
+from ._strict import WrongValue, make_strict, structure_str, type_name, wrong_value
 
 __all__ = ["Codec", "make_converter"]
 
 ReferenceFactory = Callable[[type, GrainId], GrainReference]
-Hook = Callable[[Any, Any], Any]
 
 #: what a decode refuses before parsing, unless the codec is given another limit
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
@@ -90,341 +79,6 @@ def _is_reference(t: Any) -> bool:
     return isinstance(t, type) and issubclass(t, GrainReference)
 
 
-# -- strict structure hooks -------------------------------------------------------------------
-#
-# Each hook checks the class of the wire value with ``value.__class__ is ...`` (one compare
-# on the happy path, and exact: ``True.__class__`` is ``bool``, not ``int``) and raises
-# _WrongValue otherwise. cattrs collects nested failures into exception groups whose notes
-# give the path; Codec turns them into one SerializationError message.
-
-
-class _WrongValue(TypeError):
-    """A value that is not what its annotation asks for (the message says what it is)."""
-
-
-def _name(t: Any) -> str:
-    """``int``, ``list[int]``, ``Order``, ``None``: a type as an error message shows it."""
-    if t is type(None):
-        return "None"
-    if isinstance(t, type) and not typing.get_args(t):
-        return t.__qualname__
-    return repr(t).replace("typing.", "")
-
-
-def _found(value: Any) -> str:
-    return "None" if value is None else type(value).__name__
-
-
-def _wrong(expected: str, value: Any) -> _WrongValue:
-    return _WrongValue(f"expected {expected}, found {_found(value)}")
-
-
-def _enum_member(value: Any, cl: Any) -> Any:
-    """The member of the enum *cl* whose value is *value*, of the same class."""
-    try:
-        member = cl(value)
-    except (ValueError, TypeError):
-        raise _WrongValue(f"{value!r:.60} is not a value of {_name(cl)}") from None
-    if member.value.__class__ is not value.__class__:
-        raise _wrong(f"a value of {_name(cl)}", value)
-    return member
-
-
-def _as_subclass(value: Any, cl: Any) -> Any:
-    """*value*, already of the right wire class, as *cl*: an ``IntEnum``, a ``StrEnum``,
-    or another subclass of ``int``/``str``/``float``/``bytes`` (which singledispatch
-    routes to the base class's hook)."""
-    if issubclass(cl, enum.Enum):
-        return _enum_member(value, cl)
-    return cl(value)
-
-
-def _structure_str(value: Any, cl: Any) -> Any:
-    if value.__class__ is str:
-        return value if cl is str else _as_subclass(value, cl)
-    raise _wrong(_name(cl), value)
-
-
-def _structure_int(value: Any, cl: Any) -> Any:
-    if value.__class__ is int:
-        return value if cl is int else _as_subclass(value, cl)
-    raise _wrong(_name(cl), value)
-
-
-def _structure_float(value: Any, cl: Any) -> Any:
-    kind = value.__class__
-    if kind is float:
-        return value if cl is float else _as_subclass(value, cl)
-    if kind is int:  # JSON callers: 3 for 3.0, when the float holds it exactly
-        number = float(value)
-        if number == value:
-            return number if cl is float else _as_subclass(number, cl)
-        raise _WrongValue(f"expected {_name(cl)}, found an int a float cannot hold exactly")
-    raise _wrong(_name(cl), value)
-
-
-def _structure_bool(value: Any, _: Any) -> bool:
-    if value.__class__ is bool:
-        return value
-    raise _wrong("bool", value)
-
-
-def _structure_bytes(value: Any, cl: Any) -> Any:
-    if value.__class__ is bytes:
-        return value if cl is bytes else _as_subclass(value, cl)
-    raise _wrong(_name(cl), value)
-
-
-def _structure_path(value: Any, cl: Any) -> Any:
-    if value.__class__ is str:
-        return cl(value)
-    raise _wrong(f"{_name(cl)} text", value)
-
-
-def _structure_datetime(value: Any, _: Any) -> datetime.datetime:
-    """A datetime from its wire form (a POSIX timestamp) or from ISO 8601 text, which is
-    what JSON callers (``Client.call``, ``trio-grains client``) can send."""
-    kind = value.__class__
-    if kind is str:
-        return datetime.datetime.fromisoformat(value)
-    if kind is float or kind is int:
-        return datetime.datetime.fromtimestamp(value, datetime.UTC)
-    raise _wrong("a timestamp or ISO 8601 text", value)
-
-
-def _structure_date(value: Any, _: Any) -> datetime.date:
-    kind = value.__class__
-    if kind is str:
-        return datetime.date.fromisoformat(value)
-    if kind is float or kind is int:
-        return datetime.datetime.fromtimestamp(value, datetime.UTC).date()
-    raise _wrong("a timestamp or ISO 8601 text", value)
-
-
-def _structure_uuid(value: Any, _: Any) -> uuid.UUID:
-    if value.__class__ is str:
-        return uuid.UUID(value)
-    if value.__class__ is uuid.UUID:
-        return value
-    raise _wrong("UUID text", value)
-
-
-def _is_enum(t: Any) -> bool:
-    return isinstance(t, type) and issubclass(t, enum.Enum)
-
-
-def _enum_hook(cl: Any) -> Hook:
-    classes = frozenset(type(member.value) for member in cl)
-
-    def structure_enum(value: Any, _: Any) -> Any:
-        if value.__class__ in classes:
-            return _enum_member(value, cl)
-        raise _wrong(f"a value of {_name(cl)}", value)
-
-    return structure_enum
-
-
-def _is_literal(t: Any) -> bool:
-    return typing.get_origin(t) is Literal
-
-
-_MISSING = object()
-
-
-def _literal_table(args: tuple[Any, ...]) -> dict[tuple[type, Any], Any]:
-    """``(wire class, wire value) -> literal`` for the values of ``Literal[...]`` types (an
-    enum member travels as its value): a dict lookup that tells ``1`` from ``True``."""
-    table: dict[tuple[type, Any], Any] = {}
-    for arg in args:
-        wire = arg.value if isinstance(arg, enum.Enum) else arg
-        table[(wire.__class__, wire)] = arg
-    return table
-
-
-def _literal_hook(t: Any) -> Hook:
-    table = _literal_table(typing.get_args(t))
-    classes = frozenset(kind for kind, _ in table)
-    shown = ", ".join(repr(wire) for _, wire in table)
-
-    def structure_literal(value: Any, _: Any) -> Any:
-        if value.__class__ in classes:
-            found = table.get((value.__class__, value), _MISSING)
-            if found is not _MISSING:
-                return found
-            raise _WrongValue(f"expected one of {shown}, found {value!r:.60}")
-        raise _wrong(f"one of {shown}", value)
-
-    return structure_literal
-
-
-_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
-
-
-def _is_union(t: Any) -> bool:
-    return typing.get_origin(t) in (typing.Union, types.UnionType)
-
-
-def _is_scalar_union(t: Any) -> bool:
-    """A union with a scalar type or a literal among its members (``int | str``,
-    ``int | None``, ``Literal["a"] | Order``). Unions of attrs classes alone are left to
-    cattrs, which tells them apart by their required fields."""
-    return _is_union(t) and any(
-        (m in _SCALARS and m is not type(None)) or _is_literal(m) for m in typing.get_args(t)
-    )
-
-
-def _union_hook(t: Any, conv: cattrs.Converter) -> Hook:
-    """Scalars pass when their class is exactly a member (so ``True`` is not an ``int``
-    member); an int widens to a float member when no int member exists; any other value
-    goes to the union of the remaining members, if there are any."""
-    members = typing.get_args(t)
-    plain = frozenset(m for m in members if m in _SCALARS)
-    table = _literal_table(tuple(v for m in members if _is_literal(m) for v in typing.get_args(m)))
-    literal_classes = frozenset(kind for kind, _ in table)
-    widen = float in plain and int not in plain
-    rest = [m for m in members if m not in plain and not _is_literal(m)]
-    spill: Any = None
-    if rest:
-        spill = rest[0] if len(rest) == 1 else typing.Union.__getitem__(tuple(rest))
-    expected = " | ".join(_name(m) for m in members)
-
-    def structure_union(value: Any, _: Any) -> Any:
-        kind = value.__class__
-        if kind in plain:
-            return value
-        if kind in literal_classes:
-            found = table.get((kind, value), _MISSING)
-            if found is not _MISSING:
-                return found
-        if widen and kind is int:
-            return _structure_float(value, float)
-        if spill is not None:
-            return conv.structure(value, spill)
-        raise _wrong(expected, value)
-
-    return structure_union
-
-
-_ARRAY_ORIGINS = frozenset(
-    {
-        list,
-        tuple,
-        set,
-        frozenset,
-        collections.deque,
-        cabc.Sequence,
-        cabc.MutableSequence,
-        cabc.Set,
-        cabc.MutableSet,
-    }
-)
-_SET_KINDS: dict[Any, Callable[[list[Any]], Any]] = {
-    set: set,
-    cabc.MutableSet: set,
-    frozenset: frozenset,
-    cabc.Set: frozenset,
-    collections.deque: collections.deque,
-}
-
-
-def _is_array_type(t: Any) -> bool:
-    origin = typing.get_origin(t) or t
-    if origin in _ARRAY_ORIGINS:
-        return True
-    return isinstance(origin, type) and issubclass(origin, tuple) and hasattr(origin, "_fields")
-
-
-def _array_hook(t: Any, conv: cattrs.Converter) -> Hook:
-    """cattrs' own hook for the collection type *t*, behind a check that the value is an
-    array: cattrs' hooks take any iterable, so a string would become its characters and a
-    map its keys."""
-    origin = typing.get_origin(t) or t
-    args = typing.get_args(t)
-    inner: Hook
-    if origin is list or origin is cabc.MutableSequence:
-        inner = list_structure_factory(t, conv)
-    elif origin is cabc.Sequence or (origin is tuple and (not args or args[-1] is ...)):
-        inner = homogenous_tuple_structure_factory(t, conv)
-    elif origin is tuple:
-        inner = conv.gen_structure_hetero_tuple(t)
-    elif origin in _SET_KINDS:
-        make, as_list = _SET_KINDS[origin], list[args[0] if args else Any]  # type: ignore[misc]
-        list_hook = list_structure_factory(as_list, conv)  # type: ignore[arg-type]
-
-        def inner(value: Any, _: Any) -> Any:
-            return make(list_hook(value, as_list))
-
-    else:
-        inner = namedtuple_structure_factory(origin, conv)
-
-    def structure_array(value: Any, _: Any) -> Any:
-        if value.__class__ is list or value.__class__ is tuple:
-            return inner(value, t)
-        raise _wrong(f"an array for {_name(t)}", value)
-
-    return structure_array
-
-
-_MAP_ORIGINS = frozenset({dict, cabc.Mapping, cabc.MutableMapping})
-
-
-def _is_map_type(t: Any) -> bool:
-    return (typing.get_origin(t) or t) in _MAP_ORIGINS
-
-
-def _is_record_type(t: Any) -> bool:
-    """attrs classes, dataclasses and TypedDicts (possibly generic)."""
-    origin = typing.get_origin(t) or t
-    return isinstance(origin, type) and (
-        attrs.has(origin) or dataclasses.is_dataclass(origin) or typing.is_typeddict(origin)
-    )
-
-
-def _map_guard(t: Any, inner: Hook, expected: str) -> Hook:
-    def structure_map(value: Any, _: Any) -> Any:
-        if value.__class__ is dict:
-            return inner(value, t)
-        raise _wrong(expected, value)
-
-    return structure_map
-
-
-def _record_hook(t: Any, conv: cattrs.Converter) -> Hook:
-    """cattrs' hook for the class *t*, behind a check that the value is a map: with a
-    list or a string, fields that have defaults would take them silently."""
-    origin = typing.get_origin(t) or t
-    if typing.is_typeddict(origin):
-        inner = conv.gen_structure_typeddict(t)
-    else:
-        inner = conv.gen_structure_attrs_fromdict(t)
-    return _map_guard(t, inner, f"a map of {_name(origin)} fields")
-
-
-def _make_strict(conv: cattrs.Converter) -> None:
-    """Replace *conv*'s converting structure hooks with checking ones (module docstring)."""
-    for cl, hook in (
-        (str, _structure_str),
-        (int, _structure_int),
-        (float, _structure_float),
-        (bool, _structure_bool),
-        (bytes, _structure_bytes),
-        (pathlib.PurePath, _structure_path),
-        (datetime.datetime, _structure_datetime),
-        (datetime.date, _structure_date),
-        (uuid.UUID, _structure_uuid),
-    ):
-        conv.register_structure_hook(cl, hook)
-    # Factories registered later win over earlier ones (and over cattrs' own).
-    conv.register_structure_hook_factory(_is_enum, _enum_hook)
-    conv.register_structure_hook_factory(_is_literal, _literal_hook)
-    conv.register_structure_hook_factory(_is_array_type, lambda t: _array_hook(t, conv))
-    conv.register_structure_hook_factory(
-        _is_map_type, lambda t: _map_guard(t, conv.gen_structure_mapping(t), "a map")
-    )
-    conv.register_structure_hook_factory(_is_record_type, lambda t: _record_hook(t, conv))
-    conv.register_structure_hook_factory(_is_scalar_union, lambda t: _union_hook(t, conv))
-
-
 def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Converter:
     """A converter for msgpack-able data that also knows grain ids and references, and
     whose structure hooks check types instead of converting values (module docstring).
@@ -433,12 +87,12 @@ def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Con
     can be encoded but not decoded.
     """
     conv = _make_msgpack_converter()
-    _make_strict(conv)
+    make_strict(conv)
     conv.register_unstructure_hook(GrainId, str)
     conv.register_structure_hook(GrainId, lambda v, _: GrainId.parse(v))
     conv.register_unstructure_hook(uuid.UUID, str)
     conv.register_unstructure_hook(GrainType, str)
-    conv.register_structure_hook(GrainType, lambda v, _: GrainType(_structure_str(v, str)))
+    conv.register_structure_hook(GrainType, lambda v, _: GrainType(structure_str(v, str)))
     conv.register_unstructure_hook_func(_is_reference, lambda ref: str(ref.grain_id))
 
     def structure_ref(value: Any, t: type) -> Any:
@@ -452,7 +106,7 @@ def make_converter(make_reference: ReferenceFactory | None = None) -> cattrs.Con
                 "annotate reference fields with the grain class or interface "
                 "(e.g. friend: CartGrain), not GrainReference, so they can be rebuilt"
             )
-        return make_reference(iface, GrainId.parse(_structure_str(value, str)))
+        return make_reference(iface, GrainId.parse(structure_str(value, str)))
 
     conv.register_structure_hook_func(_is_interface, structure_ref)
     conv.register_structure_hook_func(_is_reference, structure_ref)
@@ -530,10 +184,10 @@ class Codec:
         try:
             raw = self._unpack(data)
             if mapping and raw.__class__ is not dict:
-                raise _wrong("a map of fields", raw)
+                raise wrong_value("a map of fields", raw)
             return self.converter.structure(raw, type_)
         except Exception as exc:
-            self._failed(exc, f"cannot decode {_name(type_)}", "$")
+            self._failed(exc, f"cannot decode {type_name(type_)}", "$")
 
     def _unpack(self, data: bytes) -> Any:
         if len(data) > self.max_size:
@@ -596,7 +250,7 @@ class Codec:
         try:
             raw = self._unpack(data)
             if raw.__class__ is not dict:
-                raise _wrong("a map of arguments", raw)
+                raise wrong_value("a map of arguments", raw)
         except Exception as exc:
             self._failed(exc, f"cannot decode the arguments of {method.name}()")
         named = plan.named
@@ -607,7 +261,7 @@ class Codec:
             if hint is _UNKNOWN:
                 if plan.extra is None or name.__class__ is not str:
                     self._failed(
-                        _WrongValue(f"{method.name}() has no parameter {name!r:.60}"),
+                        WrongValue(f"{method.name}() has no parameter {name!r:.60}"),
                         f"cannot decode the arguments of {method.name}()",
                     )
                 hint = plan.extra
@@ -618,7 +272,7 @@ class Codec:
         for name in plan.required:
             if name not in decoded:
                 self._failed(
-                    _WrongValue(f"missing argument {name!r}"),
+                    WrongValue(f"missing argument {name!r}"),
                     f"cannot decode the arguments of {method.name}()",
                 )
         return decoded
@@ -700,7 +354,7 @@ _MAX_PROBLEM_TEXT = 200
 
 def _problem(exc: BaseException, _type: Any) -> str:
     """One failure inside a structured value, for :func:`cattrs.transform_error`."""
-    if isinstance(exc, (_WrongValue, SerializationError)):
+    if isinstance(exc, (WrongValue, SerializationError)):
         text = str(exc)
     elif isinstance(exc, KeyError):
         text = "required field missing"
@@ -747,17 +401,17 @@ _MAX_TYPE_NAME = 512
 def _error_fields(raw: Any) -> tuple[str, list[Any], str, str]:
     """``(type name, args, message, traceback)`` of a decoded error reply, checked."""
     if raw.__class__ is not dict:
-        raise _wrong("a map", raw)
+        raise wrong_value("a map", raw)
     type_name, message = raw.get("type"), raw.get("message")
     args, tb = raw.get("args", []), raw.get("traceback", "")
     if type_name.__class__ is not str or not 0 < len(type_name) <= _MAX_TYPE_NAME:
-        raise _WrongValue(f"'type' must be text of 1 to {_MAX_TYPE_NAME} characters")
+        raise WrongValue(f"'type' must be text of 1 to {_MAX_TYPE_NAME} characters")
     if message.__class__ is not str:
-        raise _wrong("text for 'message'", message)
+        raise wrong_value("text for 'message'", message)
     if args.__class__ is not list:
-        raise _wrong("an array for 'args'", args)
+        raise wrong_value("an array for 'args'", args)
     if tb.__class__ is not str:
-        raise _wrong("text for 'traceback'", tb)
+        raise wrong_value("text for 'traceback'", tb)
     return type_name, args, message, tb
 
 
