@@ -28,7 +28,7 @@ import attrs
 import cattrs
 import msgpack
 import pytest
-import trio
+from _hostile import wait_until
 from nats.js.api import AckPolicy, ConsumerConfig
 from trio_grains_nats import Connection, JetStreamError, PublishItem, connect
 from trio_grains_nats.streams import (
@@ -168,14 +168,7 @@ async def open_env(url: str) -> AsyncIterator[Env]:
 
 async def until(condition: Callable[[], Any], within: float = 60.0) -> None:
     """Poll *condition* (sync, or async returning a bool) until it holds."""
-    with trio.fail_after(within):
-        while True:
-            result = condition()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await trio.sleep(0.02)
+    await wait_until(condition, within=within)
 
 
 # --- dead letters ---------------------------------------------------------------------------
