@@ -22,6 +22,7 @@ grain/state/provider names, and the grain-facing API.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import attrs
@@ -53,6 +54,28 @@ class StoredState:
 
     data: bytes
     etag: str
+
+    @classmethod
+    def from_row(
+        cls, row: Sequence[Any], what: str, *, data_type: str, etag_type: str
+    ) -> StoredState:
+        """The record of a database's ``(data, etag)`` row of *what*;
+        :class:`StorageError` (and nothing else) unless ``data`` is bytes and ``etag``
+        non-empty text. *data_type* / *etag_type* name the columns' types in the message
+        (a table anyone with access can fill must not fail with a TypeError)."""
+        try:
+            data, etag = row
+        except Exception:
+            raise StorageError(
+                f"the record of {what} is malformed: not a (data, etag) row"
+            ) from None
+        if not isinstance(data, bytes) or not isinstance(etag, str) or not etag:
+            raise StorageError(
+                f"the record of {what} is malformed: data is {type(data).__name__} "
+                f"({data_type} expected), etag {type(etag).__name__} (non-empty {etag_type} "
+                "expected); delete or repair it"
+            )
+        return cls(data, etag)
 
 
 class GrainStorage(abc.ABC):

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from trio_grains import GrainId, GrainStorage, InconsistentStateError, StorageError, StoredState
+from trio_grains import GrainId, GrainStorage, InconsistentStateError, StoredState
 
 from ._database import Database
 from ._values import Statement, new_etag, table_statements
@@ -101,14 +101,7 @@ class PostgresStorage(GrainStorage):
 
 def _record(row: tuple[Any, ...], what: str) -> StoredState:
     """The record of a ``(data, etag)`` row; StorageError (only) if it is not one."""
-    data, etag = row if len(row) == 2 else (None, None)
-    if not isinstance(data, bytes) or not isinstance(etag, str) or not etag:
-        raise StorageError(
-            f"the record of {what} is malformed: data is {type(data).__name__} (bytea "
-            f"expected), etag {type(etag).__name__} (non-empty text expected); delete or "
-            "repair it"
-        )
-    return StoredState(data, etag)
+    return StoredState.from_row(row, what, data_type="bytea", etag_type="text")
 
 
 def _conflict(

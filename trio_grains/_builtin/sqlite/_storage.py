@@ -13,7 +13,6 @@ from typing import Any
 
 import attrs
 
-from ..._exceptions import StorageError
 from ..._ids import GrainId
 from ..._storage import GrainStorage, InconsistentStateError, StoredState
 from ._connection import SqliteStatistics, _Connection, _new_etag
@@ -24,17 +23,7 @@ from ._connection import SqliteStatistics, _Connection, _new_etag
 def decode_record(row: tuple[Any, ...], what: str) -> StoredState:
     """The record of a ``(data, etag)`` row of *what*; :class:`~trio_grains.StorageError`
     (and nothing else) unless ``data`` is a BLOB and ``etag`` non-empty TEXT."""
-    try:
-        data, etag = row
-    except Exception:
-        raise StorageError(f"the record of {what} is malformed: not a (data, etag) row") from None
-    if not isinstance(data, bytes) or not isinstance(etag, str) or not etag:
-        raise StorageError(
-            f"the record of {what} is malformed: data is {type(data).__name__} (a BLOB "
-            f"expected), etag {type(etag).__name__} (non-empty TEXT expected); delete or "
-            "repair it"
-        )
-    return StoredState(data, etag)
+    return StoredState.from_row(row, what, data_type="a BLOB", etag_type="TEXT")
 
 
 def _mismatch(
