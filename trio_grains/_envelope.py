@@ -92,7 +92,8 @@ class Limits:
         self._known: set[str] = set()
 
     def reply_address_ok(self, address: str) -> bool:
-        """Is *address* (a str) an endpoint address of at most ``max_subject_length``?"""
+        """Is *address* (a str) an endpoint address of at most ``max_subject_length``?
+        (Also asked of membership rows' addresses before a call is sent there.)"""
         if address in self._known:
             return True
         if len(address) > self.max_subject_length or not self.is_endpoint_address(address):

@@ -47,7 +47,6 @@ log = logging.getLogger("trio_grains.remote")
 
 #: the reasons :attr:`Messenger.dropped` counts
 DROP_REASONS = ("malformed", "reply_address", "unexpected_reply", "too_large", "send_failed")
-_CHECKED_ADDRESSES = 10_000  # membership addresses found well-formed (cleared when full)
 _ID_BATCH = 512
 _UNPACK_IDS = struct.Struct(f"<{_ID_BATCH}Q").unpack
 
@@ -78,7 +77,6 @@ class Messenger:
         self.limits = env.Limits(
             transport.is_endpoint_address, max_subject_length, max_grain_id_length
         )
-        self._checked: set[str] = set()
         #: the tracing provider's tracer: calls out are spans and carry their context
         self.tracer: Tracer | None = None
         #: silo requests go here (a silo sets it; a client ignores requests)
@@ -102,21 +100,14 @@ class Messenger:
         """The address of silo *silo_id*, if it is known and is an endpoint address (a
         membership row is a message too: its address is checked before it is used)."""
         address = self._address_of(silo_id)
-        if address is None or address in self._checked:
+        if address is None or self.limits.reply_address_ok(address):  # (remembered: cheap)
             return address
-        if len(address) > self.limits.max_subject_length or not self.transport.is_endpoint_address(
-            address
-        ):
-            self._warn.warning(
-                "ignored silo %s: its address %r is not an endpoint of this cluster",
-                silo_id,
-                address[:80],
-            )
-            return None
-        if len(self._checked) >= _CHECKED_ADDRESSES:
-            self._checked.clear()
-        self._checked.add(address)
-        return address
+        self._warn.warning(
+            "ignored silo %s: its address %r is not an endpoint of this cluster",
+            silo_id,
+            address[:80],
+        )
+        return None
 
     def _drop(self, reason: str, data: bytes, why: object) -> None:
         self.dropped[reason] += 1
@@ -173,9 +164,7 @@ class Messenger:
         flags: int,
         trace: dict[str, str] | None,
     ) -> Any:
-        address = self._address_of(silo_id)
-        if address not in self._checked:  # (inlined address_of: every call passes here)
-            address = self.address_of(silo_id)
+        address = self.address_of(silo_id)
         if address is None:
             raise RerouteError(silo_id)
         payload = self.codec.encode_call(method, args, kwargs)
