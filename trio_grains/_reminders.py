@@ -123,6 +123,18 @@ def checked_reminder_row(entry: ReminderEntry) -> ReminderEntry:
     return attrs.evolve(entry, start_at=start_at, period=period)
 
 
+def _row_key(row: ReminderEntry) -> str:
+    return f"{getattr(row, 'grain_id', '?')}.{getattr(row, 'name', '?')}"
+
+
+def _checked_row(row: ReminderEntry) -> ReminderEntry:
+    """:func:`checked_reminder_row`, its error naming the row (for the service's log)."""
+    try:
+        return checked_reminder_row(row)
+    except StorageError as exc:
+        raise StorageError(f"row {_row_key(row)!r}: {exc}") from None
+
+
 @attrs.frozen
 class GrainReminder:
     """A grain's handle on one of its reminders."""
@@ -234,14 +246,9 @@ class ReminderService:
 
     def _checked(self, rows: list[ReminderEntry]) -> list[ReminderEntry]:
         """The rows of *rows* that pass :func:`checked_reminder_row`; the others skipped."""
-        good = []
-        for row in rows:
-            try:
-                good.append(checked_reminder_row(row))
-            except StorageError as exc:
-                key = f"{getattr(row, 'grain_id', '?')}.{getattr(row, 'name', '?')}"
-                self._malformed.report(key, getattr(row, "etag", None), f"row {key!r}: {exc}")
-        return good
+        return self._malformed.decode_all(
+            rows, _checked_row, StorageError, _row_key, lambda row: getattr(row, "etag", None)
+        )
 
     def now(self) -> float:
         """Wall-clock seconds, advancing with Trio's clock."""
