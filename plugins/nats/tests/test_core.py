@@ -7,6 +7,8 @@ import trio
 from trio_grains_nats import (
     Connection,
     ConnectionClosedError,
+    LateReply,
+    Msg,
     NatsConnectionError,
     NoRespondersError,
     connect,
@@ -143,6 +145,45 @@ async def test_cancelled_request_leaves_no_pending_entry(nc: Connection) -> None
     assert scope.cancelled_caught
     assert nc.statistics().pending_requests == 0
     assert (await sub.next_msg()).data == b"hello?"
+
+
+async def test_a_cancelled_request_hands_its_late_reply_to_on_cancel(nc: Connection) -> None:
+    sub = await nc.subscribe("core.slow")
+    late: list[LateReply] = []
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+
+            async def cancel_when_received() -> None:
+                request = await sub.next_msg()
+                scope.cancel()
+                await trio.lowlevel.checkpoint()
+                await request.respond(b"done anyway")
+
+            nursery.start_soon(cancel_when_received)
+            await nc.request("core.slow", b"work", on_cancel=late.append)
+    assert scope.cancelled_caught
+    assert len(late) == 1
+    with trio.fail_after(10):
+        await late[0].wait()
+    assert late[0].settled
+    result = late[0].result
+    assert isinstance(result, Msg)
+    assert result.data == b"done anyway"
+    assert nc.statistics().pending_requests == 0
+
+
+async def test_a_late_reply_that_never_comes_can_be_forgotten(nc: Connection) -> None:
+    await nc.subscribe("core.mute")  # receives, never answers
+    late: list[LateReply] = []
+    with trio.move_on_after(0.05):
+        await nc.request("core.mute", b"?", on_cancel=late.append)
+    assert len(late) == 1
+    assert nc.statistics().pending_requests == 1
+    with trio.move_on_after(0.05):
+        await late[0].wait()
+    late[0].forget()
+    assert not late[0].settled
+    assert nc.statistics().pending_requests == 0
 
 
 async def test_large_payload(nc: Connection) -> None:

@@ -116,6 +116,36 @@ async def test_stale_etags_conflict_and_change_nothing(storage: NatsKvStorage) -
     assert int(third) > int(second)
 
 
+async def test_a_read_after_a_cancelled_write_waits_for_its_ack(nats_url: str) -> None:
+    """A write cancelled once it was sent may still be stored; the next read of the key
+    must see it, or the write after that (with the read's ETag) would conflict."""
+    bucket = _bucket()
+    gid = GrainId.create("cart", "cancelled")
+    async with _storage(nats_url, bucket, storage="memory") as storage, connect(nats_url) as spy:
+        sub = await spy.subscribe(f"$KV.{bucket}.>")
+        await spy.flush()
+        etag = await storage.write("cart", gid, b"v0", None)
+        await sub.next_msg()
+        for attempt in range(20):
+            data = f"v{attempt + 1}".encode()
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_once_sent(scope: trio.CancelScope = scope) -> None:
+                        await sub.next_msg()  # the write reached the server
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_once_sent)
+                    etag = await storage.write("cart", gid, data, etag)
+            with trio.fail_after(BOUND):
+                record = await storage.read("cart", gid)
+            assert record is not None, attempt
+            assert record.data == data, (attempt, record)
+            etag = record.etag
+            etag = await storage.write("cart", gid, data + b"!", etag)
+            await sub.next_msg()
+
+
 async def test_records_sit_under_readable_keys_with_revision_etags(
     storage: NatsKvStorage, nats_url: str
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._connection import Connection as Connection
 from ._connection import ConnectionStatistics as ConnectionStatistics
+from ._connection import LateReply as LateReply
 from ._connection import connect as connect
 from ._exceptions import AuthorizationError as AuthorizationError
 from ._exceptions import ConnectionClosedError as ConnectionClosedError
@@ -55,6 +56,7 @@ __all__ = [
     "KeyValue",
     "KvEntry",
     "KvWatcher",
+    "LateReply",
     "Msg",
     "NatsConnectionError",
     "NatsError",

@@ -7,7 +7,7 @@ README "Design" explains the shape and the numbers behind it.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,49 @@ from ._wire import _BAD_SUBJECT, Wire, _Pong
 if TYPE_CHECKING:
     from ._jetstream import JetStream
 
-__all__ = ["Connection", "ConnectionStatistics", "connect"]
+__all__ = ["Connection", "ConnectionStatistics", "LateReply", "connect"]
+
+
+class LateReply:
+    """The reply to a request whose caller was cancelled after the request was sent.
+
+    The server may still act on such a request (a JetStream publish is stored or not),
+    and its reply still comes. Whoever must know the outcome before going on (a storage
+    provider's next read of the key, say) waits for it with :meth:`wait`, bounded by a
+    cancel scope, and calls :meth:`forget` if it stops waiting, so a reply that never
+    comes does not stay registered.
+    """
+
+    __slots__ = ("_event", "_requests", "_token", "result")
+
+    def __init__(self, requests: dict[bytes, Any], token: bytes) -> None:
+        self._requests = requests
+        self._token = token
+        self._event = trio.Event()
+        #: The reply, or the error that ended the wait for it (the connection closed).
+        self.result: Msg | Exception | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        """Wait until the reply came or the connection closed."""
+        await self._event.wait()
+
+    def forget(self) -> None:
+        """Stop expecting the reply (it is dropped if it comes later)."""
+        if self._requests.get(self._token) == (self, 0):
+            del self._requests[self._token]
+
+    # the connection's waiter protocol (see _wire.Wire._process_msg)
+    def _on_reply(self, _index: int, msg: Msg) -> None:
+        self.result = msg
+        self._event.set()
+
+    def _on_error(self, exc: Exception) -> None:
+        self.result = exc
+        self._event.set()
 
 
 @attrs.frozen
@@ -129,12 +171,17 @@ class Connection(Wire):
         payload: bytes = b"",
         *,
         headers: Mapping[str, str] | None = None,
+        on_cancel: Callable[[LateReply], None] | None = None,
     ) -> Msg:
         """Publish a request and wait for the first reply.
 
         There is no timeout parameter: wrap the call in ``trio.move_on_after`` /
         ``fail_after``. Raises :class:`NoRespondersError` when nobody subscribes to
         *subject*.
+
+        *on_cancel*: if the caller is cancelled after the request was sent, it is called
+        (synchronously, before ``trio.Cancelled`` is raised) with a :class:`LateReply`
+        that receives the reply instead.
         """
         await self._wait_to_write()
         self._req_seq += 1
@@ -145,7 +192,12 @@ class Connection(Wire):
         requests[token] = current_task()
 
         def abort(_: Any) -> Abort:
-            requests.pop(token, None)
+            if on_cancel is None:
+                requests.pop(token, None)
+            elif token in requests:
+                late = LateReply(requests, token)
+                requests[token] = (late, 0)
+                on_cancel(late)
             return Abort.SUCCEEDED
 
         msg: Msg = await wait_task_rescheduled(abort)

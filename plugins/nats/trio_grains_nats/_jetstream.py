@@ -36,7 +36,7 @@ from ._jsmsg import JsMsg
 from ._msg import Msg
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from ._connection import Connection, LateReply
     from ._kv import KeyValue
     from ._subscription import Subscription
 
@@ -235,16 +235,24 @@ class JetStream:
         payload: bytes = b"",
         *,
         headers: Mapping[str, str] | None = None,
+        on_cancel: Callable[[LateReply], None] | None = None,
     ) -> int:
         """As :meth:`publish`, but returns only the stream sequence (no ``PubAck``): the
-        key-value writes' path. Errors are raised exactly as by :meth:`publish`."""
-        return _pub_seq(await self._publish_request(subject, payload, headers), subject)
+        key-value writes' path. Errors are raised exactly as by :meth:`publish`.
+        *on_cancel* as for :meth:`Connection.request`: the ack of a publish whose caller
+        was cancelled after sending it."""
+        reply = await self._publish_request(subject, payload, headers, on_cancel)
+        return _pub_seq(reply, subject)
 
     async def _publish_request(
-        self, subject: str, payload: bytes, headers: Mapping[str, str] | None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Mapping[str, str] | None,
+        on_cancel: Callable[[LateReply], None] | None = None,
     ) -> Msg:
         try:
-            return await self._conn.request(subject, payload, headers=headers)
+            return await self._conn.request(subject, payload, headers=headers, on_cancel=on_cancel)
         except NoRespondersError:
             raise JetStreamError(
                 f"no JetStream stream listens on {subject!r}: add a stream whose subjects "

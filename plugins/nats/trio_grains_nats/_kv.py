@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,6 +47,7 @@ from ._msg import Msg, decode_headers
 from ._wire import MAX_SUBJECT_BYTES
 
 if TYPE_CHECKING:
+    from ._connection import LateReply
     from ._jetstream import JetStream
     from ._subscription import Subscription
 
@@ -287,21 +288,28 @@ class KeyValue:
         headers = _ttl_header(ttl) if ttl is not None else None
         return await self._js.publish_sequence(self._prefix + key, value, headers=headers)
 
-    async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+    async def create(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl: float | None = None,
+        on_cancel: Callable[[LateReply], None] | None = None,
+    ) -> int:
         """Set *key* only if it has no value (never set, or deleted): the revision.
 
         Raises :class:`KeyExistsError` if it has one: of many concurrent creates, exactly
-        one wins.
+        one wins. *on_cancel*: see :meth:`update`.
         """
         check_key(self._prefix, key)
         try:
-            return await self._cas(key, value, 0, ttl)
+            return await self._cas(key, value, 0, ttl, on_cancel)
         except WrongLastSequenceError as exc:
             try:
                 await self.get(key)
             except KeyDeletedError as deleted:
                 try:
-                    return await self._cas(key, value, deleted.revision, ttl)
+                    return await self._cas(key, value, deleted.revision, ttl, on_cancel)
                 except WrongLastSequenceError:
                     pass
             except Exception:
@@ -313,28 +321,57 @@ class KeyValue:
             ) from None
 
     async def update(
-        self, key: str, value: bytes, revision: int, *, ttl: float | None = None
+        self,
+        key: str,
+        value: bytes,
+        revision: int,
+        *,
+        ttl: float | None = None,
+        on_cancel: Callable[[LateReply], None] | None = None,
     ) -> int:
         """Set *key* only if its latest revision is *revision*; the new revision.
 
         Raises :class:`WrongLastSequenceError` if someone else wrote it meanwhile.
+
+        *on_cancel*: called with a :class:`LateReply` if the caller is cancelled after
+        the write was sent. The server may still store it, and a *direct* ``get`` sent
+        afterwards may be answered before it is: wait for the late reply first to read
+        your own write (as the ``nats-kv`` storage provider does).
         """
         check_key(self._prefix, key)
-        return await self._cas(key, value, revision, ttl)
+        return await self._cas(key, value, revision, ttl, on_cancel)
 
-    async def _cas(self, key: str, value: bytes, last: int, ttl: float | None) -> int:
+    async def _cas(
+        self,
+        key: str,
+        value: bytes,
+        last: int,
+        ttl: float | None,
+        on_cancel: Callable[[LateReply], None] | None,
+    ) -> int:
         headers = {_EXPECTED_LAST_SUBJECT_SEQ: str(last)}
         if ttl is not None:
             headers.update(_ttl_header(ttl))
-        return await self._js.publish_sequence(self._prefix + key, value, headers=headers)
+        return await self._js.publish_sequence(
+            self._prefix + key, value, headers=headers, on_cancel=on_cancel
+        )
 
-    async def delete(self, key: str, *, revision: int | None = None) -> int:
-        """Write a delete marker for *key* (only at *revision*, if given)."""
+    async def delete(
+        self,
+        key: str,
+        *,
+        revision: int | None = None,
+        on_cancel: Callable[[LateReply], None] | None = None,
+    ) -> int:
+        """Write a delete marker for *key* (only at *revision*, if given).
+        *on_cancel*: see :meth:`update`."""
         check_key(self._prefix, key)
         headers = _DEL_HEADERS
         if revision is not None:
             headers = {**headers, _EXPECTED_LAST_SUBJECT_SEQ: str(revision)}
-        return await self._js.publish_sequence(self._prefix + key, b"", headers=headers)
+        return await self._js.publish_sequence(
+            self._prefix + key, b"", headers=headers, on_cancel=on_cancel
+        )
 
     @asynccontextmanager
     async def watch(

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import string
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn
 
 import attrs
+import trio
 from nats.js.api import StorageType
 
 from trio_grains import (
@@ -49,7 +50,7 @@ from trio_grains import (
     StoredState,
 )
 
-from ._connection import Connection
+from ._connection import Connection, LateReply
 from ._exceptions import (
     JS_ERR_MESSAGE_NOT_FOUND,
     KeyDeletedError,
@@ -85,6 +86,8 @@ __all__ = [
 DEFAULT_BUCKET = "grains-state"
 
 HEADER_ALLOWANCE = 128
+#: How long a read, write or clear waits for the ack of a cancelled write of its key.
+SETTLE_TIMEOUT = 5.0
 """Bytes of a write's payload budget (the server's ``max_payload``) kept for its headers."""
 
 _KEY_SAFE = frozenset(string.ascii_letters + string.digits + "-_/")
@@ -161,6 +164,8 @@ class NatsKvStorage(GrainStorage):
 
     nc: Connection
     _kv: KeyValue
+    #: Keys with a write whose caller was cancelled after sending it, and its late ack.
+    _in_doubt: dict[str, LateReply] = attrs.field(factory=dict, init=False)
 
     @classmethod
     async def open(
@@ -219,8 +224,34 @@ class NatsKvStorage(GrainStorage):
             f"{expected!r} but the stored one is {current!r}"
         )
 
+    async def _settle(self, key: str) -> None:
+        """Wait for the ack of a cancelled write of *key*, if one is in doubt.
+
+        The server may store a write whose caller was cancelled after sending it, and a
+        direct get sent afterwards may be answered before it is: without this, a read
+        after a cancelled write could return the old record while the write lands, and
+        the next write with that ETag would conflict. A lost ack stops being waited for
+        after :data:`SETTLE_TIMEOUT` (the ETag check then decides, as between silos).
+        """
+        late = self._in_doubt.get(key)
+        if late is None:
+            return
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            await late.wait()
+        late.forget()
+        if self._in_doubt.get(key) is late:
+            del self._in_doubt[key]
+
+    def _doubt(self, key: str) -> Callable[[LateReply], None]:
+        def in_doubt(late: LateReply) -> None:
+            self._in_doubt[key] = late
+
+        return in_doubt
+
     async def read(self, state_name: str, grain_id: GrainId) -> StoredState | None:
         key = self._key(state_name, grain_id)
+        if self._in_doubt:
+            await self._settle(key)
         try:
             entry = await self._kv.get(key)
         except KeyDeletedError:
@@ -243,14 +274,18 @@ class NatsKvStorage(GrainStorage):
                 f"{HEADER_ALLOWANCE} for headers); raise max_payload in the nats-server "
                 "configuration, or keep the state smaller"
             )
+        if self._in_doubt:
+            await self._settle(key)
         try:
             if etag is None:
-                revision = await self._kv.create(key, bytes(data))
+                revision = await self._kv.create(key, bytes(data), on_cancel=self._doubt(key))
             else:
                 expected = revision_of(etag)
                 if expected is None:
                     await self._conflict(key, etag, "a write")
-                revision = await self._kv.update(key, bytes(data), expected)
+                revision = await self._kv.update(
+                    key, bytes(data), expected, on_cancel=self._doubt(key)
+                )
         except WrongLastSequenceError:  # KeyExistsError too
             await self._conflict(key, etag, "a write")
         except NatsError as exc:
@@ -259,6 +294,8 @@ class NatsKvStorage(GrainStorage):
 
     async def clear(self, state_name: str, grain_id: GrainId, etag: str | None) -> None:
         key = self._key(state_name, grain_id)
+        if self._in_doubt:
+            await self._settle(key)
         if etag is None:  # nothing to delete if there is no record, a conflict if there is
             if await self.read(state_name, grain_id) is not None:
                 await self._conflict(key, etag, "a clear")
@@ -267,7 +304,7 @@ class NatsKvStorage(GrainStorage):
         if expected is None:
             await self._conflict(key, etag, "a clear")
         try:
-            await self._kv.delete(key, revision=expected)
+            await self._kv.delete(key, revision=expected, on_cancel=self._doubt(key))
         except WrongLastSequenceError:
             await self._conflict(key, etag, "a clear")
         except NatsError as exc:
