@@ -39,11 +39,11 @@ from trio_grains import (
     placement,
     stateless_worker,
 )
-from trio_grains import _envelope as env
 from trio_grains._builtin.placement import HashBasedDirector
-from trio_grains._ownership import owner_filter_for, rendezvous_owner
+from trio_grains._cluster import envelope as env
+from trio_grains._cluster.ownership import owner_filter_for, rendezvous_owner
+from trio_grains._cluster.transport import MemoryCluster
 from trio_grains._reminders import ReminderEntry, ReminderService
-from trio_grains._transport import MemoryCluster
 from trio_grains.testing import TestCluster, open_test_cluster
 
 RUNS: Counter[str] = Counter()  # grain key -> turns of `add` that ran

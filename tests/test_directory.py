@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from trio_grains import GrainId
-from trio_grains._directory import (
+from trio_grains._cluster.directory import (
     CachedDirectory,
     DirectoryCache,
     DirectoryEntry,

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_grains import SerializationError
-from trio_grains import _envelope as env
+from trio_grains._cluster import envelope as env
 
 LIMITS = env.Limits(lambda address: address.startswith("grains.dev.silo."), 256, 1280)
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_grains._membership import (
+from trio_grains._cluster.membership import (
     MembershipView,
     MemoryMembershipTable,
     SiloAlreadyJoinedError,
@@ -18,7 +18,7 @@ from trio_grains._membership import (
     SiloEntry,
     SiloStatus,
 )
-from trio_grains._membership_service import MembershipService
+from trio_grains._cluster.membership_service import MembershipService
 
 INTERVAL = 1.0
 DEAD_AFTER = 5.0
@@ -272,7 +272,7 @@ async def test_a_death_learned_by_a_reread_still_fails_the_calls_waiting_on_that
     used to wait for their response timeout: the follow loop found the view already
     adopted and nothing gone)."""
     from trio_grains import MemoryGrainDirectory
-    from trio_grains._locator import Locator
+    from trio_grains._cluster.locator import Locator
     from trio_grains._placement import PlacementRegistry, RandomPlacement
 
     table = MemoryMembershipTable()

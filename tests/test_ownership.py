@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_grains import DirectoryError, GrainId
-from trio_grains._directory import DirectoryEntry, GrainDirectory, MemoryGrainDirectory
-from trio_grains._membership import MembershipView, SiloEntry, SiloStatus
-from trio_grains._ownership import (
+from trio_grains._cluster.directory import DirectoryEntry, GrainDirectory, MemoryGrainDirectory
+from trio_grains._cluster.membership import MembershipView, SiloEntry, SiloStatus
+from trio_grains._cluster.ownership import (
     PartitionBalancer,
     owned_partitions,
     owner_filter_for,

@@ -23,8 +23,8 @@ from trio_grains import (
 )
 from trio_grains._builtin.memory import MemoryReminderTable
 from trio_grains._catalog import Catalog
-from trio_grains._membership import MembershipView, SiloEntry, SiloStatus
-from trio_grains._ownership import owner_filter_for
+from trio_grains._cluster.membership import MembershipView, SiloEntry, SiloStatus
+from trio_grains._cluster.ownership import owner_filter_for
 from trio_grains._reminders import ReminderEntry, ReminderService
 
 

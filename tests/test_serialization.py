@@ -415,7 +415,7 @@ class InvalidOrder(RejectedItemError):
         f"{__name__}:NotDeclared",
         f"{__name__}:Quiet",
         "trio_grains._exceptions:ActivationRaceLostError",
-        "trio_grains._remote:RerouteError",
+        "trio_grains._cluster.messenger:RerouteError",
         "no_such_module_xyz:Error",
         "builtins",
         "builtins:",

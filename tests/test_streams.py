@@ -37,7 +37,7 @@ from trio_grains import (
 )
 from trio_grains._builtin.memory_streams import MemoryStreamAdapter
 from trio_grains._serialization import Codec, make_converter
-from trio_grains._stream_delivery import encode_dead_letter
+from trio_grains._streams.agent import encode_dead_letter
 
 
 @attrs.frozen

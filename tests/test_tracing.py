@@ -34,7 +34,7 @@ from trio_grains import (
     open_silo,
     persistent_state,
 )
-from trio_grains import _envelope as env
+from trio_grains._cluster import envelope as env
 from trio_grains._grain import class_info
 from trio_grains._logging import GrainsContextFilter
 from trio_grains.testing import open_test_cluster

@@ -29,7 +29,7 @@ from trio_grains import (
     grain_type,
     open_silo,
 )
-from trio_grains import _envelope as env
+from trio_grains._cluster import envelope as env
 from trio_grains._logging import LogThrottle
 from trio_grains.testing import TestCluster, open_test_cluster
 

@@ -24,10 +24,7 @@ from typing import TYPE_CHECKING, Any
 import outcome
 import trio
 
-from ._exceptions import ActivationOverloadedError, ActivationRaceLostError, InternalError
-from ._grain import Grain
-from ._logging import GRAIN_ID, SILO_ID
-from ._messaging import (
+from ._calls import (
     ABANDONED,
     EXCLUSIVE,
     INTERLEAVE,
@@ -36,12 +33,15 @@ from ._messaging import (
     Call,
     log_one_way_outcome,
 )
+from ._exceptions import ActivationOverloadedError, ActivationRaceLostError, InternalError
+from ._grain import Grain
+from ._logging import GRAIN_ID, SILO_ID
 from ._storage import PersistentState, load_states
 from ._tracing import ATTR_GRAIN_ID, ATTR_SILO_ID, SpanKind
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
-    from ._directory import DirectoryEntry
+    from ._cluster.directory import DirectoryEntry
     from ._grain import GrainClassInfo
     from ._ids import GrainId
 

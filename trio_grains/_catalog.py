@@ -16,6 +16,7 @@ import outcome
 import trio
 
 from ._activation import ACTIVATING, ACTIVE, DEAD, Activation
+from ._calls import EXCLUSIVE, INTERLEAVE, READ_ONLY, Call, TimeoutWheel, wait_reply
 from ._exceptions import (
     ActivationRaceLostError,
     GrainCallTimeoutError,
@@ -25,19 +26,18 @@ from ._exceptions import (
 )
 from ._grain import GrainClassInfo, GrainClassRegistry, GrainInterface, MethodInfo, class_info
 from ._ids import GrainId, GrainKey, check_key_length
-from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY, Call, TimeoutWheel, wait_reply
 from ._metrics import SiloMetrics, timed_call
 from ._reference import GrainReference, reference_class
-from ._streams import implicit_subscriptions
+from ._streams.model import implicit_subscriptions
 from ._tracing import SpanKind, Tracer, call_attributes, traced_methods
 
 if TYPE_CHECKING:
-    from ._cluster import SiloCluster
+    from ._cluster.routing import SiloCluster
     from ._config import SiloConfig
     from ._reminders import ReminderService
     from ._serialization import Codec
     from ._storage import GrainStorage
-    from ._stream_agents import StreamProvider
+    from ._streams.provider import StreamProvider
 
 __all__ = ["Catalog"]
 

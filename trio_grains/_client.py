@@ -23,7 +23,11 @@ import attrs
 import cattrs
 import trio
 
-from ._cluster import call_anywhere
+from ._calls import TimeoutWheel
+from ._cluster.locator import Locator
+from ._cluster.membership import MembershipTable, MembershipView
+from ._cluster.messenger import Messenger
+from ._cluster.routing import call_anywhere
 from ._config import (
     PluginsConfig,
     ProviderConfig,
@@ -39,16 +43,12 @@ from ._exceptions import (
 )
 from ._grain import GrainClassRegistry, GrainInterface, MethodInfo, class_info
 from ._ids import GrainId, GrainKey, check_key_length
-from ._locator import Locator
-from ._membership import MembershipTable, MembershipView
-from ._messaging import TimeoutWheel
 from ._plugins import Plugins, load_plugins
 from ._reference import GrainReference, reference_class
 from ._registry import ProviderContext
-from ._remote import Messenger
 from ._serialization import Codec, make_converter
-from ._stream_agents import StreamProvider
-from ._streams import StreamOptions
+from ._streams.model import StreamOptions
+from ._streams.provider import StreamProvider
 from ._tracing import Tracer, open_tracer
 
 if TYPE_CHECKING:

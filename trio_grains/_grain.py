@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 
+from ._calls import EXCLUSIVE, INTERLEAVE, READ_ONLY
 from ._exceptions import ConfigError, GrainKeyKindError, GrainTypeError
 from ._ids import GrainId, GrainKey, GrainType
-from ._messaging import EXCLUSIVE, INTERLEAVE, READ_ONLY
 from ._storage import StateDeclaration, declarations
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ._activation import Activation
     from ._placement import PlacementStrategy
     from ._reminders import GrainReminder
-    from ._stream_agents import StreamProvider
+    from ._streams.provider import StreamProvider
     from ._timers import GrainTimer
 
 __all__ = [
@@ -139,7 +139,7 @@ class MethodInfo:
     read_only: bool = False
     one_way: bool = False
     idempotent: bool = False
-    #: how calls interleave on the implementing class (``_messaging.EXCLUSIVE`` ...)
+    #: how calls interleave on the implementing class (``_calls.EXCLUSIVE`` ...)
     kind: int = 0
     #: what the in-task fast path runs (``Catalog.invoke``: an idle local grain, in the
     #: caller's task); ``func`` runs every other turn. A silo's method table may wrap

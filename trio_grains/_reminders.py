@@ -14,7 +14,7 @@ onto Trio's clock, so a ``MockClock`` drives reminders in tests (pass
 
 In a cluster, silos share one table and each reminder must fire on exactly one live silo:
 :meth:`ReminderService.set_owner_filter` restricts a service to the grains its silo owns
-(e.g. :func:`~trio_grains._ownership.owner_filter_for` on every membership view), and
+(e.g. :func:`~trio_grains._cluster.ownership.owner_filter_for` on every membership view), and
 ``refresh_interval`` makes it re-read the table periodically to pick up rows written or
 removed by other silos. Without a filter a service owns every reminder (one silo). A
 reminder that changes owner resumes at its next tick on the new owner (a tick that a dead

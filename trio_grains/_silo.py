@@ -20,21 +20,21 @@ import cattrs
 import trio
 
 from ._catalog import Catalog
-from ._cluster import SiloCluster
-from ._cluster_member import ClusterMember, warn_per_silo_providers
+from ._cluster.member import ClusterMember, warn_per_silo_providers
+from ._cluster.membership import MembershipView
+from ._cluster.routing import SiloCluster
 from ._config import ProviderConfig, SiloConfig
 from ._exceptions import ConfigError, SiloDeclaredDeadError, first_leaf
 from ._grain import GrainClassRegistry, GrainInterface
 from ._ids import GrainId, GrainKey
 from ._logging import SILO_ID
-from ._membership import MembershipView
 from ._metrics import MetricsSnapshot, TimedStorage
 from ._plugins import Plugins, load_plugins
 from ._registry import ProviderContext, ProviderRegistry, ServiceContext
 from ._reminders import ReminderService
 from ._serialization import Codec, make_converter
-from ._stream_agents import StreamProvider, check_implicit_providers
-from ._streams import StreamOptions
+from ._streams.model import StreamOptions
+from ._streams.provider import StreamProvider, check_implicit_providers
 from ._tracing import TracedStorage, open_tracer
 
 __all__ = ["Silo", "SiloStatistics", "open_silo"]

@@ -18,7 +18,7 @@ import outcome
 import trio
 
 from ._activation import ACTIVE, Activation
-from ._messaging import EXCLUSIVE, INTERLEAVE, RUNNING, Call
+from ._calls import EXCLUSIVE, INTERLEAVE, RUNNING, Call
 
 __all__ = ["GrainTimer", "start_timer"]
 

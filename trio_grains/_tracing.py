@@ -47,7 +47,7 @@ from ._registry import ProviderContext, ProviderRegistry, TracerFactory
 from ._storage import GrainStorage, StoredState
 
 if TYPE_CHECKING:
-    from ._streams import StreamId
+    from ._streams.model import StreamId
 
 __all__ = [
     "ATTR_GRAIN_ID",

@@ -15,12 +15,12 @@ from typing import Any
 import attrs
 import trio
 
+from .._cluster.transport import MemoryCluster
 from .._exceptions import ConfigError
 from .._ids import GrainId
 from .._registry import ProviderContext, ProviderRegistry
 from .._reminders import ReminderEntry, ReminderTable
 from .._storage import GrainStorage, InconsistentStateError, StoredState
-from .._transport import MemoryCluster
 from ..hookspecs import hookimpl
 
 __all__ = ["MemoryReminderTable", "MemoryStorage", "open_memory_cluster"]

@@ -28,7 +28,7 @@ import trio
 
 from .._exceptions import ConfigError
 from .._registry import ProviderContext, ProviderRegistry
-from .._streams import (
+from .._streams.model import (
     EncodedItem,
     ReceivedItem,
     SequenceToken,

@@ -25,12 +25,12 @@ import attrs
 import trio
 
 from .._client import Client, ClientConfig, open_client
+from .._cluster.transport import MemoryCluster
 from .._config import ProviderConfig, SiloConfig
 from .._exceptions import SiloDeclaredDeadError
 from .._grain import GrainInterface
 from .._ids import GrainKey
 from .._silo import Silo, open_silo
-from .._transport import MemoryCluster
 
 __all__ = ["TestCluster", "open_test_cluster"]
 

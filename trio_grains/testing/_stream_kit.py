@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 
 import trio
 
-from .._streams import (
+from .._streams.model import (
     EncodedItem,
     ReceivedItem,
     SequenceToken,

@@ -22,7 +22,12 @@ from typing import TypeAlias
 
 import trio
 
-from .._transport import ClusterBackend, MessageTooLargeError, Transport, TransportClosedError
+from .._cluster.transport import (
+    ClusterBackend,
+    MessageTooLargeError,
+    Transport,
+    TransportClosedError,
+)
 from ._kit_helpers import expect_success, new_tag, show, show_exc
 
 __all__ = [

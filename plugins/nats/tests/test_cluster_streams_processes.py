@@ -36,7 +36,7 @@ import trio
 from _processes import Processes, processes, read_if_exists
 
 from trio_grains import ClientConfig, StreamId, open_client, partition_for
-from trio_grains._ownership import owned_partitions
+from trio_grains._cluster.ownership import owned_partitions
 
 HERE = Path(__file__).parent
 SILO_SCRIPT = HERE / "_stream_silo.py"

@@ -12,7 +12,7 @@ from trio_grains_nats import JetStream, connect
 from trio_grains_nats.directory import KvGrainDirectory, directory_bucket_name
 
 from trio_grains import ConfigError, GrainId
-from trio_grains._directory import (
+from trio_grains._cluster.directory import (
     CachedDirectory,
     DirectoryEntry,
     GrainDirectory,

@@ -23,14 +23,14 @@ from trio_grains_nats.membership import (
 )
 from trio_grains_nats.testing import FreezingRelay, run_freezing_relay
 
-from trio_grains._membership import (
+from trio_grains._cluster.membership import (
     MembershipView,
     SiloAlreadyJoinedError,
     SiloDeclaredDeadError,
     SiloEntry,
     SiloStatus,
 )
-from trio_grains._membership_service import MembershipService
+from trio_grains._cluster.membership_service import MembershipService
 
 INTERVAL = 0.1
 DEAD_AFTER = 0.5

@@ -39,7 +39,7 @@ import attrs
 from nats.js.api import StorageType
 
 from trio_grains import ConfigError, GrainId
-from trio_grains._directory import DirectoryEntry, DirectoryError, GrainDirectory
+from trio_grains._cluster.directory import DirectoryEntry, DirectoryError, GrainDirectory
 from trio_grains._rows import MalformedRows, load_json_object, text_field
 
 from ._exceptions import KeyExistsError, NatsError, NotFoundError, WrongLastSequenceError

@@ -1,7 +1,7 @@
 """The cluster membership table on a JetStream KV bucket (``grains-membership-<cluster>``).
 
 One key per silo (its id, escaped to KV key characters), the value a JSON object of the
-:class:`~trio_grains._membership.SiloEntry` fields except ``version``, which is the key's
+:class:`~trio_grains._cluster.membership.SiloEntry` fields except ``version``, which is the key's
 revision (the bucket stream's sequence, so it also orders views). Joins are
 create-if-absent, heartbeats and status changes compare-and-set on the revision (so a
 heartbeat never overwrites a concurrent ``DEAD``), and every write carries a per-key TTL
@@ -36,7 +36,7 @@ import attrs
 import trio
 from nats.js.api import StorageType
 
-from trio_grains._membership import (
+from trio_grains._cluster.membership import (
     MembershipError,
     MembershipTable,
     MembershipUnavailableError,
@@ -236,7 +236,7 @@ class KvMembershipTable(MembershipTable):
 
     ``entry_ttl``: seconds a row lives without being written again (a few times the
     services' ``dead_after``; rounded up to whole seconds by the server). NATS errors are
-    translated into :class:`~trio_grains._membership.MembershipUnavailableError`. Rows that
+    translated into :class:`~trio_grains._cluster.membership.MembershipUnavailableError`. Rows that
     do not decode are skipped (see the module's docstring) and counted in
     :attr:`malformed_rows`.
     """

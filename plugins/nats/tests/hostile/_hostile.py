@@ -5,7 +5,7 @@ trio-grains' own encoders), and sent on a plain :class:`trio_grains_nats.Connect
 that goes through no trio-grains runtime code: what a program holding nothing but client
 credentials on the cluster's NATS account can do.
 
-Envelopes (see ``trio_grains/_envelope.py``)::
+Envelopes (see ``trio_grains/_cluster/envelope.py``)::
 
     request: [0, call_id, reply_to, grain_id, method, args, timeout, hops, flags, trace]
     reply:   [1, call_id, status, payload, silo_id]     status 0 ok, 1 error, 2 reroute

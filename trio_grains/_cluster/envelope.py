@@ -32,7 +32,7 @@ from typing import Any
 
 import msgpack
 
-from ._exceptions import SerializationError
+from .._exceptions import SerializationError
 
 __all__ = [
     "CANCEL",
@@ -58,7 +58,7 @@ LOCATE = 1  # request flag
 _FLAGS = LOCATE  # every flag a request may carry
 
 MAX_CALL_ID = 2**64 - 1
-MAX_HOPS = 64  # forwards; the runtime gives up long before (``_cluster.MAX_ATTEMPTS``)
+MAX_HOPS = 64  # forwards; the runtime gives up long before (``routing.MAX_ATTEMPTS``)
 MAX_METHOD_LENGTH = 200
 MAX_TRACE_HEADERS = 8
 MAX_TRACE_HEADER_LENGTH = 1024
@@ -240,10 +240,7 @@ def decode(data: bytes, limits: Limits) -> Request | Reply | Cancel:
             and method.__class__ is str
             and 0 < len(method) <= MAX_METHOD_LENGTH
             and args.__class__ is bytes
-            and (
-                timeout is None
-                or (timeout.__class__ in (int, float) and 0 <= timeout < math.inf)
-            )
+            and (timeout is None or (timeout.__class__ in (int, float) and 0 <= timeout < math.inf))
             and hops.__class__ is int
             and 0 <= hops <= MAX_HOPS
             and flags.__class__ is int
@@ -316,9 +313,7 @@ def _is_headers(value: object) -> bool:
         isinstance(value, dict)
         and len(value) <= MAX_TRACE_HEADERS
         and all(
-            isinstance(k, str)
-            and isinstance(v, str)
-            and len(k) + len(v) <= MAX_TRACE_HEADER_LENGTH
+            isinstance(k, str) and isinstance(v, str) and len(k) + len(v) <= MAX_TRACE_HEADER_LENGTH
             for k, v in value.items()
         )
     )

@@ -1,8 +1,8 @@
 """The per-silo membership service: join, heartbeat, failure detection and self-fencing.
 
 :class:`MembershipService` keeps one silo's row in a
-:class:`~trio_grains._membership.MembershipTable` (the contract, its values and the
-in-memory table live in :mod:`trio_grains._membership`, which describes the protocol).
+:class:`~trio_grains._cluster.membership.MembershipTable` (the contract, its values and the
+in-memory table live in :mod:`trio_grains._cluster.membership`, which describes the protocol).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from types import TracebackType
 import attrs
 import trio
 
-from ._exceptions import (
+from .._exceptions import (
     MembershipError,
     MembershipUnavailableError,
     SiloDeclaredDeadError,
 )
-from ._membership import (
+from .membership import (
     MembershipTable,
     MembershipView,
     SiloEntry,

@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any
 import outcome
 import trio
 
-from . import _envelope as env
-from ._activation import DEAD
-from ._directory import DirectoryEntry
-from ._exceptions import (
+from .._activation import DEAD
+from .._calls import ABANDONED, DONE, Call, log_one_way_outcome
+from .._exceptions import (
     ActivationRaceLostError,
     DirectoryError,
     GrainCallError,
@@ -40,20 +39,21 @@ from ._exceptions import (
     GrainsError,
     SiloUnavailableError,
 )
-from ._ids import GrainId, check_key_length
-from ._locator import Locator
-from ._membership import MembershipView, SiloEntry, SiloStatus
-from ._messaging import ABANDONED, DONE, Call, log_one_way_outcome
-from ._remote import Messenger, RerouteError
+from .._ids import GrainId, check_key_length
+from . import envelope as env
+from .directory import DirectoryEntry
+from .locator import Locator
+from .membership import MembershipView, SiloEntry, SiloStatus
+from .messenger import Messenger, RerouteError
 
 if TYPE_CHECKING:
-    from ._activation import Activation
-    from ._catalog import Catalog
-    from ._grain import MethodInfo
-    from ._membership_service import MembershipService
-    from ._placement import PlacementRegistry, PlacementStrategy
-    from ._reference import GrainReference
-    from ._transport import ClusterBackend, Transport
+    from .._activation import Activation
+    from .._catalog import Catalog
+    from .._grain import MethodInfo
+    from .._placement import PlacementRegistry, PlacementStrategy
+    from .._reference import GrainReference
+    from .membership_service import MembershipService
+    from .transport import ClusterBackend, Transport
 
 __all__ = ["MAX_ATTEMPTS", "SiloCluster", "call_anywhere"]
 

@@ -41,10 +41,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 import trio
 
-from ._directory import DirectoryEntry, GrainDirectory, new_activation_id
-from ._exceptions import DirectoryError
-from ._ids import GrainId
-from ._membership import MembershipView, SiloStatus
+from .._exceptions import DirectoryError
+from .._ids import GrainId
+from .directory import DirectoryEntry, GrainDirectory, new_activation_id
+from .membership import MembershipView, SiloStatus
 
 __all__ = [
     "PARTITION_LEASE_TYPE",

@@ -1,7 +1,7 @@
 """The streaming runtime: a stream provider's pulling agents, delivery, retries, dead letters.
 
 One :class:`StreamProvider` per configured ``[streams.<name>]`` runs in the silo's nursery
-around the provider's :class:`~trio_grains._streams.StreamAdapter`:
+around the provider's :class:`~trio_grains._streams.model.StreamAdapter`:
 
 * one *pulling agent* per owned partition (all of them in a single silo;
   :meth:`StreamProvider.set_owned_partitions` is the hook for partition balancing) calls
@@ -16,15 +16,15 @@ around the provider's :class:`~trio_grains._streams.StreamAdapter`:
 * a handler that raises is retried in place with exponential backoff (the key waits, so
   later items of the key never overtake it; handlers that already succeeded are not
   called again); after ``max_deliveries`` attempts the item is published to the
-  dead-letter namespace as a :class:`~trio_grains._streams.DeadLetter` and terminated, and
+  dead-letter namespace as a :class:`~trio_grains._streams.model.DeadLetter` and terminated, and
   the key moves on;
 * on shutdown or loss of a partition, running handlers get ``drain_timeout`` seconds; every
   item still held is then given back with ``nak(item, 0)``, so another silo (or the next
   run) gets it at once.
 
 This module holds the provider (lifetime, partition ownership, publishing, subscriptions,
-rewinds); the pulling agent is in :mod:`._stream_delivery`, and what user code holds
-(:class:`Stream`, handles) in :mod:`._stream_handles`.
+rewinds); the pulling agent is in :mod:`.agent`, and what user code holds
+(:class:`Stream`, handles) in :mod:`.handles`.
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._exceptions import ConfigError, GrainMethodError, GrainTypeError, PluginError
-from ._grain import Grain, class_info
-from ._ids import GrainId, GrainKey, GrainType
-from ._stream_delivery import _Agent, deliver_with_retries
-from ._stream_handles import Stream, StreamSubscriptionHandle, _Subscription, _Target
-from ._streams import (
+from .._exceptions import ConfigError, GrainMethodError, GrainTypeError, PluginError
+from .._grain import Grain, class_info
+from .._ids import GrainId, GrainKey, GrainType
+from .._tracing import Attributes, SpanKind, Tracer, stream_attributes
+from .agent import _Agent, deliver_with_retries
+from .handles import Stream, StreamSubscriptionHandle, _Subscription, _Target
+from .model import (
     EncodedItem,
     SequenceToken,
     StreamAdapter,
@@ -59,12 +60,11 @@ from ._streams import (
     item_parameter,
     partition_for,
 )
-from ._tracing import Attributes, SpanKind, Tracer, stream_attributes
 
 if TYPE_CHECKING:
-    from ._catalog import Catalog
-    from ._grain import GrainClassRegistry
-    from ._serialization import Codec
+    from .._catalog import Catalog
+    from .._grain import GrainClassRegistry
+    from .._serialization import Codec
 
 __all__ = [
     "Stream",

@@ -9,7 +9,7 @@ ones (``await stream.subscribe(handler)``), and plain Trio code iterates them
 The work is split as in Orleans. A provider implements only :class:`StreamAdapter`, a
 narrow queue adapter: publish a batch to a partition, receive a batch from a partition,
 ack / nak / term, and (optionally) read a partition from a sequence. The core
-(``_stream_agents``) owns the rest: which partition a key lives in
+(``provider.py``) owns the rest: which partition a key lives in
 (:func:`partition_for`, so every provider agrees), one pulling agent per owned partition,
 backpressure, per-key order, delivery to grains as turns, retries with backoff, the
 dead-letter path and statistics.
@@ -27,8 +27,8 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from ._exceptions import ConfigError, GrainTypeError, StreamError
-from ._ids import _check_key, encode_key
+from .._exceptions import ConfigError, GrainTypeError, StreamError
+from .._ids import _check_key, encode_key
 
 __all__ = [
     "DeadLetter",
@@ -434,7 +434,7 @@ def implicit_subscription(
     _check_namespace(None, None, namespace)
 
     def decorate(cls: C) -> C:
-        from ._grain import Grain
+        from .._grain import Grain
 
         if not (isinstance(cls, type) and issubclass(cls, Grain)):
             raise GrainTypeError(f"@implicit_subscription decorates grain classes, not {cls!r}")

@@ -32,8 +32,8 @@ from collections.abc import Callable, Set
 import attrs
 import trio
 
-from ._exceptions import DirectoryError
-from ._ids import GrainId
+from .._exceptions import DirectoryError
+from .._ids import GrainId
 
 __all__ = [
     "CachedDirectory",

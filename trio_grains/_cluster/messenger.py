@@ -3,12 +3,12 @@
 A :class:`Messenger` owns one transport endpoint (of a silo or a client). Its receive loop
 hands replies to the callers waiting for them (a dict lookup and a reschedule; the
 result is decoded in the caller's task) and requests to the silo's handler. Callers wait
-the way local callers of a busy grain do (:func:`~trio_grains._messaging.wait_reply`,
-response timeouts from the :class:`~trio_grains._messaging.TimeoutWheel`), so cancelling
+the way local callers of a busy grain do (:func:`~trio_grains._calls.wait_reply`,
+response timeouts from the :class:`~trio_grains._calls.TimeoutWheel`), so cancelling
 a caller simply forgets its call.
 
 The messenger is the silo's trust boundary for the transport: every message is decoded by
-:func:`~trio_grains._envelope.decode` against the endpoint's limits before anything reads
+:func:`~trio_grains._cluster.envelope.decode` against the endpoint's limits before anything reads
 it, and nothing a message carries can end the receive loop. Call ids are random 64-bit
 numbers; a reply is accepted only for a pending call and only from the silo the call went
 to (or, for a call that silo may forward, from a member of the cluster). Replies go only
@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING, Any, cast
 import outcome
 import trio
 
-from . import _envelope as env
-from ._exceptions import SerializationError, SiloUnavailableError
-from ._logging import LogThrottle
-from ._messaging import Call, TimeoutWheel, wait_reply
-from ._tracing import SpanKind, Tracer, call_attributes
-from ._transport import MessageTooLargeError, Transport, TransportClosedError
+from .._calls import Call, TimeoutWheel, wait_reply
+from .._exceptions import SerializationError, SiloUnavailableError
+from .._logging import LogThrottle
+from .._tracing import SpanKind, Tracer, call_attributes
+from . import envelope as env
+from .transport import MessageTooLargeError, Transport, TransportClosedError
 
 if TYPE_CHECKING:
-    from ._grain import MethodInfo
-    from ._ids import GrainId
-    from ._serialization import Codec
+    from .._grain import MethodInfo
+    from .._ids import GrainId
+    from .._serialization import Codec
 
 __all__ = ["Messenger", "RerouteError"]
 

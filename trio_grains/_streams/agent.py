@@ -1,11 +1,11 @@
 """The pulling agent of one partition: receive, deliver in key order, retry, dead-letter, ack.
 
-See :mod:`trio_grains._stream_agents` for the whole runtime. An :class:`_Agent` holds at
+See :mod:`trio_grains._streams.provider` for the whole runtime. An :class:`_Agent` holds at
 most ``max_in_flight`` items (the semaphore window is the backpressure), queues them per
 stream key, and runs one worker task per key with items, up to ``max_concurrent_keys`` of
 them at a time. A worker hands an item to every subscriber (:meth:`_Agent.process`),
 retrying failed subscribers in place with backoff, then acks it, or after
-``max_deliveries`` attempts publishes a :class:`~trio_grains._streams.DeadLetter` and
+``max_deliveries`` attempts publishes a :class:`~trio_grains._streams.model.DeadLetter` and
 terminates it. A :class:`~trio_grains.RejectedItemError` or an undecodable item is
 dead-lettered at once; an unavailable silo (failover) is retried without counting.
 
@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ._exceptions import RejectedItemError, SerializationError, SiloUnavailableError
-from ._streams import DeadLetter, EncodedItem, ReceivedItem, StreamId
-from ._tracing import Attributes, SpanKind, stream_attributes
+from .._exceptions import RejectedItemError, SerializationError, SiloUnavailableError
+from .._tracing import Attributes, SpanKind, stream_attributes
+from .model import DeadLetter, EncodedItem, ReceivedItem, StreamId
 
 if TYPE_CHECKING:
-    from ._serialization import Codec
-    from ._stream_agents import StreamProvider
-    from ._stream_handles import _Target
+    from .._serialization import Codec
+    from .handles import _Target
+    from .provider import StreamProvider
 
 log = logging.getLogger("trio_grains.streams")
 

@@ -12,7 +12,7 @@ change of B's row for ``dead_after`` seconds of A's own (Trio) clock, so wall cl
 different machines never need to agree, and a ``MockClock`` drives it in tests.
 
 A silo that is declared dead must stop serving:
-:class:`~trio_grains._membership_service.MembershipService` raises
+:class:`~trio_grains._cluster.membership_service.MembershipService` raises
 :class:`SiloDeclaredDeadError` into its owner (inside an exception group, from the service's
 nursery) as soon as it sees its own row ``DEAD`` or gone, or its heartbeat is refused. A silo
 that cannot heartbeat for ``dead_after`` seconds (cut off from the table) *presumes* itself
@@ -34,7 +34,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import attrs
 import trio
 
-from ._exceptions import (
+from .._exceptions import (
     MembershipError,
     MembershipUnavailableError,
     SiloAlreadyJoinedError,

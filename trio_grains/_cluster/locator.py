@@ -17,13 +17,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from ._directory import CachedDirectory, DirectoryCache, GrainDirectory
-from ._envelope import LOCATE
-from ._exceptions import SiloUnavailableError
-from ._grain import GrainClassRegistry
-from ._ids import GrainId
-from ._membership import MembershipTable, MembershipView, SiloStatus
-from ._placement import PlacementRegistry, PlacementStrategy, PlacementTarget, SiloInfo
+from .._exceptions import SiloUnavailableError
+from .._grain import GrainClassRegistry
+from .._ids import GrainId
+from .._placement import PlacementRegistry, PlacementStrategy, PlacementTarget, SiloInfo
+from .directory import CachedDirectory, DirectoryCache, GrainDirectory
+from .envelope import LOCATE
+from .membership import MembershipTable, MembershipView, SiloStatus
 
 __all__ = ["Locator"]
 

@@ -24,9 +24,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import attrs
 import trio
 
-from ._directory import GrainDirectory, MemoryGrainDirectory
-from ._exceptions import GrainsError
-from ._membership import MembershipTable, MemoryMembershipTable
+from .._exceptions import GrainsError
+from .directory import GrainDirectory, MemoryGrainDirectory
+from .membership import MembershipTable, MemoryMembershipTable
 
 __all__ = [
     "ClusterBackend",

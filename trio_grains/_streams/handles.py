@@ -2,7 +2,7 @@
 
 Also the runtime's record of a subscriber (:class:`_Target`, :class:`_Subscription`),
 which the pulling agents deliver to. Everything here calls back into the running
-:class:`~trio_grains._stream_agents.StreamProvider`; nothing does I/O of its own.
+:class:`~trio_grains._streams.provider.StreamProvider`; nothing does I/O of its own.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._ids import GrainId
-from ._streams import EncodedItem, SequenceToken, StreamError, StreamId, partition_for
+from .._ids import GrainId
+from .model import EncodedItem, SequenceToken, StreamError, StreamId, partition_for
 
 if TYPE_CHECKING:
-    from ._stream_agents import StreamProvider
+    from .provider import StreamProvider
 
 __all__ = ["Stream", "StreamSubscriptionHandle"]
 

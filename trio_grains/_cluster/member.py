@@ -2,8 +2,8 @@
 
 :class:`ClusterMember` is what :func:`~trio_grains.open_silo` adds when the silo is
 configured with a clustering provider: it opens the provider and the silo's transport
-endpoint (:class:`~trio_grains._cluster.SiloCluster` does the calls), keeps the silo's
-membership row (:class:`~trio_grains._membership_service.MembershipService`), gives the
+endpoint (:class:`~trio_grains._cluster.routing.SiloCluster` does the calls), keeps the silo's
+membership row (:class:`~trio_grains._cluster.membership_service.MembershipService`), gives the
 reminder service and each stream provider the share the membership view assigns this
 silo, and on the way out leaves in order: ``SHUTTING_DOWN`` first (placement stops
 choosing it), partitions released, then the row removed, then a moment of "not here"
@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._cluster import SiloCluster
-from ._exceptions import MembershipError
-from ._ids import GrainId
-from ._membership import SiloStatus
-from ._membership_service import MembershipService
-from ._ownership import PartitionBalancer, owner_filter_for
-from ._registry import ProviderContext
+from .._exceptions import MembershipError
+from .._ids import GrainId
+from .._registry import ProviderContext
+from .membership import SiloStatus
+from .membership_service import MembershipService
+from .ownership import PartitionBalancer, owner_filter_for
+from .routing import SiloCluster
 
 if TYPE_CHECKING:
-    from ._reminders import ReminderService
-    from ._silo import Silo
-    from ._stream_agents import StreamProvider
+    from .._reminders import ReminderService
+    from .._silo import Silo
+    from .._streams.provider import StreamProvider
 
 __all__ = ["ClusterMember", "warn_per_silo_providers"]
 
