@@ -14,8 +14,8 @@ from trio_grains_nats import (
     NotFoundError,
     WrongLastSequenceError,
 )
-from trio_grains_nats._exceptions import InvalidKeyError
-from trio_grains_nats._kv import KeyValue
+from trio_grains_nats.client._exceptions import InvalidKeyError
+from trio_grains_nats.client._kv import KeyValue
 
 
 def _bucket() -> str:

@@ -12,8 +12,8 @@ import cattrs
 import nkeys
 import pytest
 from trio_grains_nats import AuthorizationError, NatsConnectionError, connect
-from trio_grains_nats._handshake import parse_servers, redact_url
 from trio_grains_nats._options import ConnectOptions, unreachable_error
+from trio_grains_nats.client._handshake import parse_servers, redact_url
 from trio_grains_nats.clustering import open_nats_cluster, parse_cluster_options
 from trio_grains_nats.reminders import parse_reminder_options
 from trio_grains_nats.storage import open_nats_kv_storage, parse_storage_options

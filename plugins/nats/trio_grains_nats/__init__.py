@@ -1,4 +1,9 @@
-"""trio-grains-nats: a Trio-native NATS connection (core, JetStream, KV) for trio-grains.
+"""trio-grains-nats: a Trio-native NATS client and the trio-grains providers built on it.
+
+The client lives in :mod:`trio_grains_nats.client` (usable on its own by any Trio
+program); its public names are re-exported here so ``trio_grains_nats.connect`` keeps
+working. The providers are ``storage``, ``reminders``, ``streams``, ``clustering``
+(membership, directory, transport), registered by ``plugin``.
 
 async with trio_grains_nats.connect("nats://127.0.0.1:4222") as nc:
     sub = await nc.subscribe("greet.*")
@@ -9,36 +14,36 @@ async with trio_grains_nats.connect("nats://127.0.0.1:4222") as nc:
 
 from __future__ import annotations
 
-from ._connection import Connection as Connection
-from ._connection import ConnectionStatistics as ConnectionStatistics
-from ._connection import LateReply as LateReply
-from ._connection import connect as connect
-from ._exceptions import AuthorizationError as AuthorizationError
-from ._exceptions import ConnectionClosedError as ConnectionClosedError
-from ._exceptions import InvalidKeyError as InvalidKeyError
-from ._exceptions import JetStreamAPIError as JetStreamAPIError
-from ._exceptions import JetStreamError as JetStreamError
-from ._exceptions import KeyDeletedError as KeyDeletedError
-from ._exceptions import KeyExistsError as KeyExistsError
-from ._exceptions import NatsConnectionError as NatsConnectionError
-from ._exceptions import NatsError as NatsError
-from ._exceptions import NoRespondersError as NoRespondersError
-from ._exceptions import NotFoundError as NotFoundError
-from ._exceptions import ProtocolViolationError as ProtocolViolationError
-from ._exceptions import StaleConnectionError as StaleConnectionError
-from ._exceptions import WrongLastSequenceError as WrongLastSequenceError
-from ._jetstream import JetStream as JetStream
-from ._jetstream import PublishItem as PublishItem
-from ._jetstream import PullSubscription as PullSubscription
-from ._jsmsg import JsMsg as JsMsg
-from ._jsmsg import JsMsgMetadata as JsMsgMetadata
-from ._jsmsg import ack_all as ack_all
-from ._kv import KeyValue as KeyValue
-from ._kv import KvEntry as KvEntry
-from ._kv import KvWatcher as KvWatcher
-from ._msg import Msg as Msg
-from ._subscription import Subscription as Subscription
-from ._subscription import SubscriptionStatistics as SubscriptionStatistics
+from .client import AuthorizationError as AuthorizationError
+from .client import Connection as Connection
+from .client import ConnectionClosedError as ConnectionClosedError
+from .client import ConnectionStatistics as ConnectionStatistics
+from .client import InvalidKeyError as InvalidKeyError
+from .client import JetStream as JetStream
+from .client import JetStreamAPIError as JetStreamAPIError
+from .client import JetStreamError as JetStreamError
+from .client import JsMsg as JsMsg
+from .client import JsMsgMetadata as JsMsgMetadata
+from .client import KeyDeletedError as KeyDeletedError
+from .client import KeyExistsError as KeyExistsError
+from .client import KeyValue as KeyValue
+from .client import KvEntry as KvEntry
+from .client import KvWatcher as KvWatcher
+from .client import LateReply as LateReply
+from .client import Msg as Msg
+from .client import NatsConnectionError as NatsConnectionError
+from .client import NatsError as NatsError
+from .client import NoRespondersError as NoRespondersError
+from .client import NotFoundError as NotFoundError
+from .client import ProtocolViolationError as ProtocolViolationError
+from .client import PublishItem as PublishItem
+from .client import PullSubscription as PullSubscription
+from .client import StaleConnectionError as StaleConnectionError
+from .client import Subscription as Subscription
+from .client import SubscriptionStatistics as SubscriptionStatistics
+from .client import WrongLastSequenceError as WrongLastSequenceError
+from .client import ack_all as ack_all
+from .client import connect as connect
 
 __all__ = [
     "AuthorizationError",
@@ -72,13 +77,3 @@ __all__ = [
     "ack_all",
     "connect",
 ]
-
-# Tracebacks and reprs show the public names.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("trio_grains_nats._"):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj

@@ -13,10 +13,6 @@ from nats.js.api import StorageType
 
 from trio_grains import ConfigError, StorageError
 
-from ._connection import Connection
-from ._exceptions import JetStreamAPIError, NatsConnectionError, NatsError
-from ._kv import MAX_SUBJECT_LENGTH as KV_MAX_SUBJECT_LENGTH
-from ._kv import KeyValue, create_key_value
 from ._options import (
     BadOption,
     ConnectOptions,
@@ -24,9 +20,13 @@ from ._options import (
     parse_storage_type_option,
     unreachable_error,
 )
+from .client._connection import Connection
+from .client._exceptions import JetStreamAPIError, NatsConnectionError, NatsError
+from .client._kv import MAX_SUBJECT_LENGTH as KV_MAX_SUBJECT_LENGTH
+from .client._kv import KeyValue, create_key_value
 
 if TYPE_CHECKING:
-    from ._jetstream import JetStream
+    from .client._jetstream import JetStream
 
 __all__ = [
     "BUCKET_RE",

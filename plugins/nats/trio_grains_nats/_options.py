@@ -24,9 +24,9 @@ from nats.js.api import StorageType
 
 from trio_grains import ConfigError
 
-from ._connection import Connection, connect
-from ._exceptions import AuthorizationError, NatsConnectionError
-from ._handshake import redact_url
+from .client._connection import Connection, connect
+from .client._exceptions import AuthorizationError, NatsConnectionError
+from .client._handshake import redact_url
 
 __all__ = [
     "CONNECT_OPTIONS",

@@ -41,8 +41,6 @@ from trio_grains import (
     TransportError,
 )
 
-from ._connection import Connection
-from ._exceptions import ConnectionClosedError, NatsConnectionError, NatsError
 from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
@@ -50,7 +48,9 @@ from ._options import (
     parse_storage_type_option,
     unreachable_error,
 )
-from ._subscription import Subscription
+from .client._connection import Connection
+from .client._exceptions import ConnectionClosedError, NatsConnectionError, NatsError
+from .client._subscription import Subscription
 from .directory import KvGrainDirectory, directory_bucket_name
 from .membership import KvMembershipTable, decode_token, encode_token
 

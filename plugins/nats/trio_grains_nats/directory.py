@@ -42,11 +42,11 @@ from trio_grains import ConfigError, GrainId
 from trio_grains._cluster.directory import DirectoryEntry, DirectoryError, GrainDirectory
 from trio_grains._rows import MalformedRows, load_json_object, text_field
 
-from ._exceptions import KeyExistsError, NatsError, NotFoundError, WrongLastSequenceError
-from ._kv import KeyValue, KvEntry
+from .client._exceptions import KeyExistsError, NatsError, NotFoundError, WrongLastSequenceError
+from .client._kv import KeyValue, KvEntry
 
 if TYPE_CHECKING:
-    from ._jetstream import JetStream
+    from .client._jetstream import JetStream
 
 __all__ = ["KvGrainDirectory", "decode_directory_entry", "directory_bucket_name"]
 

@@ -57,15 +57,15 @@ from trio_grains._rows import (
     texts_field,
 )
 
-from ._exceptions import (
+from .client._exceptions import (
     ConnectionClosedError,
     NatsConnectionError,
     NatsError,
     NotFoundError,
     WrongLastSequenceError,
 )
-from ._jetstream import JetStream
-from ._kv import KeyValue, KvEntry, create_key_value
+from .client._jetstream import JetStream
+from .client._kv import KeyValue, KvEntry, create_key_value
 
 __all__ = [
     "KvMembershipTable",

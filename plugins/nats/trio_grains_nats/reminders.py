@@ -63,15 +63,6 @@ from trio_grains import (
 from trio_grains._reminders import checked_reminder_row
 from trio_grains._rows import MalformedRows, load_json_object, number_field
 
-from ._connection import Connection
-from ._exceptions import (
-    JS_ERR_MESSAGE_NOT_FOUND,
-    KeyDeletedError,
-    NatsError,
-    NotFoundError,
-    WrongLastSequenceError,
-)
-from ._kv import KeyValue, KvEntry
 from ._kv_buckets import (
     MAX_SUBJECT_LENGTH,
     check_subject_length,
@@ -84,6 +75,15 @@ from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
 )
+from .client._connection import Connection
+from .client._exceptions import (
+    JS_ERR_MESSAGE_NOT_FOUND,
+    KeyDeletedError,
+    NatsError,
+    NotFoundError,
+    WrongLastSequenceError,
+)
+from .client._kv import KeyValue, KvEntry
 from .storage import escape_kv_part, unescape_kv_part
 
 __all__ = [

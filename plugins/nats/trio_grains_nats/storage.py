@@ -50,15 +50,6 @@ from trio_grains import (
     StoredState,
 )
 
-from ._connection import Connection, LateReply
-from ._exceptions import (
-    JS_ERR_MESSAGE_NOT_FOUND,
-    KeyDeletedError,
-    NatsError,
-    NotFoundError,
-    WrongLastSequenceError,
-)
-from ._kv import KeyValue
 from ._kv_buckets import (
     check_subject_length,
     open_bucket,
@@ -70,6 +61,15 @@ from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
 )
+from .client._connection import Connection, LateReply
+from .client._exceptions import (
+    JS_ERR_MESSAGE_NOT_FOUND,
+    KeyDeletedError,
+    NatsError,
+    NotFoundError,
+    WrongLastSequenceError,
+)
+from .client._kv import KeyValue
 
 __all__ = [
     "DEFAULT_BUCKET",

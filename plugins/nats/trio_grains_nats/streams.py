@@ -78,13 +78,13 @@ from trio_grains import (
     unescape_token,
 )
 
-from ._connection import Connection
-from ._exceptions import NatsError, NotFoundError
-from ._jetstream import MSG_ID, PublishItem
-from ._jsmsg import JsMsgMetadata
-from ._msg import Msg
 from ._options import CONNECT_OPTIONS, ConnectOptions, parse_connect_options
-from ._subscription import Subscription
+from .client._connection import Connection
+from .client._exceptions import NatsError, NotFoundError
+from .client._jetstream import MSG_ID, PublishItem
+from .client._jsmsg import JsMsgMetadata
+from .client._msg import Msg
+from .client._subscription import Subscription
 
 __all__ = [
     "DEFAULT_PREFIX",
