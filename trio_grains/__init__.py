@@ -25,10 +25,7 @@ from ._cluster.membership import SiloEntry as SiloEntry
 from ._cluster.membership import SiloStatus as SiloStatus
 from ._cluster.transport import ClusterBackend as ClusterBackend
 from ._cluster.transport import MemoryCluster as MemoryCluster
-from ._cluster.transport import MessageTooLargeError as MessageTooLargeError
 from ._cluster.transport import Transport as Transport
-from ._cluster.transport import TransportClosedError as TransportClosedError
-from ._cluster.transport import TransportError as TransportError
 from ._config import PluginsConfig as PluginsConfig
 from ._config import ProviderConfig as ProviderConfig
 from ._config import SiloConfig as SiloConfig
@@ -42,9 +39,11 @@ from ._exceptions import GrainKeyKindError as GrainKeyKindError
 from ._exceptions import GrainMethodError as GrainMethodError
 from ._exceptions import GrainsError as GrainsError
 from ._exceptions import GrainTypeError as GrainTypeError
+from ._exceptions import InconsistentStateError as InconsistentStateError
 from ._exceptions import InternalError as InternalError
 from ._exceptions import MembershipError as MembershipError
 from ._exceptions import MembershipUnavailableError as MembershipUnavailableError
+from ._exceptions import MessageTooLargeError as MessageTooLargeError
 from ._exceptions import PluginError as PluginError
 from ._exceptions import RejectedItemError as RejectedItemError
 from ._exceptions import RemoteGrainError as RemoteGrainError
@@ -52,6 +51,10 @@ from ._exceptions import SerializationError as SerializationError
 from ._exceptions import SiloAlreadyJoinedError as SiloAlreadyJoinedError
 from ._exceptions import SiloDeclaredDeadError as SiloDeclaredDeadError
 from ._exceptions import SiloUnavailableError as SiloUnavailableError
+from ._exceptions import StorageError as StorageError
+from ._exceptions import StreamError as StreamError
+from ._exceptions import TransportClosedError as TransportClosedError
+from ._exceptions import TransportError as TransportError
 from ._exceptions import remotable as remotable
 from ._grain import Grain as Grain
 from ._grain import GrainClassRegistry as GrainClassRegistry
@@ -97,9 +100,7 @@ from ._silo import Silo as Silo
 from ._silo import SiloStatistics as SiloStatistics
 from ._silo import open_silo as open_silo
 from ._storage import GrainStorage as GrainStorage
-from ._storage import InconsistentStateError as InconsistentStateError
 from ._storage import PersistentState as PersistentState
-from ._storage import StorageError as StorageError
 from ._storage import StoredState as StoredState
 from ._storage import persistent_state as persistent_state
 from ._streams.model import DeadLetter as DeadLetter
@@ -107,7 +108,6 @@ from ._streams.model import EncodedItem as EncodedItem
 from ._streams.model import ReceivedItem as ReceivedItem
 from ._streams.model import SequenceToken as SequenceToken
 from ._streams.model import StreamAdapter as StreamAdapter
-from ._streams.model import StreamError as StreamError
 from ._streams.model import StreamId as StreamId
 from ._streams.model import StreamOptions as StreamOptions
 from ._streams.model import StreamStatistics as StreamStatistics

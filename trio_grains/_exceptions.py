@@ -17,6 +17,8 @@ Every error the runtime raises on purpose derives from :class:`GrainsError`::
     ├── ConfigError (ValueError)           bad configuration: says which key and how to fix it
     ├── PluginError                        duplicate or unknown provider names, bad plugins
     ├── SerializationError                 a value the silo's converter cannot encode or decode
+    │   └── ReplyAddressError              internal (_cluster.envelope): a message's reply
+    │                                      address is outside the cluster; counted, dropped
     ├── StorageError                       a storage provider failed (backend down, bad record)
     │   └── InconsistentStateError         a write against a stale ETag: nothing was written
     ├── StreamError                        a stream provider or subscription failed
@@ -26,7 +28,24 @@ Every error the runtime raises on purpose derives from :class:`GrainsError`::
     │   ├── MembershipUnavailableError     the membership table is unreachable (retried)
     │   ├── SiloAlreadyJoinedError         a live silo already uses this silo id
     │   └── SiloDeclaredDeadError          this silo was declared dead: it must stop serving
+    ├── TransportError                     the cluster transport failed
+    │   ├── TransportClosedError           the endpoint is closed, or its connection lost
+    │   └── MessageTooLargeError           a request or reply larger than the transport carries
+    ├── ActivationRaceLostError            internal: another activation registered first
+    ├── RerouteError                       internal: a silo answered "not here": locate again
     └── InternalError                      a bug in trio-grains: please report it
+
+The *internal* ones never reach callers: the runtime handles them where they are raised.
+``ActivationRaceLostError`` and ``RerouteError`` steer the call path, so they opt out of
+:func:`remotable`: a forged reply naming one arrives as :class:`RemoteGrainError` instead of
+making the runtime forward or re-locate a call. ``ReplyAddressError`` is caught and counted
+by the messenger's receive loop. One more internal class lives outside the tree, as cattrs
+must see a ``TypeError``::
+
+    TypeError
+    └── WrongValue                         internal (_strict): a wire value of the wrong type,
+                                           inside a cattrs error group; the codec reports it
+                                           as a SerializationError
 
 An exception raised by a grain method reaches the caller as itself (same type), not
 wrapped: ``except KeyError`` around a grain call works as it would around a plain call,
@@ -45,6 +64,10 @@ __all__ = [
     "remotable",
     "ActivationOverloadedError",
     "ActivationRaceLostError",
+    "MessageTooLargeError",
+    "RerouteError",
+    "TransportClosedError",
+    "TransportError",
     "StreamError",
     "RejectedItemError",
     "StorageError",
@@ -243,6 +266,25 @@ class SiloDeclaredDeadError(MembershipError):
     """
 
 
+class TransportError(GrainsError):
+    """The cluster transport failed (base class).
+
+    Transport providers raise it (or a subclass) from their backend's errors, chained with
+    ``raise TransportError(...) from exc``.
+    """
+
+
+class TransportClosedError(TransportError):
+    """The endpoint is closed, or its connection was lost for good."""
+
+
+class MessageTooLargeError(TransportError):
+    """A message is larger than the transport carries (``Transport.max_message_size``)."""
+
+
+# -- internal: raised and handled inside the runtime, never delivered to callers ----------
+
+
 class ActivationRaceLostError(GrainsError):
     """Internal: another activation of the grain registered first; calls go to it.
 
@@ -255,6 +297,16 @@ class ActivationRaceLostError(GrainsError):
     def __init__(self, grain_id: object, silo_id: str) -> None:
         super().__init__(f"{grain_id} is already activated on silo {silo_id!r}")
         self.silo_id = silo_id
+
+
+class RerouteError(GrainsError):
+    """Internal: the silo answered "not here": locate the grain again.
+
+    Raised by the messenger, handled by the cluster's call path, which retries elsewhere.
+    """
+
+    # Never rebuilt from a reply: a forged one would send the caller's call round again.
+    __grains_remotable__ = False
 
 
 def first_leaf(group: BaseException) -> BaseException:

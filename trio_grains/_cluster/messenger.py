@@ -30,11 +30,17 @@ import outcome
 import trio
 
 from .._calls import Call, TimeoutWheel, wait_reply
-from .._exceptions import SerializationError, SiloUnavailableError
+from .._exceptions import (
+    MessageTooLargeError,
+    RerouteError,
+    SerializationError,
+    SiloUnavailableError,
+    TransportClosedError,
+)
 from .._logging import LogThrottle
 from .._tracing import SpanKind, Tracer, call_attributes
 from . import envelope as env
-from .transport import MessageTooLargeError, Transport, TransportClosedError
+from .transport import Transport
 
 if TYPE_CHECKING:
     from .._grain import MethodInfo
@@ -49,10 +55,6 @@ log = logging.getLogger("trio_grains.remote")
 DROP_REASONS = ("malformed", "reply_address", "unexpected_reply", "too_large", "send_failed")
 _ID_BATCH = 512
 _UNPACK_IDS = struct.Struct(f"<{_ID_BATCH}Q").unpack
-
-
-class RerouteError(Exception):
-    """Internal: the silo answered "not here": locate the grain again."""
 
 
 class Messenger:

@@ -24,7 +24,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import attrs
 import trio
 
-from .._exceptions import GrainsError
+from .._exceptions import MessageTooLargeError, TransportClosedError, TransportError
 from .directory import GrainDirectory, MemoryGrainDirectory
 from .membership import MembershipTable, MemoryMembershipTable
 
@@ -40,18 +40,6 @@ __all__ = [
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # NATS' default max_payload
 RECEIVE_BATCH = 64  # the most messages MemoryTransport.receive_batch returns at once
-
-
-class TransportError(GrainsError):
-    """The cluster transport failed (base class)."""
-
-
-class TransportClosedError(TransportError):
-    """The endpoint is closed, or its connection was lost for good."""
-
-
-class MessageTooLargeError(TransportError):
-    """A message is larger than the transport carries (``Transport.max_message_size``)."""
 
 
 class Transport(abc.ABC):
