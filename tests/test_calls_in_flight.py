@@ -9,6 +9,7 @@ forgets a call that finished or was abandoned.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import outcome
@@ -254,3 +255,26 @@ async def test_fail_all_wakes_every_waiting_caller_with_its_own_error() -> None:
         "cart/c.add(): silo stopped",
     ]
     assert [c.state for c in calls] == [ABANDONED, DONE, ABANDONED]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OverflowError,
+    reason="SiloConfig accepts response_timeout=inf (it is > 0), but TimeoutWheel.add "
+    "computes math.ceil(inf): every call that queues fails. Reject inf in the config, or "
+    "let the wheel keep such calls out of its buckets.",
+)
+def test_an_infinite_response_timeout_never_expires() -> None:
+    # A sync test around trio.run, so that the error is not wrapped in pytest-trio's group.
+    async def main() -> object:
+        wheel = TimeoutWheel(math.inf, timeout_error)
+        call = make_call()
+        wheel.add(call)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wheel.run)
+            await trio.sleep(10**9)
+            call.finish(outcome.Value("at last"))
+            nursery.cancel_scope.cancel()
+        return await wait_reply(call)
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == "at last"
