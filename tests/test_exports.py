@@ -300,7 +300,7 @@ def private_field_types(cls: type) -> Iterator[tuple[str, str]]:
 
 
 def leaks() -> set[tuple[str, str]]:
-    found = set()
+    found: set[tuple[str, str]] = set()
     for module, name in EXPORTS:
         where, obj = f"{module.__name__}.{name}", getattr(module, name)
         for method, func in public_callables(where, obj):
