@@ -45,7 +45,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from trio_grains_nats.client._kv import KeyValue, create_key_value
+from trio_grains_nats.client import KeyValue, create_key_value
 from trio_grains_orders import app
 from trio_grains_orders.demo import invalid_orders, make_order
 

@@ -166,10 +166,11 @@ async def test_a_provider_refused_by_the_server_hides_the_password(
     host = userpass_url.removeprefix("nats://")
     context = ProviderContext("default", "silo-1", "dev", cattrs.Converter())
     options = {"servers": f"nats://alice:wrong-{PASSWORD}@{host}", "storage": "memory"}
-    with pytest.raises(AuthorizationError) as info:
+    with pytest.raises(ConfigError, match="refused") as info:
         async with open_nats_kv_storage(context, options):
             pass  # pragma: no cover
-    _assert_hidden(f"{info.value} {info.value!r}")
+    assert isinstance(info.value.__cause__, AuthorizationError)
+    _assert_hidden(f"{info.value} {info.value!r} {info.value.__cause__!r}")
     # and with the right password the URL works (the redaction changed nothing else)
     options["servers"] = f"nats://alice:{PASSWORD}@{host}"
     async with open_nats_kv_storage(context, options) as storage:

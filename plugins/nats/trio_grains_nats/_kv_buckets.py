@@ -20,13 +20,18 @@ from ._options import (
     parse_storage_type_option,
     unreachable_error,
 )
-from .client._connection import Connection
-from .client._exceptions import JetStreamAPIError, NatsConnectionError, NatsError
-from .client._kv import MAX_SUBJECT_LENGTH as KV_MAX_SUBJECT_LENGTH
-from .client._kv import KeyValue, create_key_value
+from .client import MAX_SUBJECT_LENGTH as KV_MAX_SUBJECT_LENGTH
+from .client import (
+    Connection,
+    JetStreamAPIError,
+    KeyValue,
+    NatsConnectionError,
+    NatsError,
+    create_key_value,
+)
 
 if TYPE_CHECKING:
-    from .client._jetstream import JetStream
+    from .client import JetStream
 
 __all__ = [
     "BUCKET_RE",

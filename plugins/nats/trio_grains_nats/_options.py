@@ -22,11 +22,15 @@ from typing import Any
 import attrs
 from nats.js.api import StorageType
 
-from trio_grains import ConfigError
+from trio_grains import ConfigError, remotable
 
-from .client._connection import Connection, connect
-from .client._exceptions import AuthorizationError, NatsConnectionError
-from .client._handshake import redact_url
+from .client import AuthorizationError, Connection, NatsConnectionError, connect, redact_url
+from .client import NatsError as _NatsError
+
+# The client's errors are plain Exceptions (trio_grains_nats.client knows nothing of
+# trio-grains). Marked remotable here, on the provider side that every provider imports, so a
+# NatsError raised in a grain still reaches a caller on another silo as itself.
+remotable(_NatsError)
 
 __all__ = [
     "CONNECT_OPTIONS",
@@ -188,13 +192,18 @@ def _replace_last(text: str, old: str, new: str) -> str:
     return f"{head}{new}{tail}" if sep else text
 
 
-def unreachable_error(section: str, servers: Sequence[str], exc: NatsConnectionError) -> Exception:
-    """The error for a provider whose servers cannot be reached at start (*exc*), as a
-    :class:`~trio_grains.ConfigError` telling what to do; authorization errors are kept.
-    Passwords and tokens in the server URLs are not printed."""
-    if isinstance(exc, AuthorizationError):
-        return exc
+def unreachable_error(
+    section: str, servers: Sequence[str], exc: NatsConnectionError
+) -> ConfigError:
+    """The error for a provider whose servers cannot be reached at start (*exc*, kept as
+    the cause): a :class:`~trio_grains.ConfigError` telling what to do, whether the server
+    was unreachable or refused the credentials. Passwords and tokens in the server URLs
+    are not printed."""
     shown = ", ".join(redact_url(url) for url in servers)
+    if isinstance(exc, AuthorizationError):
+        return ConfigError(
+            f"{section} was refused by the NATS server: {exc} (options of {section})"
+        )
     return ConfigError(
         f"{section} cannot reach a NATS server at {shown} ({exc}): start "
         f"nats-server (with JetStream: nats-server -js), or set {section} options servers "

@@ -48,9 +48,7 @@ from ._options import (
     parse_storage_type_option,
     unreachable_error,
 )
-from .client._connection import Connection
-from .client._exceptions import ConnectionClosedError, NatsConnectionError, NatsError
-from .client._subscription import Subscription
+from .client import Connection, ConnectionClosedError, NatsConnectionError, NatsError, Subscription
 from .directory import KvGrainDirectory, directory_bucket_name
 from .membership import KvMembershipTable, decode_token, encode_token
 

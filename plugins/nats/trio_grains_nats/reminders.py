@@ -75,15 +75,16 @@ from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
 )
-from .client._connection import Connection
-from .client._exceptions import (
+from .client import (
     JS_ERR_MESSAGE_NOT_FOUND,
+    Connection,
     KeyDeletedError,
+    KeyValue,
+    KvEntry,
     NatsError,
     NotFoundError,
     WrongLastSequenceError,
 )
-from .client._kv import KeyValue, KvEntry
 from .storage import escape_kv_part, unescape_kv_part
 
 __all__ = [

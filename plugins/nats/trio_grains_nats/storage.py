@@ -61,15 +61,16 @@ from ._options import (
     CONNECT_OPTIONS,
     ConnectOptions,
 )
-from .client._connection import Connection, LateReply
-from .client._exceptions import (
+from .client import (
     JS_ERR_MESSAGE_NOT_FOUND,
+    Connection,
     KeyDeletedError,
+    KeyValue,
+    LateReply,
     NatsError,
     NotFoundError,
     WrongLastSequenceError,
 )
-from .client._kv import KeyValue
 
 __all__ = [
     "DEFAULT_BUCKET",

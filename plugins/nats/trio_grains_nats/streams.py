@@ -78,13 +78,18 @@ from trio_grains import (
     unescape_token,
 )
 
-from ._options import CONNECT_OPTIONS, ConnectOptions, parse_connect_options
-from .client._connection import Connection
-from .client._exceptions import NatsError, NotFoundError
-from .client._jetstream import MSG_ID, PublishItem
-from .client._jsmsg import JsMsgMetadata
-from .client._msg import Msg
-from .client._subscription import Subscription
+from ._options import CONNECT_OPTIONS, ConnectOptions, parse_connect_options, unreachable_error
+from .client import (
+    MSG_ID,
+    Connection,
+    JsMsgMetadata,
+    Msg,
+    NatsConnectionError,
+    NatsError,
+    NotFoundError,
+    PublishItem,
+    Subscription,
+)
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -647,9 +652,12 @@ async def open_jetstream_stream_adapter(
             servers = [
                 await stack.enter_async_context(_embedded_server(config.data_dir, context.name))
             ]
-        nc = await stack.enter_async_context(
-            config.connect(name=f"{context.silo_name} streams.{context.name}", servers=servers)
-        )
+        try:
+            nc = await stack.enter_async_context(
+                config.connect(name=f"{context.silo_name} streams.{context.name}", servers=servers)
+            )
+        except NatsConnectionError as exc:
+            raise unreachable_error(f"[streams.{context.name}]", servers, exc) from exc
         adapter = JetStreamStreamAdapter(nc, config)
         await adapter.setup()
         try:

@@ -18,6 +18,10 @@ from ._connection import Connection as Connection
 from ._connection import ConnectionStatistics as ConnectionStatistics
 from ._connection import LateReply as LateReply
 from ._connection import connect as connect
+from ._exceptions import JS_ERR_CONSUMER_NOT_FOUND as JS_ERR_CONSUMER_NOT_FOUND
+from ._exceptions import JS_ERR_MESSAGE_NOT_FOUND as JS_ERR_MESSAGE_NOT_FOUND
+from ._exceptions import JS_ERR_STREAM_NOT_FOUND as JS_ERR_STREAM_NOT_FOUND
+from ._exceptions import JS_ERR_WRONG_LAST_SEQUENCE as JS_ERR_WRONG_LAST_SEQUENCE
 from ._exceptions import AuthorizationError as AuthorizationError
 from ._exceptions import ConnectionClosedError as ConnectionClosedError
 from ._exceptions import InvalidKeyError as InvalidKeyError
@@ -32,20 +36,31 @@ from ._exceptions import NotFoundError as NotFoundError
 from ._exceptions import ProtocolViolationError as ProtocolViolationError
 from ._exceptions import StaleConnectionError as StaleConnectionError
 from ._exceptions import WrongLastSequenceError as WrongLastSequenceError
+from ._handshake import redact_url as redact_url
+from ._jetstream import MSG_ID as MSG_ID
 from ._jetstream import JetStream as JetStream
 from ._jetstream import PublishItem as PublishItem
 from ._jetstream import PullSubscription as PullSubscription
 from ._jsmsg import JsMsg as JsMsg
 from ._jsmsg import JsMsgMetadata as JsMsgMetadata
 from ._jsmsg import ack_all as ack_all
+from ._kv import MAX_SUBJECT_LENGTH as MAX_SUBJECT_LENGTH
 from ._kv import KeyValue as KeyValue
 from ._kv import KvEntry as KvEntry
 from ._kv import KvWatcher as KvWatcher
+from ._kv import create_key_value as create_key_value
+from ._kv import key_value as key_value
 from ._msg import Msg as Msg
 from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 
 __all__ = [
+    "JS_ERR_CONSUMER_NOT_FOUND",
+    "JS_ERR_MESSAGE_NOT_FOUND",
+    "JS_ERR_STREAM_NOT_FOUND",
+    "JS_ERR_WRONG_LAST_SEQUENCE",
+    "MAX_SUBJECT_LENGTH",
+    "MSG_ID",
     "AuthorizationError",
     "Connection",
     "ConnectionClosedError",
@@ -76,6 +91,9 @@ __all__ = [
     "WrongLastSequenceError",
     "ack_all",
     "connect",
+    "create_key_value",
+    "key_value",
+    "redact_url",
 ]
 
 # Tracebacks and reprs show the public names.

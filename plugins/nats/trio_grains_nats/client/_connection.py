@@ -258,7 +258,7 @@ class Connection(Wire):
         )
 
     def jetstream(self, *, prefix: str = "$JS.API") -> JetStream:
-        """A :class:`~trio_grains_nats.JetStream` context on this connection."""
+        """A :class:`~trio_grains_nats.client.JetStream` context on this connection."""
         from ._jetstream import JetStream
 
         return JetStream(self, prefix=prefix)

@@ -1,7 +1,11 @@
-"""The exception tree of trio-grains-nats.
+"""The exception tree of the NATS client (:mod:`trio_grains_nats.client`).
 
-Every error raised on purpose derives from :class:`NatsError` (itself a
-:class:`trio_grains.GrainsError`)::
+Every error raised on purpose derives from :class:`NatsError`, a plain :class:`Exception`:
+the client knows nothing of trio-grains. The providers built on it translate these errors
+into trio-grains' own at their boundary (a failed storage write is a ``StorageError``, an
+unreachable server at start a ``ConfigError``, ...) and mark :class:`NatsError` remotable
+(``trio_grains_nats._options``), so one raised in a grain reaches a caller on another silo
+as itself::
 
     NatsError
     ├── NatsConnectionError            no server of the list could be reached (or the
@@ -29,8 +33,6 @@ translated at the boundary into :class:`NatsConnectionError` with the original a
 
 from __future__ import annotations
 
-from trio_grains import GrainsError
-
 __all__ = [
     "AuthorizationError",
     "ConnectionClosedError",
@@ -49,8 +51,8 @@ __all__ = [
 ]
 
 
-class NatsError(GrainsError):
-    """The root of every error raised by trio-grains-nats."""
+class NatsError(Exception):
+    """The root of every error the NATS client raises on purpose."""
 
 
 class NatsConnectionError(NatsError):

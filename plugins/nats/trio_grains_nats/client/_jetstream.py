@@ -2,6 +2,14 @@
 
 Every API call is a core request to ``$JS.API.<...>`` through the connection's one reply
 inbox; JSON bodies are nats-py's dataclasses (:mod:`nats.js.api`), which are loop-agnostic.
+
+Private members of the connection are read on purpose: the pipelined publish path
+(:meth:`JetStream.publish_many`) writes straight into the connection's buffer and reply
+table (``conn._buf``, ``_max_pending_bytes``, ``_wait_for_room``, ``_requests``,
+``_inbox_prefix_b``, ``_req_seq``, ``_write_pub``) so thousands of publishes share one
+inbox and one parked task without a per-message request object. Within the client package
+the connection, the wire and JetStream are one component, changed together; nothing outside
+:mod:`trio_grains_nats.client` may do this (the providers use only its public names).
 """
 
 from __future__ import annotations

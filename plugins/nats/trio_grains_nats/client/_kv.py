@@ -20,6 +20,9 @@ tokens, the directory's keys, use them); no empty token, no wildcard, and the su
 so a wildcard in it would read or write *other* keys (``get("victim.*")`` was the latest
 entry of any ``victim.`` key): only :meth:`KeyValue.watch` and :meth:`KeyValue.last_entry`
 take a filter, whose tokens may also be ``*`` and, last, ``>``.
+
+A bucket reads its JetStream context's connection (``js._conn``): within the client
+package that is one component; code outside it uses the public names only.
 """
 
 from __future__ import annotations

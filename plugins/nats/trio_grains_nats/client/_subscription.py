@@ -11,6 +11,10 @@ when a slow consumer lets it fill up is the subscription's ``slow_consumer`` pol
   connection from the consumer of a full ``"block"`` subscription.
 * ``"drop"``: the message is dropped and counted (:meth:`Subscription.statistics`,
   ``dropped``), as nats-py and the Go client do. Core NATS is at-most-once anyway.
+
+A subscription calls back into its connection's private members (``_fatal_error``,
+``_draining``, ``_unsubscribe``, ``_drain_subscription``): they are one component of the
+client package, changed together.
 """
 
 from __future__ import annotations

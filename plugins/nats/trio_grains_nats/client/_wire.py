@@ -1,4 +1,4 @@
-"""The engine under :class:`~trio_grains_nats.Connection`: buffers, tasks, reconnection.
+"""The engine under :class:`~trio_grains_nats.client.Connection`: buffers, tasks, reconnection.
 
 A supervisor task owns the live server stream; for each stream it runs a *reader*
 (``receive_some`` fed to nats-py's ``Parser``, which awaits our ``_process_*``
