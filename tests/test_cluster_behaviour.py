@@ -61,9 +61,7 @@ def _reset() -> None:
 
 
 def silo_of(grain: Grain) -> str:
-    cluster = grain._activation.runtime.cluster
-    assert cluster is not None
-    return cluster.silo_id
+    return grain.runtime_identity
 
 
 class LocatedGrain(Grain):
@@ -293,11 +291,11 @@ async def test_reminders_on_a_shared_table_tick_once_per_period_and_survive_a_ki
 ) -> None:
     original = ReminderService._deliver
 
+    silo_of: dict[int, str] = {}  # id(reminder service) -> its silo's id
+
     async def recording(self: ReminderService, entry: ReminderEntry, when: float) -> None:
         if self.owns(entry.grain_id):
-            cluster = self.catalog.cluster
-            assert cluster is not None
-            DELIVERED.append((entry.grain_id.key, cluster.silo_id, when))
+            DELIVERED.append((entry.grain_id.key, silo_of[id(self)], when))
         await original(self, entry, when)
 
     monkeypatch.setattr(ReminderService, "_deliver", recording)
@@ -312,6 +310,8 @@ async def test_reminders_on_a_shared_table_tick_once_per_period_and_survive_a_ki
     async with open_test_cluster(
         3, grains=[BellGrain], config=config, wall_clock=trio.current_time
     ) as cluster:
+        for silo in cluster.silos:
+            silo_of[id(silo.catalog.services.reminders)] = silo.silo_id
         keys = [f"b{i}" for i in range(24)]
         getters: list[Callable[..., Any]] = [
             cluster.client.get_grain,

@@ -306,7 +306,7 @@ async def test_cancelling_a_timer_drops_its_waiting_tick(
             nursery.start_soon(ref.hold, 5)  # the tick at t=1 waits behind this turn
             await trio.sleep(2)
             nursery.start_soon(ref.stop)  # queued behind the hold too, but cancel it now:
-            timer = silo._catalog._activations[ref.grain_id].grain.timer  # type: ignore[union-attr]
+            timer = silo.catalog.lookup(ref.grain_id).grain.timer  # type: ignore[union-attr]
             timer.cancel()
         await trio.sleep(10)
         assert await ref.counts() == (0, 0)

@@ -55,7 +55,7 @@ async def test_metrics_are_off_by_default_and_the_method_table_is_the_class_own(
     async with open_silo(grains=[MeterGrain]) as silo:
         await silo.get_grain(MeterGrain, "a").add(1)
         assert silo.statistics().metrics is None
-        act = silo._catalog.local_activation(
+        act = silo.catalog.local_activation(
             silo.get_grain(MeterGrain, "a").grain_id, class_info(MeterGrain)
         )
         assert act is not None
@@ -96,7 +96,7 @@ async def test_storage_operations_are_counted_and_timed() -> None:
         await grain.add(2)
         await grain.save()
         await grain.save()
-        storage = silo._catalog.storages["default"][0]
+        storage = silo.catalog.storages["default"][0]
         with pytest.raises(InconsistentStateError):
             await storage.write("state", grain.grain_id, b"x", None)  # a stale (no) etag
         metrics = silo.statistics().metrics

@@ -22,7 +22,6 @@ from trio_grains import (
     open_silo,
 )
 from trio_grains._builtin.memory import MemoryReminderTable
-from trio_grains._catalog import Catalog
 from trio_grains._cluster.membership import MembershipView, SiloEntry, SiloStatus
 from trio_grains._cluster.ownership import owner_filter_for
 from trio_grains._reminders import ReminderEntry, ReminderService
@@ -40,14 +39,13 @@ FIRED: list[tuple[str, str]] = []
 
 
 @attrs.define(eq=False)
-class FakeCatalog:
+class RecordingInvoke:
     """Records the reminder calls a service makes, as (silo, grain, reminder name, time)."""
 
     silo: str
     calls: list[tuple[str, GrainId, str, float]]
-    tracer: None = None  # a catalog's tracing provider: none
 
-    async def invoke_by_id(self, grain_id: GrainId, name: str, args: tuple[Any, ...]) -> None:
+    async def __call__(self, grain_id: GrainId, name: str, args: tuple[Any, ...]) -> None:
         assert name == "receive_reminder"
         self.calls.append((self.silo, grain_id, args[0], trio.current_time()))
 
@@ -60,7 +58,7 @@ def service(
 ) -> ReminderService:
     return ReminderService(
         table=table,
-        catalog=cast(Catalog, FakeCatalog(silo, calls)),
+        invoke=RecordingInvoke(silo, calls),
         minimum_period=60,
         wall_clock=trio.current_time,
         refresh_interval=refresh_interval,
@@ -226,7 +224,7 @@ async def test_two_silos_on_one_table_split_the_reminders(
         keys = [f"g{i}" for i in range(10)]
         for key in keys:
             await silo_a.get_grain(BellGrain, key).register("ring")
-        service_a, service_b = silo_a._catalog.reminders, silo_b._catalog.reminders
+        service_a, service_b = silo_a.catalog.services.reminders, silo_b.catalog.services.reminders
         assert service_a is not None
         assert service_b is not None
         service_a.set_owner_filter(owner_filter_for("a", view))

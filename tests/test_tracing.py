@@ -216,9 +216,9 @@ class TickGrain(Grain):
 async def test_without_tracing_the_silo_has_no_tracer_and_plain_method_tables() -> None:
     async with open_silo(grains=[CounterGrain]) as silo:
         await silo.get_grain(CounterGrain, "a").add(1)
-        assert silo._catalog.tracer is None
+        assert silo.catalog.tracer is None
         assert (
-            silo._catalog.method_table(class_info(CounterGrain)) is class_info(CounterGrain).methods
+            silo.catalog.method_table(class_info(CounterGrain)) is class_info(CounterGrain).methods
         )
 
 

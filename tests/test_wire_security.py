@@ -85,7 +85,7 @@ def _decode(data: bytes) -> env.Request | env.Reply | env.Cancel:
 async def _host_of(cluster: TestCluster, grain_id: str) -> int:
     """The index of the silo where *grain_id* is active."""
     for n, silo in enumerate(cluster.silos):
-        if any(str(a.grain_id) == grain_id for a in silo._catalog.activations()):
+        if any(str(a.grain_id) == grain_id for a in silo.catalog.activations()):
             return n
     raise AssertionError(f"{grain_id} is active nowhere")
 

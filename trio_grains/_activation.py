@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import outcome
 import trio
@@ -31,27 +31,66 @@ from ._calls import (
     READ_ONLY,
     RUNNING,
     Call,
+    TimeoutWheel,
     log_one_way_outcome,
+    wait_reply,
 )
-from ._exceptions import ActivationOverloadedError, ActivationRaceLostError, InternalError
-from ._grain import Grain
+from ._exceptions import (
+    ActivationOverloadedError,
+    ActivationRaceLostError,
+    InternalError,
+)
+from ._grain import Grain, GrainServices
 from ._logging import GRAIN_ID, SILO_ID
-from ._storage import PersistentState, load_states
-from ._tracing import ATTR_GRAIN_ID, ATTR_SILO_ID, SpanKind
+from ._storage import GrainStorage, PersistentState, load_states
+from ._timers import GrainTimer, start_timer
+from ._tracing import ATTR_GRAIN_ID, ATTR_SILO_ID, SpanKind, Tracer, call_attributes
 
 if TYPE_CHECKING:
-    from ._catalog import Catalog
-    from ._cluster.directory import DirectoryEntry
-    from ._grain import GrainClassInfo
+    from ._grain import GrainClassInfo, MethodInfo
     from ._ids import GrainId
+    from ._serialization import Codec
 
-__all__ = ["ACTIVATING", "ACTIVE", "DEACTIVATING", "DEAD", "Activation"]
+__all__ = ["ACTIVATING", "ACTIVE", "DEACTIVATING", "DEAD", "Activation", "ActivationHost"]
 
 log = logging.getLogger("trio_grains.activation")
 
 ACTIVATING, ACTIVE, DEACTIVATING, DEAD = 0, 1, 2, 3
 _STATE_NAMES = ("activating", "active", "deactivating", "dead")
 _NO_DELAY = -math.inf  # one float shared by every activation that has no keep-alive
+
+
+class ActivationHost(Protocol):
+    """What an activation needs from the silo that hosts it (the catalog implements it).
+
+    Activations reach everything above them through this: the directory registration of a
+    cluster (``register`` / ``unregister``, no-ops in a lone silo), the table they leave
+    (``forget``), and where calls go that never ran here (``redispatch``).
+    """
+
+    silo_id: str
+    codec: Codec
+    tracer: Tracer | None
+    wheel: TimeoutWheel
+    services: GrainServices
+    storages: Mapping[str, tuple[GrainStorage, str]]
+    max_queued_calls: int
+    deactivation_timeout: float
+
+    @property
+    def nursery(self) -> trio.Nursery: ...
+
+    def method_table(self, info: GrainClassInfo) -> dict[str, MethodInfo]: ...
+
+    def forget(self, act: Activation) -> None: ...
+
+    def deactivate_soon(self, act: Activation, reason: str) -> None: ...
+
+    def redispatch(self, grain_id: GrainId, info: GrainClassInfo, call: Call) -> None: ...
+
+    async def register(self, act: Activation) -> None: ...
+
+    async def unregister(self, act: Activation) -> None: ...
 
 
 class Activation:
@@ -83,7 +122,7 @@ class Activation:
         "writers",
     )
 
-    def __init__(self, runtime: Catalog, grain_id: GrainId, info: GrainClassInfo) -> None:
+    def __init__(self, runtime: ActivationHost, grain_id: GrainId, info: GrainClassInfo) -> None:
         self.runtime = runtime
         self.grain_id = grain_id
         self.info = info
@@ -99,7 +138,8 @@ class Activation:
         self.idle_since = 0.0
         self.keep_alive_until = _NO_DELAY
         self.deactivate_reason: str | None = None
-        self.directory_entry: DirectoryEntry | None = None  # in a cluster: its registration
+        #: in a cluster: its directory registration (the cluster layer's value; opaque here)
+        self.directory_entry: object | None = None
         self._send: trio.MemorySendChannel[Call] | None = None
         self._recv: trio.MemoryReceiveChannel[Call] | None = None
         self._held: Call | None = None
@@ -114,14 +154,23 @@ class Activation:
 
     # -- scheduling ---------------------------------------------------------------------------
 
-    def may_start(self, kind: int) -> bool:
-        """May a call of *kind* that is not behind anything in the mailbox start now?"""
+    def try_begin_turn(self, kind: int, ahead: int) -> bool:
+        """The turn rule (its only copy): begin a turn of *kind* now if it may start, with
+        *ahead* calls waiting in the mailbox before it; ``False`` if it must wait.
+
+        An interleaving call starts whenever the activation is active; an exclusive one
+        when no turn runs, a read-only one when only read-only turns run, and neither
+        overtakes a call that waits. Callers arriving now pass ``self.queued``; the
+        mailbox's task passes 0 for the call at its head.
+        """
         if self.state != ACTIVE:
             return False
-        if kind == EXCLUSIVE:
-            return self.running == 0
-        if kind == READ_ONLY:
-            return self.writers == 0
+        if kind != INTERLEAVE and (ahead or (self.running if kind == EXCLUSIVE else self.writers)):
+            return False
+        self.running += 1
+        if kind != READ_ONLY:
+            self.writers += 1
+        self.touched = True
         return True
 
     def begin_turn(self, kind: int) -> None:
@@ -138,6 +187,54 @@ class Activation:
             self.runtime.deactivate_soon(self, self.deactivate_reason)
         if self._lot:  # (a ParkingLot is false while nobody is parked)
             self._lot.unpark_all()
+
+    async def call(self, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call *method* on this activation: run the turn now in this task if the turn
+        rule allows (activating the grain first if nobody is), else queue it and wait."""
+        kind = method.kind
+        if method.one_way:
+            call = Call(method, args, kwargs, target=self.grain_id)
+            call.kind = kind
+            tracer = self.runtime.tracer
+            if tracer is not None:
+                call.trace = tracer.current()
+            self.post_one_way(call)
+            return None
+        if self.state == ACTIVATING and not self.activation_claimed and self.queued == 0:
+            await self.activate()  # raises (and leaves nothing behind) if activation fails
+            if kind != EXCLUSIVE:  # let queued read-only / interleaving calls in beside it
+                self.end_turn(EXCLUSIVE)
+                self.begin_turn(kind)
+            try:
+                return await method.func(self.grain, *args, **kwargs)
+            finally:
+                self.end_turn(kind)
+        if self.try_begin_turn(kind, self.queued):
+            try:
+                return await method.func(self.grain, *args, **kwargs)
+            finally:
+                self.end_turn(kind)
+        call = Call(method, args, kwargs, target=self.grain_id)
+        call.kind = kind
+        tracer = self.runtime.tracer
+        if tracer is not None:
+            return await self._wait_traced(tracer, call)
+        self.post(call)
+        if call.result is None:  # (not refused by a full mailbox)
+            self.runtime.wheel.add(call)
+        return await wait_reply(call)
+
+    async def _wait_traced(self, tracer: Tracer, call: Call) -> Any:
+        """Queue *call* and wait for it inside a caller-side span, which the turn continues."""
+        assert call.method is not None
+        grain_type, name = str(self.grain_id.type), call.method.name
+        attributes = call_attributes(grain_type, name, self.grain_id)
+        with tracer.span(f"{grain_type}/{name}", SpanKind.CLIENT, attributes):
+            call.trace = tracer.current()
+            self.post(call)
+            if call.result is None:  # (not refused by a full mailbox)
+                self.runtime.wheel.add(call)
+            return await wait_reply(call)
 
     def post(self, call: Call) -> None:
         """Put *call* in the mailbox (starting the activation's task if need be).
@@ -202,27 +299,29 @@ class Activation:
     async def _activate(self) -> None:
         self.activation_claimed = True
         self.begin_turn(EXCLUSIVE)
-        cluster = self.runtime.cluster
+        runtime = self.runtime
         try:
-            if cluster is not None and self.info.max_local_workers is None:
-                await cluster.register(self)  # raises ActivationRaceLostError: not here
+            if self.info.max_local_workers is None:
+                await runtime.register(self)  # raises ActivationRaceLostError: not here
             cls: type[Grain] = self.info.cls
             grain = cls.__new__(cls)
             grain._activation = self
             cls.__init__(grain)
             self.grain = grain
             if self.info.states:
-                await load_states(self, self.runtime.storages)
+                self.states = await load_states(
+                    self.info.states, self.grain_id, runtime.storages, runtime.codec
+                )
             if type(grain).on_activate is not _BASE_ON_ACTIVATE:
                 await grain.on_activate()
         except BaseException:
             self.running = self.writers = 0
             self.state = DEAD
-            self.runtime.forget(self)
+            runtime.forget(self)
             self._cancel_nursery()
-            if cluster is not None and self.directory_entry is not None:
+            if self.directory_entry is not None:
                 with trio.CancelScope(shield=True):
-                    await cluster.unregister(self)
+                    await runtime.unregister(self)
             self._redispatch_pending()
             raise
         self.state = ACTIVE
@@ -295,17 +394,18 @@ class Activation:
                         continue
                     if call.method is not None:
                         call.kind = call.method.kind
-                    while not self.may_start(call.kind):
-                        if self.state >= DEACTIVATING or call.state == ABANDONED:
-                            break
+                    began = self.try_begin_turn(call.kind, 0)
+                    while not began and call.state != ABANDONED:
+                        if self.state >= DEACTIVATING:
+                            return
                         await self._lot.park()
-                    if self.state >= DEACTIVATING:
-                        return
+                        began = self.try_begin_turn(call.kind, 0)
                     self._held = None
                     self.queued -= 1
-                    if call.state == ABANDONED:
+                    if call.state == ABANDONED:  # the caller gave up before its turn
+                        if began:
+                            self.end_turn(call.kind)
                         continue
-                    self.begin_turn(call.kind)
                     if call.kind == EXCLUSIVE:
                         await self._run_in(scope, call)
                     else:
@@ -381,6 +481,39 @@ class Activation:
             return await call.method.func(self.grain, *call.args, **call.kwargs)
 
     # -- background tasks ----------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        return self.state == ACTIVE
+
+    @property
+    def silo_id(self) -> str:
+        return self.runtime.silo_id
+
+    @property
+    def services(self) -> GrainServices:
+        """The silo's services a grain reaches: other grains, reminders, stream providers."""
+        return self.runtime.services
+
+    def start_timer(
+        self,
+        callback: Callable[[], Awaitable[Any]],
+        *,
+        due: float,
+        period: float,
+        interleave: bool,
+        keep_alive: bool,
+        name: str | None,
+    ) -> GrainTimer:
+        return start_timer(
+            self,
+            callback,
+            due=due,
+            period=period,
+            interleave=interleave,
+            keep_alive=keep_alive,
+            name=name,
+        )
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self.state >= DEACTIVATING:
@@ -468,7 +601,7 @@ class Activation:
             await self._lot.park()
         self.begin_turn(EXCLUSIVE)
         try:
-            timeout = self.runtime.config.deactivation_timeout
+            timeout = self.runtime.deactivation_timeout
             with trio.move_on_after(timeout) as scope:
                 assert self.grain is not None
                 await self.grain.on_deactivate(reason)
@@ -484,10 +617,17 @@ class Activation:
             with trio.CancelScope(shield=True):
                 if self._worker_done is not None:
                     await self._worker_done.wait()
-                cluster = self.runtime.cluster
-                if cluster is not None and self.directory_entry is not None:
-                    await cluster.unregister(self)  # before its calls go to the next one
+                if self.directory_entry is not None:
+                    await self.runtime.unregister(self)  # before its calls go to the next one
             self._redispatch_pending()
+
+    def drop(self, error: Callable[[Call], Exception]) -> None:
+        """The silo is gone: end this activation without ``on_deactivate`` and fail the
+        calls that never started here with ``error(call)``."""
+        self.state = DEAD
+        self._cancel_nursery()
+        for call in self._take_pending():
+            call.fail(error(call))
 
     def _cancel_nursery(self) -> None:
         if self._nursery is not None:

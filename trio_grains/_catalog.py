@@ -1,90 +1,107 @@
-"""The silo's activations and the call path from a reference to a turn.
+"""The silo's activations: the table, creating and finding them, idle collection, shutdown.
 
-:meth:`Catalog.invoke` is the hot path. A call to an idle local activation runs the grain
-method right in the caller's task, with two counters guarding the one-turn-at-a-time rule;
-everything else (a busy grain, activation, one-way calls, isolated calls) takes
-:meth:`Catalog._invoke_slow`.
+:class:`Catalog` owns every activation of a silo and is the :class:`ActivationHost` they
+run in. The call path from a reference to a turn is the dispatcher's (``_dispatch.py``);
+the turn rule is the activation's (``Activation.try_begin_turn``). A catalog is built by
+the silo's composition root with every service it hands to activations; in a cluster it is
+given the cluster's :class:`ClusterHooks` (directory registration, rerouting).
+
+May import: values, grains, calls, activations, storage, tracing, metrics. Not the cluster,
+streams, reminders, the dispatcher or the silo.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-import outcome
 import trio
 
-from ._activation import ACTIVATING, ACTIVE, DEAD, Activation
-from ._calls import EXCLUSIVE, INTERLEAVE, READ_ONLY, Call, TimeoutWheel, wait_reply
-from ._exceptions import (
-    ActivationRaceLostError,
-    GrainCallTimeoutError,
-    GrainMethodError,
-    GrainTypeError,
-    SiloUnavailableError,
-)
-from ._grain import GrainClassInfo, GrainClassRegistry, GrainInterface, MethodInfo, class_info
-from ._ids import GrainId, GrainKey, check_key_length
-from ._metrics import SiloMetrics, timed_call
-from ._reference import GrainReference, reference_class
-from ._streams.model import implicit_subscriptions
-from ._tracing import SpanKind, Tracer, call_attributes, traced_methods
+from ._activation import ACTIVE, DEAD, Activation
+from ._calls import Call, TimeoutWheel
+from ._exceptions import GrainMethodError, GrainTypeError, SiloUnavailableError
+from ._grain import GrainClassInfo, GrainClassRegistry, GrainServices, MethodInfo, runtime_called
+from ._ids import GrainId
+from ._metrics import SiloMetrics
+from ._tracing import Tracer, traced_methods
 
 if TYPE_CHECKING:
-    from ._cluster.routing import SiloCluster
     from ._config import SiloConfig
-    from ._reminders import ReminderService
     from ._serialization import Codec
     from ._storage import GrainStorage
-    from ._streams.provider import StreamProvider
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "ClusterHooks", "LocalCall"]
 
 log = logging.getLogger("trio_grains.catalog")
 
-G = TypeVar("G", bound=GrainInterface)
+#: ``local(grain_id, method, args, kwargs)``: call *method* on the activation here
+LocalCall = Callable[[GrainId, MethodInfo, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
 
-def _timeout_error(call: Call, timeout: float) -> Exception:
-    return GrainCallTimeoutError(
-        f"no reply from {call.describe()} within {timeout} s (response_timeout): the grain is busy "
-        "or deadlocked in a call cycle (A calls B calls A); make it @reentrant or the method "
-        "@always_interleave, or raise SiloConfig.response_timeout"
-    )
+class ClusterHooks(Protocol):
+    """What the catalog asks of the cluster layer (``_cluster.routing.SiloCluster``)."""
+
+    async def register(self, act: Activation) -> None:
+        """Register *act* in the grain directory, or raise ``ActivationRaceLostError``."""
+
+    async def unregister(self, act: Activation) -> None:
+        """Remove *act*'s directory entry (after ``on_deactivate``)."""
+
+    def reroute(self, call: Call, local: LocalCall) -> None:
+        """Send a call that never ran here to wherever its grain is now (through *local*
+        if that is this silo)."""
 
 
 class Catalog:
-    """Activations by grain id, and the runtime references call into."""
+    """The activations of one silo by grain id, and the host they run in."""
 
-    def __init__(self, config: SiloConfig, registry: GrainClassRegistry, codec: Codec) -> None:
+    def __init__(
+        self,
+        config: SiloConfig,
+        registry: GrainClassRegistry,
+        codec: Codec,
+        wheel: TimeoutWheel,
+        services: GrainServices,
+        *,
+        silo_id: str,
+        tracer: Tracer | None = None,
+        metrics: SiloMetrics | None = None,
+        storages: Mapping[str, tuple[GrainStorage, str]] | None = None,
+        cluster: ClusterHooks | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry
         self.codec = codec
-        self.isolate = config.isolate_local_calls
+        self.wheel = wheel
+        self.services = services
+        self.silo_id = silo_id
+        self.tracer = tracer
+        self.metrics = metrics
+        #: storage name -> (opened provider, provider name)
+        self.storages: Mapping[str, tuple[GrainStorage, str]] = storages or {}
+        self.max_queued_calls = config.max_queued_calls
+        self.deactivation_timeout = config.deactivation_timeout
+        self._cluster = cluster
         self.accepting = False
         self._nursery: trio.Nursery | None = None
         self._activations: dict[GrainId, Activation] = {}
         self._workers: dict[GrainId, list[Activation]] = {}
-        self.wheel = TimeoutWheel(config.response_timeout, _timeout_error)
         self.activations_created = 0
-        self.silo_id = config.name  #: the silo's id (with its cluster suffix), set by the silo
-        self.metrics: SiloMetrics | None = SiloMetrics() if config.metrics else None
-        #: the tracing provider's tracer (``SiloConfig.tracing``), set by the silo
-        self.tracer: Tracer | None = None
         self._tables: dict[type, dict[str, MethodInfo]] = {}
         self._remote_tables: dict[type, dict[str, MethodInfo]] = {}
-        self.max_queued_calls = config.max_queued_calls
-        #: storage name -> (opened provider, provider name), set by the silo
-        self.storages: dict[str, tuple[GrainStorage, str]] = {}
-        self.reminders: ReminderService | None = None
-        #: stream provider name -> running provider (each registers itself while it runs)
-        self.streams: dict[str, StreamProvider] = {}
-        #: in a cluster: directory, remote calls and forwarding (``None``: a lone silo)
-        self.cluster: SiloCluster | None = None
-        #: set when the silo is killed rather than stopped (tests): nothing is deactivated
-        self.crashed = False
+        self._crashed = False
         self._shutdown_scope: trio.CancelScope | None = None
+
+    @property
+    def crashed(self) -> bool:
+        """The silo was killed rather than stopped: nothing is deactivated."""
+        return self._crashed
+
+    def mark_crashed(self) -> None:
+        """From now on the silo stops as if killed (its grains may be active elsewhere)."""
+        self._crashed = True
 
     def method_table(self, info: GrainClassInfo) -> dict[str, MethodInfo]:
         """The methods activations of *info* run: the class's own, or with tracing or
@@ -110,16 +127,10 @@ class Catalog:
         if table is None:
             table = self.method_table(info)
             if info.declared is not None:
-                allowed = info.declared | {"receive_reminder"}
-                allowed |= {sub.handler for sub in implicit_subscriptions(info.cls)}
+                allowed = info.declared | runtime_called(info.cls)
                 table = {name: m for name, m in table.items() if name in allowed}
             self._remote_tables[info.cls] = table
         return table
-
-    def reminder_service(self) -> ReminderService:
-        if self.reminders is None:
-            raise SiloUnavailableError("the silo's reminder service is not running")
-        return self.reminders
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -127,181 +138,39 @@ class Catalog:
             raise SiloUnavailableError("the silo is not running: use 'async with open_silo()'")
         return self._nursery
 
-    # -- references ---------------------------------------------------------------------------
+    # -- the cluster hooks (no-ops in a lone silo) ------------------------------------------
 
-    def get_grain(self, grain_class: type[G], key: GrainKey, *, key_ext: str | None = None) -> G:
-        info = class_info(grain_class)
-        grain_id = GrainId.create(info.grain_type, key, key_ext)
-        check_key_length(grain_id.key, self.config.max_key_length)
-        return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
+    @property
+    def clustered(self) -> bool:
+        return self._cluster is not None
 
-    def reference(self, grain_class: type[G], grain_id: GrainId | str) -> G:
-        if isinstance(grain_id, str):
-            grain_id = GrainId.parse(grain_id)
-        info = class_info(grain_class)
-        if grain_id.type != info.grain_type:
-            raise GrainTypeError(
-                f"grain id '{grain_id}' is of type '{grain_id.type}', but "
-                f"{grain_class.__qualname__} is '{info.grain_type}'"
-            )
-        return reference_class(grain_class)(self, grain_id)  # type: ignore[return-value]
+    async def register(self, act: Activation) -> None:
+        if self._cluster is not None:
+            await self._cluster.register(act)
 
-    async def invoke_by_id(self, grain_id: GrainId, name: str, args: tuple[Any, ...]) -> Any:
-        """Call *name* on the grain *grain_id* (its hosted class), as a reference would."""
-        info = self._implementation(grain_id, None)
-        return await self.invoke(reference_class(info.cls)(self, grain_id), name, args, {})
+    async def unregister(self, act: Activation) -> None:
+        if self._cluster is not None:
+            await self._cluster.unregister(act)
 
-    # -- the call path ------------------------------------------------------------------------
-
-    async def invoke(
-        self, ref: GrainReference, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    async def call_here(
+        self, grain_id: GrainId, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        act = ref._act
-        if act is None or act.state != ACTIVE:
-            act = self._find(ref)
-            if act is None:  # in a cluster, and not activated here
-                assert self.cluster is not None
-                return await self.cluster.invoke(ref, name, args, kwargs)
-        method = act.methods.get(name)
-        if method is None:
-            raise self._no_method(act.info, ref, name)
-        kind = method.kind
-        if (
-            act.state == ACTIVE
-            and not method.one_way
-            and not self.isolate
-            and (
-                kind == INTERLEAVE
-                or (
-                    act.queued == 0
-                    and (act.running == 0 or (kind == READ_ONLY and act.writers == 0))
-                )
-            )
-        ):
-            # Turn stealing: the turn runs in this task, nothing is queued or replied. The
-            # condition is Activation.may_start() plus "nothing queued ahead", inlined (and
-            # begin_turn below) because this is the hot path: keep the two in step.
-            act.running += 1
-            if kind != READ_ONLY:
-                act.writers += 1
-            act.touched = True
-            counter = method.counter
-            try:
-                if counter is None:
-                    return await method.inline(act.grain, *args, **kwargs)
-                # Metrics on: counted here rather than by the wrapper in method.func, which
-                # would cost this path (the cheapest) a coroutine frame per call.
-                counter.left -= 1
-                if counter.left:
-                    return await method.inline(act.grain, *args, **kwargs)
-                counter.new_lap()
-                return await timed_call(counter, method.inline, act.grain, args, kwargs)
-            except Exception:
-                if counter is not None:
-                    counter.errors += 1
-                raise
-            finally:
-                act.end_turn(kind)
-        return await self._invoke_slow(ref, act, method, args, kwargs)
-
-    async def _invoke_slow(
-        self,
-        ref: GrainReference,
-        act: Activation,
-        method: MethodInfo,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        try:
-            return await self.deliver(act, method, args, kwargs)
-        except ActivationRaceLostError:
-            assert self.cluster is not None  # another silo activated it first: call it there
-            return await self.cluster.call(ref._grain_id, method, args, kwargs)
-
-    async def deliver(
-        self, act: Activation, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """Call *method* on the local activation *act* (not the inlined fast path)."""
+        """Call *method* (by name) on the activation of *grain_id* here, created if need be
+        (a call rerouted here: its arguments were copied when it was first made)."""
         if not self.accepting:
-            raise SiloUnavailableError(f"the silo is shutting down: cannot call {act.grain_id}")
-        if not self.isolate:
-            return await self._deliver(act, method, args, kwargs)
-        kwargs = self.codec.copy_call(method, args, kwargs)
-        result = await outcome.acapture(self._deliver, act, method, (), kwargs)
-        return self._copy_outcome(method, result).unwrap()
-
-    async def _deliver(
-        self, act: Activation, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """Run the call now in this task if the rules allow, else queue it and wait."""
-        kind = method.kind
-        if method.one_way:
-            call = Call(method, args, kwargs, target=act.grain_id)
-            call.kind = kind
-            if self.tracer is not None:
-                call.trace = self.tracer.current()
-            act.post_one_way(call)
-            return None
-        if act.state == ACTIVATING and not act.activation_claimed and act.queued == 0:
-            await act.activate()  # raises (and leaves nothing behind) if activation fails
-            if kind != EXCLUSIVE:  # let queued read-only / interleaving calls in beside it
-                act.end_turn(EXCLUSIVE)
-                act.begin_turn(kind)
-            try:
-                return await method.func(act.grain, *args, **kwargs)
-            finally:
-                act.end_turn(kind)
-        if act.may_start(kind) and (act.queued == 0 or kind == INTERLEAVE):
-            # Reached with isolate_local_calls (invoke's inlined fast path is off then).
-            act.begin_turn(kind)
-            try:
-                return await method.func(act.grain, *args, **kwargs)
-            finally:
-                act.end_turn(kind)
-        call = Call(method, args, kwargs, target=act.grain_id)
-        call.kind = kind
-        if self.tracer is not None:
-            return await self._wait_traced(self.tracer, act, call)
-        act.post(call)
-        if call.result is None:  # (not refused by a full mailbox)
-            self.wheel.add(call)
-        return await wait_reply(call)
-
-    async def _wait_traced(self, tracer: Tracer, act: Activation, call: Call) -> Any:
-        """Queue *call* and wait for it inside a caller-side span, which the turn continues."""
-        assert call.method is not None
-        grain_type, name = str(act.grain_id.type), call.method.name
-        attributes = call_attributes(grain_type, name, act.grain_id)
-        with tracer.span(f"{grain_type}/{name}", SpanKind.CLIENT, attributes):
-            call.trace = tracer.current()
-            act.post(call)
-            if call.result is None:  # (not refused by a full mailbox)
-                self.wheel.add(call)
-            return await wait_reply(call)
-
-    def _copy_outcome(
-        self, method: MethodInfo, result: outcome.Outcome[Any]
-    ) -> outcome.Outcome[Any]:
-        if isinstance(result, outcome.Value):
-            return outcome.Value(
-                self.codec.decode_result(method, self.codec.encode_result(method, result.value))
-            )
-        assert isinstance(result, outcome.Error)
-        exc = result.error
-        if not isinstance(exc, Exception):
-            return result
-        return outcome.Error(self.codec.decode_exception(self.codec.encode_exception(exc)))
-
-    def _no_method(self, info: GrainClassInfo, ref: GrainReference, name: str) -> GrainMethodError:
-        names = ", ".join(sorted(info.methods)) or "(none)"
-        return GrainMethodError(
-            f"{info.describe()} has no grain method {name!r} (called through "
-            f"{ref.interface.__qualname__} on {ref.grain_id}); its methods: {names}"
-        )
+            raise SiloUnavailableError(f"the silo is shutting down: cannot call {grain_id}")
+        info = self.implementation(grain_id, None)
+        act = self.local_activation(grain_id, info)
+        local = act.methods.get(method.name)
+        if local is None:
+            raise GrainMethodError(f"{info.describe()} has no grain method {method.name!r}")
+        return await act.call(local, args, kwargs)
 
     # -- activations --------------------------------------------------------------------------
 
-    def _implementation(self, grain_id: GrainId, iface: type | None) -> GrainClassInfo:
+    def implementation(self, grain_id: GrainId, iface: type | None) -> GrainClassInfo:
+        """The grain class this silo hosts for *grain_id*'s type; :class:`GrainTypeError`
+        naming the fix if there is none (*iface*: the interface called, for the hint)."""
         info = self.registry.get(grain_id.type)
         if info is not None:
             return info
@@ -324,20 +193,29 @@ class Catalog:
             "SiloConfig(grains=['module:Class'])"
         )
 
-    def _find(self, ref: GrainReference) -> Activation | None:
-        """The local activation to call; ``None`` in a cluster when the grain is not here."""
-        grain_id = ref._grain_id
+    def lookup(self, grain_id: GrainId) -> Activation | None:
+        """The live (not dead) activation of *grain_id* here, if there is one."""
         act = self._activations.get(grain_id)
         if act is not None and act.state != DEAD:
-            if act.state == ACTIVE:
-                ref._act = act
             return act
-        if self.cluster is not None:
+        return None
+
+    def count(self) -> int:
+        """How many activations this silo holds (stateless workers' pools not counted)."""
+        return len(self._activations)
+
+    def find(self, grain_id: GrainId, iface: type | None) -> Activation | None:
+        """The local activation to call *grain_id* on, created if this silo may place it;
+        ``None`` in a cluster when the grain is not here."""
+        act = self._activations.get(grain_id)
+        if act is not None and act.state != DEAD:
+            return act
+        if self._cluster is not None:
             info = self.registry.get(grain_id.type)
             if info is not None and info.max_local_workers is not None:
                 return self._pick_worker(grain_id, info)  # stateless workers stay local
             return None
-        info = self._implementation(grain_id, ref.interface)
+        info = self.implementation(grain_id, iface)
         if info.max_local_workers is not None:
             return self._pick_worker(grain_id, info)
         return self._new_activation(grain_id, info)
@@ -376,8 +254,8 @@ class Catalog:
 
     def redispatch(self, grain_id: GrainId, info: GrainClassInfo, call: Call) -> None:
         """Hand a call that never started on a dead activation to a new one."""
-        if self.cluster is not None and info.max_local_workers is None:
-            self.cluster.reroute(call)  # wherever the grain is (or goes) now
+        if self._cluster is not None and info.max_local_workers is None:
+            self._cluster.reroute(call, self.call_here)  # wherever the grain is (or goes) now
             return
         if not self.accepting:
             reason = f"the silo is shutting down: {call.describe()} was not run"
@@ -416,11 +294,11 @@ class Catalog:
     # -- lifetime -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled: response timeouts and idle collection."""
+        """Serve until cancelled: idle collection (the response-timeout wheel runs beside
+        it, in the silo's nursery)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.accepting = True
-            nursery.start_soon(self.wheel.run)
             nursery.start_soon(self._collect_idle)
             task_status.started()
 
@@ -452,7 +330,7 @@ class Catalog:
     async def shutdown(self) -> None:
         """Stop accepting calls and deactivate everything (bounded by the deactivation timeout)."""
         self.accepting = False
-        if self.crashed:
+        if self._crashed:
             self._drop_all("the silo was killed")
             return
         timeout = self.config.deactivation_timeout
@@ -464,7 +342,7 @@ class Catalog:
                         act.state = DEAD  # nothing to run and no task: no need for one now
                     else:
                         nursery.start_soon(act.deactivate, "silo shutting down")
-        if scope.cancelled_caught and not self.crashed:
+        if scope.cancelled_caught and not self._crashed:
             stuck = [str(a.grain_id) for a in self.activations() if a.state != DEAD]
             log.warning(
                 "silo shutdown gave up after %s s on %d activations whose turns did not end "
@@ -477,7 +355,7 @@ class Catalog:
 
     def abandon_shutdown(self) -> None:
         """Cut a shutdown under way short: what is still deactivating is dropped."""
-        self.crashed = True
+        self._crashed = True
         if self._shutdown_scope is not None:
             self._shutdown_scope.cancel()
 
@@ -487,10 +365,7 @@ class Catalog:
         )
         # Calls queued on activations that never became active die with the silo.
         for act in self.activations():
-            act.state = DEAD
-            act._cancel_nursery()
-            for call in act._take_pending():
-                call.fail(SiloUnavailableError(f"{why} before {call.describe()} ran"))
+            act.drop(lambda call: SiloUnavailableError(f"{why} before {call.describe()} ran"))
         self._activations.clear()
         self._workers.clear()
 

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -41,7 +41,7 @@ from ._exceptions import (
     GrainMethodError,
     MembershipUnavailableError,
 )
-from ._grain import GrainClassRegistry, GrainInterface, MethodInfo, class_info
+from ._grain import GrainInterface, MethodInfo, class_info
 from ._ids import GrainId, GrainKey, check_key_length
 from ._plugins import Plugins, load_plugins
 from ._reference import GrainReference, reference_class
@@ -50,9 +50,6 @@ from ._serialization import Codec, make_converter
 from ._streams.model import StreamOptions
 from ._streams.provider import StreamProvider
 from ._tracing import Tracer, open_tracer
-
-if TYPE_CHECKING:
-    from ._catalog import Catalog
 
 __all__ = ["Client", "ClientConfig", "ClientStatistics", "open_client"]
 
@@ -314,19 +311,6 @@ async def open_client(
         nursery.cancel_scope.cancel()
 
 
-@attrs.define(eq=False)
-class _PublishOnly:
-    """What a stream provider needs from its runtime when it only publishes."""
-
-    codec: Codec
-    tracer: Tracer | None = None
-    registry: GrainClassRegistry = attrs.field(factory=GrainClassRegistry)
-    streams: dict[str, StreamProvider] = attrs.field(factory=dict)
-
-    async def invoke_by_id(self, grain_id: GrainId, name: str, args: tuple[Any, ...]) -> Any:
-        raise RuntimeError("a client pulls no stream partitions: nothing is delivered to it")
-
-
 async def _open_streams(
     client: Client,
     ctx: ProviderContext,
@@ -334,14 +318,15 @@ async def _open_streams(
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
 ) -> None:
-    runtime = _PublishOnly(client._codec, client._tracer)
     for name, pconf in client._config.streams.items():
         options, adapter_options = StreamOptions.split(name, dict(pconf.options))
         factory = loaded.streams.get(pconf.provider)
         adapter = await stack.enter_async_context(
             factory(attrs.evolve(ctx, name=name), adapter_options)
         )
-        provider = StreamProvider(name, adapter, options, cast("Catalog", runtime), owned=())
+        provider = StreamProvider(
+            name, adapter, options, codec=client._codec, tracer=client._tracer, owned=()
+        )
         await nursery.start(provider.run)
         client._streams[name] = provider
 

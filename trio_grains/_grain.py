@@ -11,26 +11,27 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import attrs
 
 from ._calls import EXCLUSIVE, INTERLEAVE, READ_ONLY
-from ._exceptions import ConfigError, GrainKeyKindError, GrainTypeError
+from ._exceptions import ConfigError, GrainKeyKindError, GrainTypeError, SiloUnavailableError
 from ._ids import GrainId, GrainKey, GrainType
-from ._storage import StateDeclaration, declarations
+from ._storage import PersistentState, StateDeclaration, declarations
 
 if TYPE_CHECKING:
     import uuid
 
-    from ._activation import Activation
     from ._placement import PlacementStrategy
-    from ._reminders import GrainReminder
+    from ._reminders import GrainReminder, ReminderService
     from ._streams.provider import StreamProvider
     from ._timers import GrainTimer
 
 __all__ = [
     "Grain",
+    "GrainContext",
+    "GrainServices",
     "GrainClassInfo",
     "GrainClassRegistry",
     "GrainInterface",
@@ -39,6 +40,8 @@ __all__ = [
     "class_info",
     "collection_age",
     "grain_type",
+    "mark_runtime_called",
+    "runtime_called",
     "one_way",
     "read_only",
     "reentrant",
@@ -334,6 +337,74 @@ class GrainInterface:
     __slots__ = ()
 
 
+def mark_runtime_called(cls: type, name: str) -> None:
+    """Mark grain method *name* of *cls* as one the runtime calls from any silo (a stream
+    handler, say): other processes may call it even if no grain interface declares it."""
+    names = frozenset(cls.__dict__.get("__grain_runtime_called__", runtime_called(cls)))
+    cls.__grain_runtime_called__ = names | {name}  # type: ignore[attr-defined]
+
+
+def runtime_called(cls: type) -> frozenset[str]:
+    """The methods of *cls* marked by :func:`mark_runtime_called` (its bases' included),
+    and ``receive_reminder``, which reminders call."""
+    return frozenset(getattr(cls, "__grain_runtime_called__", ())) | {"receive_reminder"}
+
+
+def _not_running(*_args: Any, **_kwargs: Any) -> Any:
+    raise SiloUnavailableError("the silo is not running: use 'async with open_silo()'")
+
+
+@attrs.define(eq=False)
+class GrainServices:
+    """The silo's services that grains reach: other grains, reminders, stream providers.
+
+    The silo's composition root (:func:`~trio_grains.open_silo`) makes one, hands it to the
+    catalog (every activation reaches it), and fills it in as it builds each service;
+    nothing else writes it.
+    """
+
+    #: ``get_grain(grain_class, key, *, key_ext=None)`` of the silo's dispatcher
+    get_grain: Callable[..., Any] = _not_running
+    reminders: ReminderService | None = None
+    #: stream provider name -> running provider
+    streams: dict[str, StreamProvider] = attrs.Factory(dict)
+
+    def reminder_service(self) -> ReminderService:
+        if self.reminders is None:
+            raise SiloUnavailableError("the silo's reminder service is not running")
+        return self.reminders
+
+
+class GrainContext(Protocol):
+    """What a grain object reaches of its activation (``Grain._activation``)."""
+
+    grain_id: GrainId
+    states: dict[str, PersistentState[Any]] | None
+
+    @property
+    def services(self) -> GrainServices: ...
+
+    @property
+    def silo_id(self) -> str: ...
+
+    def request_deactivation(self, reason: str) -> None: ...
+
+    def delay_deactivation(self, seconds: float) -> None: ...
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+    def start_timer(
+        self,
+        callback: Callable[[], Awaitable[Any]],
+        *,
+        due: float,
+        period: float,
+        interleave: bool,
+        keep_alive: bool,
+        name: str | None,
+    ) -> GrainTimer: ...
+
+
 class Grain(GrainInterface):
     """Base class of grains: virtual actors addressed by a :class:`GrainId`.
 
@@ -344,9 +415,15 @@ class Grain(GrainInterface):
     """
 
     _overridable: ClassVar[frozenset[str]] = frozenset({"on_activate", "on_deactivate"})
-    _activation: Activation
+    _activation: GrainContext
 
     # -- identity -------------------------------------------------------------------------
+
+    @property
+    def runtime_identity(self) -> str:
+        """The id of the silo this activation runs in (as in its membership row and in
+        ``Silo.silo_id``): for logs and diagnostics, as Orleans' ``RuntimeIdentity``."""
+        return self._activation.silo_id
 
     @property
     def grain_id(self) -> GrainId:
@@ -419,10 +496,7 @@ class Grain(GrainInterface):
         activation; ``keep_alive=True`` makes ticks count as activity for idle collection.
         Returns a handle whose ``cancel()`` stops the timer.
         """
-        from ._timers import start_timer
-
-        return start_timer(
-            self._activation,
+        return self._activation.start_timer(
             callback,
             due=due,
             period=period,
@@ -450,7 +524,7 @@ class Grain(GrainInterface):
         silo restarts. A tick may be late, and (rarely, around a restart) repeated.
         """
         act = self._activation
-        return await act.runtime.reminder_service().register(
+        return await act.services.reminder_service().register(
             act.grain_id, type(self), name, due, period
         )
 
@@ -458,19 +532,19 @@ class Grain(GrainInterface):
         """Stop and delete a reminder (by handle or name); False if there was none."""
         name = reminder if isinstance(reminder, str) else reminder.name
         act = self._activation
-        return await act.runtime.reminder_service().unregister(act.grain_id, name)
+        return await act.services.reminder_service().unregister(act.grain_id, name)
 
     async def get_reminders(self) -> list[GrainReminder]:
         """This grain's reminders, by name."""
         act = self._activation
-        return await act.runtime.reminder_service().list(act.grain_id)
+        return await act.services.reminder_service().list(act.grain_id)
 
     # -- streams ----------------------------------------------------------------------------
 
     def get_stream_provider(self, name: str = "default") -> StreamProvider:
         """The silo's stream provider *name* (``[streams.<name>]``): ``get_stream(namespace,
         key)`` on it gives a stream to publish to or to ``subscribe(self.method)`` to."""
-        providers = self._activation.runtime.streams
+        providers = self._activation.services.streams
         try:
             return providers[name]
         except KeyError:
@@ -484,7 +558,7 @@ class Grain(GrainInterface):
 
     def get_grain(self, grain_class: type[G], key: GrainKey, *, key_ext: str | None = None) -> G:
         """A reference to another grain, as ``Silo.get_grain`` gives."""
-        return self._activation.runtime.get_grain(grain_class, key, key_ext=key_ext)
+        return self._activation.services.get_grain(grain_class, key, key_ext=key_ext)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         try:

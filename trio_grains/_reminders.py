@@ -34,8 +34,8 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import trio
@@ -44,10 +44,7 @@ from ._exceptions import ConfigError, GrainMethodError, StorageError
 from ._grain import class_info
 from ._ids import GrainId
 from ._rows import MalformedRows
-from ._tracing import ATTR_GRAIN_ID, SpanKind
-
-if TYPE_CHECKING:
-    from ._catalog import Catalog
+from ._tracing import ATTR_GRAIN_ID, SpanKind, Tracer
 
 __all__ = [
     "GrainReminder",
@@ -216,10 +213,12 @@ class ReminderService:
     """
 
     table: ReminderTable
-    catalog: Catalog
+    #: ``invoke(grain_id, method, args)``: the silo dispatcher's ``invoke_by_id``
+    invoke: Callable[[GrainId, str, tuple[Any, ...]], Awaitable[Any]]
     minimum_period: float
     wall_clock: Callable[[], float] | None = None
     refresh_interval: float | None = None
+    tracer: Tracer | None = None
     _entries: dict[tuple[GrainId, str], ReminderEntry] = attrs.field(factory=dict, init=False)
     _heap: list[tuple[float, int, GrainId, str]] = attrs.field(factory=list, init=False)
     _seq: int = attrs.field(default=0, init=False)
@@ -361,12 +360,10 @@ class ReminderService:
         if not self.owns(entry.grain_id):
             return  # the filter changed after the tick was taken off the heap
         status = TickStatus(entry.start_at, entry.period, when)
-        tracer = self.catalog.tracer
+        tracer = self.tracer
         try:
             if tracer is None:
-                await self.catalog.invoke_by_id(
-                    entry.grain_id, "receive_reminder", (entry.name, status)
-                )
+                await self.invoke(entry.grain_id, "receive_reminder", (entry.name, status))
             else:
                 attributes = {
                     ATTR_GRAIN_ID: str(entry.grain_id),
@@ -375,9 +372,7 @@ class ReminderService:
                 with tracer.span(
                     f"reminder {entry.name}", SpanKind.INTERNAL, attributes, root=True
                 ):
-                    await self.catalog.invoke_by_id(
-                        entry.grain_id, "receive_reminder", (entry.name, status)
-                    )
+                    await self.invoke(entry.grain_id, "receive_reminder", (entry.name, status))
             self.ticks_delivered += 1
         except Exception:
             log.exception("reminder %r of %s failed; it goes on", entry.name, entry.grain_id)

@@ -19,23 +19,26 @@ import attrs
 import cattrs
 import trio
 
+from ._calls import TimeoutWheel
 from ._catalog import Catalog
 from ._cluster.member import ClusterMember, warn_per_silo_providers
 from ._cluster.membership import MembershipView
 from ._cluster.routing import SiloCluster
 from ._config import ProviderConfig, SiloConfig
-from ._exceptions import ConfigError, SiloDeclaredDeadError, first_leaf
-from ._grain import GrainClassRegistry, GrainInterface
+from ._dispatch import Dispatcher, timeout_error
+from ._exceptions import ConfigError, SiloDeclaredDeadError, SiloUnavailableError, first_leaf
+from ._grain import GrainClassRegistry, GrainInterface, GrainServices
 from ._ids import GrainId, GrainKey
 from ._logging import SILO_ID
-from ._metrics import MetricsSnapshot, TimedStorage
+from ._metrics import MetricsSnapshot, SiloMetrics, TimedStorage
 from ._plugins import Plugins, load_plugins
 from ._registry import ProviderContext, ProviderRegistry, ServiceContext
 from ._reminders import ReminderService
 from ._serialization import Codec, make_converter
+from ._storage import GrainStorage
 from ._streams.model import StreamOptions
 from ._streams.provider import StreamProvider, check_implicit_providers
-from ._tracing import TracedStorage, open_tracer
+from ._tracing import TracedStorage, Tracer, open_tracer
 
 __all__ = ["Silo", "SiloStatistics", "open_silo"]
 
@@ -108,14 +111,21 @@ class Silo:
         self._converter = make_converter(self._reference_from_id)
         plugins.configure_converter(self._converter)
         self._codec = Codec(self._converter, remote_tracebacks=config.remote_tracebacks)
-        self._catalog = Catalog(config, registry, self._codec)
+        self._metrics: SiloMetrics | None = SiloMetrics() if config.metrics else None
+        self._grain_services = GrainServices()
+        # Built by open_silo, in order, while the silo starts (see its body):
+        self._tracer: Tracer | None = None
+        self._storages: dict[str, tuple[GrainStorage, str]] = {}
+        self._cluster: SiloCluster | None = None
+        self._catalog_or_none: Catalog | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._crashed = False
         self._providers: dict[tuple[str, str], Any] = {}
         self._stream_options: dict[str, StreamOptions] = {}
         self._stream_providers: dict[str, StreamProvider] = {}
         # A cluster member's id names this incarnation: a restarted silo is a new member.
         suffix = "" if config.clustering is None else "-" + secrets.token_hex(4)
         self._silo_id = config.name + suffix
-        self._catalog.silo_id = self._silo_id
         self._member: ClusterMember | None = None
         self._goodbye_scope: trio.CancelScope | None = None
 
@@ -141,10 +151,10 @@ class Silo:
                 member.membership.cancel_on_death.append(scope)
             if member is not None:
                 await member.start_leaving()
-            if not self._catalog.crashed:
+            if not self.crashed:
                 for stream_provider in self._stream_providers.values():
                     await stream_provider.stop()  # hand held items back
-        if scope.cancelled_caught and not self._catalog.crashed:
+        if scope.cancelled_caught and not self.crashed:
             log.warning(
                 "silo %s could not finish its goodbyes (declared dead, or they took longer "
                 "than deactivation_timeout); what it could not hand over comes back to the "
@@ -153,20 +163,54 @@ class Silo:
             )
         membership = None if member is None else member.membership
         if membership is not None and membership.declared_dead.is_set():
-            self._catalog.crashed = True  # its grains may be active elsewhere already
+            self.mark_crashed()  # its grains may be active elsewhere already
 
     def abandon_graceful_stop(self) -> None:
         """Make this silo's stop (under way, or the next one) like a crash: no more
         goodbyes, activations dropped without ``on_deactivate``. The rest of the cluster
         takes over its grains and stream items once it is declared dead. For a second
         Ctrl-C, or a stop that waits on a backend that went away."""
-        self._catalog.crashed = True
+        self.mark_crashed()
         member = self._member
         if member is not None and member.membership is not None:
             member.membership.say_goodbye = False
         if self._goodbye_scope is not None:
             self._goodbye_scope.cancel()
-        self._catalog.abandon_shutdown()
+        if self._catalog_or_none is not None:
+            self._catalog_or_none.abandon_shutdown()
+
+    @property
+    def crashed(self) -> bool:
+        """The silo stops as if killed: its grains may be active elsewhere already."""
+        return self._crashed
+
+    def mark_crashed(self) -> None:
+        """Stop as if killed: no goodbyes, activations dropped without ``on_deactivate``."""
+        self._crashed = True
+        if self._catalog_or_none is not None:
+            self._catalog_or_none.mark_crashed()
+
+    @property
+    def _catalog(self) -> Catalog:
+        if self._catalog_or_none is None:
+            raise SiloUnavailableError("the silo is not running: use 'async with open_silo()'")
+        return self._catalog_or_none
+
+    @property
+    def catalog(self) -> Catalog:
+        """The silo's activations (an internal object: for tests and diagnostics)."""
+        return self._catalog
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise SiloUnavailableError("the silo is not running: use 'async with open_silo()'")
+        return self._dispatcher
+
+    @property
+    def registry(self) -> GrainClassRegistry:
+        """The grain classes this silo hosts."""
+        return self._registry
 
     @property
     def name(self) -> str:
@@ -182,13 +226,13 @@ class Silo:
     def membership_view(self) -> MembershipView | None:
         """The latest cluster membership this silo has seen (every silo's row: status,
         address, grain types, load); ``None`` for a silo that runs alone."""
-        cluster = self._catalog.cluster
+        cluster = self._cluster
         return None if cluster is None else cluster.locator.view
 
     @property
     def cluster(self) -> SiloCluster | None:
         """The silo's cluster side, ``None`` for a silo that runs alone."""
-        return self._catalog.cluster
+        return self._cluster
 
     @property
     def config(self) -> SiloConfig:
@@ -213,14 +257,14 @@ class Silo:
         *grain_class* may be the grain class or an interface with the same type name.
         ``key_ext`` makes a compound key with an int or UUID *key*.
         """
-        return self._catalog.get_grain(grain_class, key, key_ext=key_ext)
+        return self.dispatcher.get_grain(grain_class, key, key_ext=key_ext)
 
     def get_grain_by_id(self, grain_class: type[G], grain_id: GrainId | str) -> G:
         """A reference from a stored id (``GrainId`` or its text form ``"cart/bob65"``)."""
-        return self._catalog.reference(grain_class, grain_id)
+        return self.dispatcher.reference(grain_class, grain_id)
 
     def _reference_from_id(self, iface: type, grain_id: GrainId) -> Any:
-        return self._catalog.reference(iface, grain_id)
+        return self.dispatcher.reference(iface, grain_id)
 
     def provider(self, kind: str, name: str) -> Any:
         """The opened provider *name* of *kind* (``"storage"``, ``"streams"``, ``"reminders"``).
@@ -247,7 +291,7 @@ class Silo:
     def statistics(self) -> SiloStatistics:
         catalog = self._catalog
         acts = catalog.activations()
-        cluster = catalog.cluster
+        cluster = self._cluster
         return SiloStatistics(
             name=self.name,
             silo_id=self.silo_id,
@@ -259,7 +303,7 @@ class Silo:
             remote_calls_pending=0 if cluster is None else cluster.messenger.pending(),
             calls_forwarded=0 if cluster is None else cluster.forwarded + cluster.rerouted,
             active_silos=1 if cluster is None else len(cluster.locator.view.active()),
-            metrics=None if catalog.metrics is None else catalog.metrics.snapshot(),
+            metrics=None if self._metrics is None else self._metrics.snapshot(),
             dropped_messages={} if cluster is None else dict(cluster.messenger.dropped),
             decode_failures=self._codec.decode_failures,
         )
@@ -321,11 +365,11 @@ class Silo:
             provider = await stack.enter_async_context(resolved.factory(ctx, resolved.options))
             self._providers[(kind, name)] = provider
             if kind == "storage":
-                metrics, tracer = self._catalog.metrics, self._catalog.tracer
+                metrics, tracer = self._metrics, self._tracer
                 storage = provider if metrics is None else TimedStorage(provider, name, metrics)
                 if tracer is not None:
                     storage = TracedStorage(storage, name, resolved.provider, tracer)
-                self._catalog.storages[name] = (storage, resolved.provider)
+                self._storages[name] = (storage, resolved.provider)
 
 
 @contextlib.asynccontextmanager
@@ -374,18 +418,49 @@ async def open_silo(
         async with contextlib.AsyncExitStack() as providers:
             # outside the nursery, so that a provider's error is raised unwrapped; the
             # tracer first (and closed last): every span of the silo's lifetime reaches it
-            silo._catalog.tracer = await providers.enter_async_context(
+            silo._tracer = tracer = await providers.enter_async_context(
                 open_tracer(loaded.tracers, config.tracing, silo._provider_context("tracing"))
             )
             await silo._open_providers(providers, factories)
-            cluster = None if member is None else await member.open(providers)
+            codec, services = silo._codec, silo._grain_services
+            wheel = TimeoutWheel(config.response_timeout, timeout_error)
+            cluster = None
+            if member is not None:
+                cluster = await member.open(
+                    providers, codec=codec, wheel=wheel, tracer=tracer, metrics=silo._metrics
+                )
+            silo._cluster = cluster
+            catalog = Catalog(
+                config,
+                registry,
+                codec,
+                wheel,
+                services,
+                silo_id=silo.silo_id,
+                tracer=tracer,
+                metrics=silo._metrics,
+                storages=silo._storages,
+                cluster=cluster,
+            )
+            silo._catalog_or_none = catalog
+            dispatcher = Dispatcher(
+                catalog,
+                codec,
+                isolate=config.isolate_local_calls,
+                max_key_length=config.max_key_length,
+                remote=cluster,
+            )
+            silo._dispatcher = dispatcher
+            services.get_grain = dispatcher.get_grain
             async with trio.open_nursery() as nursery:
-                await nursery.start(silo._catalog.run)
+                await nursery.start(catalog.run)
+                nursery.start_soon(wheel.run)
                 if cluster is not None:
-                    await nursery.start(cluster.run)
+                    await nursery.start(cluster.run, catalog)
                 service = ReminderService(
                     table=silo.provider("reminders", "default"),
-                    catalog=silo._catalog,
+                    invoke=dispatcher.invoke_by_id,
+                    tracer=tracer,
                     minimum_period=config.minimum_reminder_period,
                     wall_clock=wall_clock,
                     refresh_interval=None if cluster is None else config.reminder_refresh,
@@ -393,17 +468,20 @@ async def open_silo(
                 if member is not None:
                     member.own_reminders(service)
                 await nursery.start(service.run)
-                silo._catalog.reminders = service
+                services.reminders = service
                 for name in config.streams:
                     stream_provider = StreamProvider(
                         name,
                         silo.provider("streams", name),
                         silo._stream_options[name],
-                        silo._catalog,
+                        codec=codec,
+                        tracer=tracer,
+                        registry=registry,
+                        invoke=dispatcher.invoke_by_id,
                         owned=None if cluster is None else (),
                     )
                     await nursery.start(stream_provider.run)
-                    silo._stream_providers[name] = stream_provider
+                    silo._stream_providers[name] = services.streams[name] = stream_provider
                     if member is not None:
                         await member.balance(stream_provider, nursery)
                 silo._member = member
@@ -424,7 +502,7 @@ async def open_silo(
                         finally:
                             with trio.CancelScope(shield=True):
                                 await silo._say_goodbye()
-                                await silo._catalog.shutdown()
+                                await catalog.shutdown()
                 finally:
                     if member is not None:
                         await member.linger()

@@ -22,7 +22,7 @@ grain/state/provider names, and the grain-facing API.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import attrs
@@ -30,7 +30,6 @@ import attrs
 from ._exceptions import InconsistentStateError, StorageError
 
 if TYPE_CHECKING:
-    from ._activation import Activation
     from ._grain import Grain
     from ._ids import GrainId
     from ._serialization import Codec
@@ -266,17 +265,17 @@ def declarations(cls: type) -> list[StateDeclaration[Any]]:
     return list(found.values())
 
 
-async def load_states(act: Activation, storages: dict[str, tuple[GrainStorage, str]]) -> None:
-    """Create and read every declared state of *act* (before ``on_activate``)."""
-    decls = act.info.states
-    if not decls:
-        return
+async def load_states(
+    decls: Sequence[StateDeclaration[Any]],
+    grain_id: GrainId,
+    storages: Mapping[str, tuple[GrainStorage, str]],
+    codec: Codec,
+) -> dict[str, PersistentState[Any]]:
+    """Create and read the declared states *decls* of *grain_id* (before ``on_activate``)."""
     states: dict[str, PersistentState[Any]] = {}
     for decl in decls:
         storage, provider = storages[decl.storage]
-        state: PersistentState[Any] = PersistentState(
-            decl, act.grain_id, storage, provider, act.runtime.codec
-        )
+        state: PersistentState[Any] = PersistentState(decl, grain_id, storage, provider, codec)
         await state.read()
         states[decl.attribute] = state
-    act.states = states
+    return states

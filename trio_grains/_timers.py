@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import outcome
 import trio
 
-from ._activation import ACTIVE, Activation
 from ._calls import EXCLUSIVE, INTERLEAVE, RUNNING, Call
 
-__all__ = ["GrainTimer", "start_timer"]
+if TYPE_CHECKING:
+    from ._ids import GrainId
+
+__all__ = ["GrainTimer", "TimerHost", "start_timer"]
 
 log = logging.getLogger("trio_grains.activation")
 
@@ -47,8 +49,22 @@ class GrainTimer:
         return self._cancelled
 
 
+class TimerHost(Protocol):
+    """What a timer needs of its activation (an :class:`~trio_grains._activation.Activation`)."""
+
+    grain_id: GrainId
+    touched: bool  # counts as activity for idle collection
+
+    @property
+    def is_active(self) -> bool: ...
+
+    def post(self, call: Call) -> None: ...
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+
 def start_timer(
-    act: Activation,
+    act: TimerHost,
     callback: Callable[[], Awaitable[Any]],
     *,
     due: float,
@@ -65,7 +81,7 @@ def start_timer(
 
 
 async def _run_timer(
-    act: Activation,
+    act: TimerHost,
     timer: GrainTimer,
     callback: Callable[[], Awaitable[Any]],
     due: float,
@@ -78,7 +94,7 @@ async def _run_timer(
         if timer.cancelled:
             return
         await trio.sleep(due)
-        while not timer.cancelled and act.state == ACTIVE:
+        while not timer.cancelled and act.is_active:
             done = trio.Event()
             result: list[outcome.Outcome[Any]] = []
 

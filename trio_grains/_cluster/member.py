@@ -28,9 +28,13 @@ from .ownership import PartitionBalancer, owner_filter_for
 from .routing import SiloCluster
 
 if TYPE_CHECKING:
+    from .._calls import TimeoutWheel
+    from .._metrics import SiloMetrics
     from .._reminders import ReminderService
+    from .._serialization import Codec
     from .._silo import Silo
     from .._streams.provider import StreamProvider
+    from .._tracing import Tracer
 
 __all__ = ["ClusterMember", "warn_per_silo_providers"]
 
@@ -63,7 +67,15 @@ class ClusterMember:
         self.membership: MembershipService | None = None
         self.balancers: list[PartitionBalancer] = []
 
-    async def open(self, stack: contextlib.AsyncExitStack) -> SiloCluster:
+    async def open(
+        self,
+        stack: contextlib.AsyncExitStack,
+        *,
+        codec: Codec,
+        wheel: TimeoutWheel,
+        tracer: Tracer | None,
+        metrics: SiloMetrics | None,
+    ) -> SiloCluster:
         """Open the clustering provider and this silo's transport endpoint."""
         silo, config = self.silo, self.silo.config
         assert config.clustering is not None
@@ -79,15 +91,18 @@ class ClusterMember:
         transport = await stack.enter_async_context(backend.open_endpoint(silo.silo_id))
         placement = silo.plugins.placement
         self.cluster = SiloCluster(
-            silo._catalog,
             backend,
             transport,
             silo.silo_id,
             placement,
             placement.strategy_for_name(config.default_placement),
-            config.roles,
+            config=config,
+            registry=silo.registry,
+            codec=codec,
+            wheel=wheel,
+            tracer=tracer,
+            metrics=metrics,
         )
-        silo._catalog.cluster = self.cluster
         return self.cluster
 
     def own_reminders(self, service: ReminderService) -> None:
@@ -119,26 +134,26 @@ class ClusterMember:
     def join(self) -> MembershipService:
         """The membership service to enter: it joins, heartbeats, watches, and leaves."""
         assert self.cluster is not None
-        catalog, config = self.silo._catalog, self.silo.config
+        config = self.silo.config
         self.membership = MembershipService(
             self.cluster.locator.membership,
             self.cluster.entry(),
             heartbeat_interval=config.heartbeat_interval,
             dead_after=config.dead_after,
-            load=lambda: len(catalog._activations),
+            load=self.cluster.local_load,
             leave_when_cancelled=True,  # a cancelled silo still deactivates and leaves
         )
         return self.membership
 
     async def start_leaving(self) -> None:
         """Tell the cluster this silo is going, and release its stream partitions."""
-        membership, catalog = self.membership, self.silo._catalog
+        membership, silo = self.membership, self.silo
         if membership is None:
             return
         if membership.declared_dead.is_set():
-            catalog.crashed = True  # its grains may be active elsewhere already
+            silo.mark_crashed()  # its grains may be active elsewhere already
             return
-        if catalog.crashed:
+        if silo.crashed:
             membership.leave_when_cancelled = False  # killed: say no goodbye
             return
         with trio.move_on_after(self.silo.config.dead_after):
@@ -156,7 +171,7 @@ class ClusterMember:
         if (
             membership is not None
             and not membership.declared_dead.is_set()
-            and not self.silo._catalog.crashed
+            and not self.silo.crashed
             and any(e.silo_id != self.silo.silo_id for e in membership.view.active())
         ):
             with trio.CancelScope(shield=True):

@@ -1,9 +1,10 @@
 """A silo's part in a cluster: remote calls in and out, directory registration, forwarding.
 
-:class:`SiloCluster` is attached to the silo's :class:`~trio_grains._catalog.Catalog`
-when the silo is configured with a clustering provider. The catalog asks it to:
+:class:`SiloCluster` is built by the silo's composition root when the silo is configured
+with a clustering provider, before the catalog, and handed to the catalog (as its
+``ClusterHooks``) and to the dispatcher (as its ``RemoteCalls``). They ask it to:
 
-* :meth:`~SiloCluster.invoke` grains that are not activated here (locate, then call
+* :meth:`~SiloCluster.call` grains that are not activated here (locate, then call
   locally or over the transport; "not here" answers and lost races are retried);
 * :meth:`~SiloCluster.register` every new activation in the grain directory before it
   runs (create-if-absent: losing the race raises
@@ -11,9 +12,10 @@ when the silo is configured with a clustering provider. The catalog asks it to:
   and :meth:`~SiloCluster.unregister` it after ``on_deactivate``;
 * :meth:`~SiloCluster.reroute` calls that were queued on an activation that is gone.
 
-Requests from other silos and clients arrive in :meth:`SiloCluster._on_request`: a call
-to an activation that is here is posted to its mailbox with a callback that sends the
-reply (no task per call); anything else is placed or forwarded.
+Requests from other silos and clients arrive in :meth:`SiloCluster._on_request` once
+:meth:`~SiloCluster.run` serves them into the catalog: a call to an activation that is
+here is posted to its mailbox with a callback that sends the reply (no task per call);
+anything else is placed or forwarded.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 import outcome
 import trio
 
-from .._activation import DEAD
-from .._calls import ABANDONED, DONE, Call, log_one_way_outcome
+from .._calls import ABANDONED, DONE, Call, TimeoutWheel, log_one_way_outcome
 from .._exceptions import (
     ActivationRaceLostError,
     DirectoryError,
@@ -48,10 +49,13 @@ from .messenger import Messenger, RerouteError
 
 if TYPE_CHECKING:
     from .._activation import Activation
-    from .._catalog import Catalog
-    from .._grain import MethodInfo
+    from .._catalog import Catalog, LocalCall
+    from .._config import SiloConfig
+    from .._grain import GrainClassRegistry, MethodInfo
+    from .._metrics import SiloMetrics
     from .._placement import PlacementRegistry, PlacementStrategy
-    from .._reference import GrainReference
+    from .._serialization import Codec
+    from .._tracing import Tracer
     from .membership_service import MembershipService
     from .transport import ClusterBackend, Transport
 
@@ -94,7 +98,8 @@ async def call_anywhere(
             if local is not None and silo_id == locator.self_id:
                 return await local(grain_id, method, args, kwargs)
             return await messenger.call(silo_id, grain_id, method, args, kwargs, flags=flags)
-        except RerouteError:
+        except (RerouteError, ActivationRaceLostError):
+            # (a race lost here: the winner's entry is in the cache now)
             if local is None or silo_id != locator.self_id:
                 locator.directory.cache.invalidate(grain_id)
     raise SiloUnavailableError(
@@ -108,38 +113,47 @@ class SiloCluster:
 
     def __init__(
         self,
-        catalog: Catalog,
         backend: ClusterBackend,
         transport: Transport,
         silo_id: str,
         placement: PlacementRegistry,
         default_strategy: PlacementStrategy,
-        roles: tuple[str, ...] = (),
+        *,
+        config: SiloConfig,
+        registry: GrainClassRegistry,
+        codec: Codec,
+        wheel: TimeoutWheel,
+        tracer: Tracer | None = None,
+        metrics: SiloMetrics | None = None,
     ) -> None:
-        self.catalog = catalog
         self.silo_id = silo_id
-        self.roles = roles
+        self.roles = config.roles
+        self.registry = registry
+        self.codec = codec
+        self.tracer = tracer
+        self.metrics = metrics
+        #: the catalog this silo's endpoint serves, while :meth:`run` runs
+        self._catalog: Catalog | None = None
         self.locator = Locator(
             membership=backend.membership,
             directory=backend.directory,
             placement=placement,
             default_strategy=default_strategy,
-            hosted=catalog.registry,
+            hosted=registry,
             self_id=silo_id,
-            local_load=lambda: len(catalog._activations),
+            local_load=self.local_load,
         )
-        config = catalog.config
         self.max_key_length = config.max_key_length
         self.messenger = Messenger(
             transport,
-            catalog.codec,
-            catalog.wheel,
+            codec,
+            wheel,
             silo_id,
             self.locator.address_of,
             max_subject_length=config.max_subject_length,
             max_grain_id_length=config.max_key_length + 256,
         )
-        self.messenger.tracer = catalog.tracer
+        self.messenger.tracer = tracer
         self.messenger.on_request = self._on_request
         self.messenger.on_cancel = self._on_cancel
         self.locator.on_gone = self._silo_gone
@@ -165,13 +179,21 @@ class SiloCluster:
             silo_id=self.silo_id,
             address=self.messenger.transport.address,
             roles=self.roles,
-            grain_types=[str(t) for t in self.catalog.registry.types()],
+            grain_types=[str(t) for t in self.registry.types()],
             started_at=time.time(),
         )
 
     # -- lifetime -----------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def local_load(self) -> int:
+        """How many activations this silo holds (its membership row's ``load``)."""
+        return 0 if self._catalog is None else self._catalog.count()
+
+    async def run(
+        self, catalog: Catalog, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve requests from the cluster into *catalog* until cancelled."""
+        self._catalog = catalog
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.messenger.run)
@@ -192,8 +214,8 @@ class SiloCluster:
 
     def on_view(self, view: MembershipView) -> None:
         self.locator.set_view(view)  # calls _silo_gone for the silos that died or left
-        if self.catalog.metrics is not None:
-            self.catalog.metrics.membership_changes += 1
+        if self.metrics is not None:
+            self.metrics.membership_changes += 1
         for listener in self.view_listeners:
             listener(view)
 
@@ -225,36 +247,21 @@ class SiloCluster:
 
     # -- calls out ----------------------------------------------------------------------------
 
-    async def invoke(
-        self, ref: GrainReference, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        method = ref._info.methods.get(name)
-        if method is None:
-            raise GrainMethodError(f"{ref.interface.__qualname__} has no grain method {name!r}")
-        return await self.call(ref._grain_id, method, args, kwargs)
-
     async def call(
-        self, grain_id: GrainId, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        grain_id: GrainId,
+        method: MethodInfo,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        local: LocalCall,
     ) -> Any:
-        """Call *method* on *grain_id* wherever it is (or is placed)."""
+        """Call *method* on *grain_id* wherever it is (or is placed): through *local* if
+        that is this silo."""
         return await call_anywhere(
-            self.locator, self.messenger, grain_id, method, args, kwargs, local=self._call_here
+            self.locator, self.messenger, grain_id, method, args, kwargs, local=local
         )
 
-    async def _call_here(
-        self, grain_id: GrainId, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        info = self.catalog._implementation(grain_id, None)
-        act = self.catalog.local_activation(grain_id, info)
-        local = act.methods.get(method.name)
-        if local is None:
-            raise GrainMethodError(f"{info.describe()} has no grain method {method.name!r}")
-        try:
-            return await self.catalog.deliver(act, local, args, kwargs)
-        except ActivationRaceLostError:
-            raise RerouteError(grain_id) from None  # the winner's entry is in the cache now
-
-    def reroute(self, call: Call) -> None:
+    def reroute(self, call: Call, local: LocalCall) -> None:
         """Send a call that never ran here to wherever its grain is now."""
         if call.state == ABANDONED or call.method is None or self._nursery is None:
             if call.state != ABANDONED:
@@ -270,14 +277,14 @@ class SiloCluster:
             self.messenger.reply(on_done.args[0], env.REROUTE, b"")
             return
         self.rerouted += 1
-        self._nursery.start_soon(self._reroute, call)
+        self._nursery.start_soon(self._reroute, call, local)
 
-    async def _reroute(self, call: Call) -> None:
+    async def _reroute(self, call: Call, local: LocalCall) -> None:
         assert call.method is not None
         assert isinstance(call.target, GrainId)
         with trio.CancelScope(deadline=call.deadline):
             result = await outcome.acapture(
-                self.call, call.target, call.method, call.args, call.kwargs
+                self.call, call.target, call.method, call.args, call.kwargs, local
             )
             if call.state not in (DONE, ABANDONED):
                 call.finish(result)
@@ -303,7 +310,7 @@ class SiloCluster:
 
     async def unregister(self, act: Activation) -> None:
         entry, act.directory_entry = act.directory_entry, None
-        if entry is None:
+        if not isinstance(entry, DirectoryEntry):
             return
         with trio.move_on_after(5.0):
             try:
@@ -315,7 +322,8 @@ class SiloCluster:
 
     def _on_request(self, req: env.Request) -> None:
         messenger = self.messenger
-        catalog = self.catalog
+        catalog = self._catalog
+        assert catalog is not None  # the messenger runs inside run()
         try:
             grain_id = self._grain_ids.get(req.grain_id)
             if grain_id is None:
@@ -324,14 +332,14 @@ class SiloCluster:
                 if len(self._grain_ids) >= _GRAIN_ID_CACHE_SIZE:
                     self._grain_ids.clear()
                 self._grain_ids[req.grain_id] = grain_id
-            info = catalog._implementation(grain_id, None)
+            info = catalog.implementation(grain_id, None)
             method = catalog.remote_methods(info).get(req.method)
             if method is None:
                 raise GrainMethodError(
                     f"{info.describe()} has no grain method {req.method!r} that other "
                     "processes may call (see its grain interfaces)"
                 )
-            kwargs = catalog.codec.decode_call(method, req.args)
+            kwargs = self.codec.decode_call(method, req.args)
             if req.timeout == 0:
                 raise GrainCallTimeoutError(
                     f"the caller's deadline for {grain_id}.{req.method}() had passed when "
@@ -342,8 +350,8 @@ class SiloCluster:
             return
         call = Call(method, (), kwargs, target=grain_id)
         call.kind = method.kind
-        if req.trace is not None and catalog.tracer is not None:
-            call.trace = catalog.tracer.extract(req.trace)
+        if req.trace is not None and self.tracer is not None:
+            call.trace = self.tracer.extract(req.trace)
         if req.timeout is not None:
             call.deadline = trio.current_time() + req.timeout
         if req.reply_to:
@@ -351,8 +359,8 @@ class SiloCluster:
             self._inbound[(req.reply_to, req.call_id)] = call
         else:
             call.on_done = log_one_way_outcome(call.describe())
-        act = catalog._activations.get(grain_id)
-        if act is not None and act.state != DEAD:  # queue it there
+        act = catalog.lookup(grain_id)
+        if act is not None:  # queue it there
             act.post(call)
             return
         if not catalog.accepting:
@@ -374,10 +382,12 @@ class SiloCluster:
         except (GrainsError, DirectoryError) as exc:
             call.fail(exc)
             return
+        catalog = self._catalog
+        assert catalog is not None
         if silo_id == self.silo_id or not self.messenger.forward(req, silo_id):
-            info = self.catalog._implementation(grain_id, None)
+            info = catalog.implementation(grain_id, None)
             try:
-                self.catalog.local_activation(grain_id, info).post(call)
+                catalog.local_activation(grain_id, info).post(call)
             except SiloUnavailableError as exc:
                 call.fail(exc)
         else:
@@ -405,7 +415,7 @@ class SiloCluster:
         messenger = self.messenger
         if isinstance(result, outcome.Value):
             try:
-                payload = self.catalog.codec.encode_result(method, result.value)
+                payload = self.codec.encode_result(method, result.value)
             except Exception as exc:
                 messenger.reply(req, env.ERROR, messenger.encode_exception(exc))
                 return

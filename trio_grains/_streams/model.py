@@ -28,6 +28,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from .._exceptions import ConfigError, GrainTypeError, StreamError
+from .._grain import Grain, mark_runtime_called
 from .._ids import _check_key, encode_key
 
 __all__ = [
@@ -434,8 +435,6 @@ def implicit_subscription(
     _check_namespace(None, None, namespace)
 
     def decorate(cls: C) -> C:
-        from .._grain import Grain
-
         if not (isinstance(cls, type) and issubclass(cls, Grain)):
             raise GrainTypeError(f"@implicit_subscription decorates grain classes, not {cls!r}")
         func = getattr(cls, handler, None)
@@ -447,6 +446,7 @@ def implicit_subscription(
             )
         subs = (*implicit_subscriptions(cls), ImplicitSubscription(namespace, provider, handler))
         cls.__grain_implicit_subscriptions__ = subs  # type: ignore[attr-defined]
+        mark_runtime_called(cls, handler)  # stream agents call it from any silo
         return cls
 
     return decorate

@@ -62,7 +62,6 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .._catalog import Catalog
     from .._grain import GrainClassRegistry
     from .._serialization import Codec
 
@@ -74,6 +73,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("trio_grains.streams")
+
+#: ``invoke(grain_id, method, args)``: the silo dispatcher's ``invoke_by_id``
+InvokeById = Callable[[GrainId, str, tuple[Any, ...]], Awaitable[Any]]
 
 #: implicit subscribers built per stream id, kept for the most recent streams
 _IMPLICIT_TARGETS_CACHED = 4096
@@ -104,10 +106,16 @@ class StreamProvider:
         name: str,
         adapter: StreamAdapter,
         options: StreamOptions,
-        catalog: Catalog,
         *,
+        codec: Codec,
+        tracer: Tracer | None = None,
+        registry: GrainClassRegistry | None = None,
+        invoke: InvokeById | None = None,
         owned: Iterable[int] | None = None,
     ) -> None:
+        """*registry*: the grain classes whose implicit subscriptions this provider
+        delivers, through *invoke* (the silo dispatcher's ``invoke_by_id``); neither for a
+        provider that only publishes (a client's)."""
         if not isinstance(adapter, StreamAdapter):
             raise PluginError(
                 f"stream provider {name!r} yielded {adapter!r}, which is not a "
@@ -119,10 +127,10 @@ class StreamProvider:
         self.partitions = adapter.partitions()
         if not isinstance(self.partitions, int) or self.partitions < 1:
             raise StreamError(f"stream provider {name!r}: partitions() must be an int >= 1")
-        self._catalog = catalog
-        self._codec: Codec = catalog.codec
+        self._invoke = invoke
+        self._codec: Codec = codec
         #: with tracing on: publishes and deliveries are spans; items carry the context
-        self.tracer: Tracer | None = catalog.tracer
+        self.tracer: Tracer | None = tracer
         # all partitions in a lone silo; in a cluster, what the partition balancer gives
         self._owned: set[int] = set(range(self.partitions)) if owned is None else set(owned)
         self._agents: dict[int, _Agent] = {}
@@ -136,8 +144,9 @@ class StreamProvider:
         self._implicit_targets = functools.lru_cache(maxsize=_IMPLICIT_TARGETS_CACHED)(
             self._build_implicit_targets
         )
-        for grain_type in catalog.registry.types():
-            info = catalog.registry.get(grain_type)
+        for grain_type in () if registry is None else registry.types():
+            assert registry is not None
+            info = registry.get(grain_type)
             assert info is not None
             for sub in implicit_subscriptions(info.cls):
                 if sub.provider == name:
@@ -175,16 +184,12 @@ class StreamProvider:
     # -- lifetime and partition ownership ----------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._catalog.streams[self.name] = self
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                for partition in sorted(self._owned):
-                    self._start_agent(partition)
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._catalog.streams.pop(self.name, None)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for partition in sorted(self._owned):
+                self._start_agent(partition)
+            task_status.started()
+            await trio.sleep_forever()
 
     def _start_agent(self, partition: int) -> None:
         assert self._nursery is not None
@@ -296,7 +301,9 @@ class StreamProvider:
     def _grain_caller(
         self, grain_id: GrainId, method: str, takes_token: bool
     ) -> Callable[[Any, SequenceToken], Awaitable[Any]]:
-        invoke = self._catalog.invoke_by_id
+        invoke = self._invoke
+        if invoke is None:
+            raise StreamError(f"stream provider {self.name!r} only publishes: it delivers nothing")
 
         async def call(value: Any, token: SequenceToken) -> Any:
             return await invoke(grain_id, method, (value, token) if takes_token else (value,))

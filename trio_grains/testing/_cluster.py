@@ -112,7 +112,7 @@ class TestCluster:
         """Stop *silo* as ``kill -9`` would: no deactivation, no goodbye. The others
         declare it dead after ``dead_after`` seconds."""
         member = self._member(silo)
-        silo._catalog.crashed = True
+        silo.mark_crashed()
         if self.memory is not None and silo.cluster is not None:
             # A killed process sends nothing more: not even the failures of the calls it
             # had queued, which its shutdown below would otherwise still reply with.

@@ -52,9 +52,7 @@ def _activation_id(grain: Grain) -> str:
 
 
 def _silo_id(grain: Grain) -> str:
-    cluster = grain._activation.runtime.cluster
-    assert cluster is not None
-    return cluster.silo_id
+    return grain.runtime_identity
 
 
 @grain_type("cell")

@@ -40,9 +40,7 @@ def record_to(path: Path, hold: float) -> None:
 @stateless_worker(max_local=1)
 class NumGrain(Grain):
     async def on_stream_item(self, item: int) -> None:
-        cluster = self._activation.runtime.cluster
-        assert cluster is not None
         assert _fd is not None
         await trio.sleep(_hold)
-        line = f"{self.primary_key} {item} {cluster.silo_id} {time.time():.6f}\n"
+        line = f"{self.primary_key} {item} {self.runtime_identity} {time.time():.6f}\n"
         os.write(_fd, line.encode())

@@ -38,9 +38,7 @@ class TallyGrain(Grain):
         return self.count
 
     async def where(self) -> str:
-        cluster = self._activation.runtime.cluster
-        assert cluster is not None
-        return cluster.silo_id
+        return self.runtime_identity
 
 
 @pytest.fixture(autouse=True)
@@ -141,9 +139,7 @@ class ClOrderGrain(Grain):
     async def on_stream_item(self, item: int) -> None:
         key = self.primary_key
         SEEN.setdefault(key, []).append(item)
-        cluster = self._activation.runtime.cluster
-        assert cluster is not None
-        SEEN_ON.setdefault(key, set()).add(cluster.silo_id)
+        SEEN_ON.setdefault(key, set()).add(self.runtime_identity)
 
 
 async def test_stream_partitions_spread_over_silos_and_move_without_loss(nats_url: str) -> None:

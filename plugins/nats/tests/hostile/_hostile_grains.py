@@ -40,9 +40,7 @@ SLEEPING: list[str] = []  # keys of SlowGrains whose sleep() has begun (in this 
 
 
 def _silo_id(grain: Grain) -> str:
-    cluster = grain._activation.runtime.cluster
-    assert cluster is not None
-    return cluster.silo_id
+    return grain.runtime_identity
 
 
 @grain_type("hcounter")
