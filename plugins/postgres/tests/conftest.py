@@ -1,14 +1,13 @@
 """Fixtures: a real PostgreSQL server (no mocks), started once per session.
 
-The server comes from :mod:`trio_grains_postgres.testing`. Where PostgreSQL cannot be
+``postgres_server`` and ``postgres_dsn`` come from the plugin's pytest plugin
+(:mod:`trio_grains_postgres.pytest_plugin`, docs/testing.md). Where PostgreSQL cannot be
 started, the tests that need it are skipped with the reason (how to install it), except
 in CI (``CI=true``), where they fail: a broken install must not pass as a green run.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -23,11 +22,8 @@ from trio_grains_postgres import (
     open_postgres_reminder_table,
     open_postgres_storage,
 )
-from trio_grains_postgres.testing import (
-    PostgresTestServer,
-    PostgresUnavailable,
-    running_test_server,
-)
+from trio_grains_postgres.pytest_plugin import postgres_server_or_skip
+from trio_grains_postgres.testing import PostgresTestServer
 
 from trio_grains import ProviderContext
 
@@ -35,39 +31,11 @@ StorageOpener = Callable[..., AbstractAsyncContextManager[PostgresStorage]]
 TableOpener = Callable[..., AbstractAsyncContextManager[PostgresReminderTable]]
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-@contextlib.contextmanager
-def _server(tmp_dir: Path) -> Iterator[PostgresTestServer]:
-    with contextlib.ExitStack() as stack:
-        try:
-            server = stack.enter_context(running_test_server(tmp_dir))
-        except PostgresUnavailable as exc:
-            if _in_ci():
-                pytest.fail(f"PostgreSQL is required in CI and could not start: {exc}")
-            pytest.skip(f"PostgreSQL is not available: {exc}")
-        yield server
-
-
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresTestServer]:
-    """The session's server. Tests must not stop it: use ``own_postgres_server`` for that."""
-    with _server(tmp_path_factory.mktemp("postgres")) as server:
-        yield server
-
-
 @pytest.fixture
 def own_postgres_server(tmp_path: Path) -> Iterator[PostgresTestServer]:
     """A server of the test's own, which it may stop and start."""
-    with _server(tmp_path) as server:
+    with postgres_server_or_skip(tmp_path) as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def postgres_dsn(postgres_server: PostgresTestServer) -> str:
-    return postgres_server.dsn
 
 
 @pytest.fixture
