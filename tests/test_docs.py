@@ -7,6 +7,11 @@ the program's stdout must equal that block's text (trailing whitespace ignored, 
 at the end). Other ``python`` blocks are snippets: they must compile (top-level ``await``
 allowed) on the pages in ``COMPILED_PAGES``, but are not run. The programs of the pages in
 ``RUN_ELSEWHERE`` need a cluster and are run by their own tests.
+
+Blocks whose first line is a file name (``# test_cart.py``, ``# pyproject.toml``) are the
+files of a pytest project: on each page with a test module among them, they are written
+into a fresh directory and pytest runs them (``pytester``), with the installed pytest
+plugins; every test must pass (or skip, as the PostgreSQL ones do without PostgreSQL).
 """
 
 from __future__ import annotations
@@ -90,7 +95,14 @@ RUN_ELSEWHERE = {"tutorial-orders.md"}
 PROGRAMS = [b for b in BLOCKS if b.is_program and b.path.name not in RUN_ELSEWHERE]
 # Pages whose snippets must compile on the oldest supported Python (identity.md shows 3.12
 # generic syntax on purpose; plugins.md and hooks.md show fragments).
-COMPILED_PAGES = {"index.md", "getting-started.md", "concurrency.md", "lifecycle.md", "design.md"}
+COMPILED_PAGES = {
+    "index.md",
+    "getting-started.md",
+    "concurrency.md",
+    "lifecycle.md",
+    "design.md",
+    "testing.md",
+}
 SNIPPETS = [
     b for b in BLOCKS if b.info == "python" and not b.is_program and b.path.name in COMPILED_PAGES
 ]
@@ -123,6 +135,44 @@ def test_program(block: Block, tmp_path: Path) -> None:
             f"{block.id}: the output differs from the ```output block at {block.output.id}\n"
             f"--- stderr\n{proc.stderr}"
         )
+
+
+_PROJECT_FILE = re.compile(r"#\s*((?:test_\w+|conftest)\.py|pyproject\.toml)\s*")
+
+
+def project_files(path: Path) -> dict[str, str]:
+    """The blocks of a page that start with a project file's name, by that name."""
+    files: dict[str, str] = {}
+    for block in parse_blocks(path):
+        m = _PROJECT_FILE.fullmatch(block.text.split("\n", 1)[0])
+        if m is not None and block.info in ("python", "toml"):
+            assert m.group(1) not in files, f"{block.id}: a second {m.group(1)} on the page"
+            files[m.group(1)] = block.text
+    return files
+
+
+PYTEST_PAGES = [
+    p.name
+    for p in sorted(DOCS.glob("*.md"))
+    if any(name.startswith("test_") for name in project_files(p))
+]
+
+
+@pytest.mark.parametrize("page", PYTEST_PAGES)
+def test_pytest_examples(page: str, pytester: pytest.Pytester) -> None:
+    files = project_files(DOCS / page)
+    assert "pyproject.toml" in files, f"{page}: its test modules need a # pyproject.toml block"
+    for name, text in files.items():
+        (pytester.path / name).write_text(text, encoding="utf-8")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=120)
+    outcomes = result.parseoutcomes()
+    broken = outcomes.get("failed", 0) + outcomes.get("errors", 0)
+    assert broken == 0, result.stdout.str()
+    assert outcomes.get("passed", 0) >= sum(name.startswith("test_") for name in files)
+
+
+def test_the_testing_page_runs_its_modules() -> None:
+    assert {"getting-started.md", "testing.md"} <= set(PYTEST_PAGES)
 
 
 @pytest.mark.parametrize("block", SNIPPETS, ids=[b.id for b in SNIPPETS])
