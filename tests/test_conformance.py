@@ -77,6 +77,15 @@ def test_public_api() -> None:
         "check_transport",
         "TestCluster",
         "open_test_cluster",
+        "MEMBERSHIP_CHECKS",
+        "MembershipTableCheck",
+        "MembershipTableOpener",
+        "check_membership_table",
+        "DIRECTORY_CHECKS",
+        "DirectoryCorrupter",
+        "GrainDirectoryCheck",
+        "GrainDirectoryOpener",
+        "check_grain_directory",
     }
     assert check_grain_storage.__module__ == "trio_grains.testing"
     assert set(STORAGE_CHECKS) >= STORAGE_DURABILITY_CHECKS

@@ -1,10 +1,13 @@
-"""The grain directory contract (in memory) and the per-silo lookup cache."""
+"""The grain directory: the in-memory one (the conformance kit), entry values, and the
+per-silo lookup cache."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import attrs
 import pytest
-import trio
 
 from trio_grains import GrainId
 from trio_grains._cluster.directory import (
@@ -15,6 +18,7 @@ from trio_grains._cluster.directory import (
     MemoryGrainDirectory,
     new_activation_id,
 )
+from trio_grains.testing import check_grain_directory
 
 CART = GrainId.create("cart", "bob")
 OTHER = GrainId.create("cart", "alice")
@@ -34,68 +38,32 @@ def test_entry_values() -> None:
         DirectoryEntry(CART, "silo-1", "")
 
 
-async def test_register_lookup_unregister() -> None:
-    directory = MemoryGrainDirectory()
-    assert await directory.lookup(CART) is None
-    mine = DirectoryEntry.new(CART, "silo-1")
-    stored = await directory.register(mine)
-    assert stored.same_activation(mine)
-    assert stored.revision is not None
-    assert await directory.lookup(CART) == stored
-    assert await directory.register(mine) == stored  # retrying is idempotent
-    assert await directory.unregister(mine)
-    assert await directory.lookup(CART) is None
-    assert not await directory.unregister(mine)
-    again = await directory.register(DirectoryEntry.new(CART, "silo-2"))
-    assert again.revision != stored.revision
+async def test_memory_directory_conforms() -> None:
+    directories: dict[str, MemoryGrainDirectory] = {}
+
+    @asynccontextmanager
+    async def open_directory(cluster: str) -> AsyncIterator[GrainDirectory]:
+        yield directories.setdefault(cluster, MemoryGrainDirectory())
+
+    await check_grain_directory(open_directory)
 
 
-async def test_the_loser_gets_the_winners_entry() -> None:
-    directory = MemoryGrainDirectory()
-    results: list[DirectoryEntry] = []
-    entries = [DirectoryEntry.new(CART, f"silo-{i % 3}") for i in range(50)]
+class LastWriterWins(MemoryGrainDirectory):
+    """A directory that breaks single activation, to see the kit name the rule."""
 
-    async def register(entry: DirectoryEntry) -> None:
-        results.append(await directory.register(entry))
-
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            for entry in entries:
-                nursery.start_soon(register, entry)
-    assert len(results) == 50
-    assert len(set(results)) == 1
-    winner = results[0]
-    assert sum(winner.same_activation(e) for e in entries) == 1
-    assert await directory.lookup(CART) == winner
+    async def register(self, entry: DirectoryEntry) -> DirectoryEntry:
+        await self.unregister(await self.lookup(entry.grain_id) or entry)
+        return await super().register(entry)
 
 
-async def test_stale_unregister_keeps_the_newer_activation() -> None:
-    directory = MemoryGrainDirectory()
-    old = await directory.register(DirectoryEntry.new(CART, "silo-1"))
-    assert await directory.unregister(old)
-    new = await directory.register(DirectoryEntry.new(CART, "silo-1"))  # same silo, new one
-    assert not await directory.unregister(old)
-    assert await directory.lookup(CART) == new
-    # the revision is ignored: only the activation id decides
-    assert not await directory.unregister(attrs.evolve(old, revision=new.revision))
-    assert await directory.lookup(CART) == new
+async def test_the_kit_names_the_broken_rule() -> None:
+    @asynccontextmanager
+    async def open_directory(cluster: str) -> AsyncIterator[GrainDirectory]:
+        yield LastWriterWins()
 
-
-async def test_remove_silo_and_silos_not_in() -> None:
-    directory = MemoryGrainDirectory()
-    grains = [GrainId.create("cart", i) for i in range(30)]
-    for i, grain in enumerate(grains):
-        await directory.register(DirectoryEntry.new(grain, f"silo-{i % 3}"))
-    assert await directory.remove_silo("silo-0") == 10
-    assert await directory.remove_silo("silo-0") == 0
-    assert await directory.lookup(grains[0]) is None
-    assert (await directory.lookup(grains[1])) is not None
-    assert await directory.remove_silos_not_in({"silo-1"}) == 10
-    assert len(directory) == 10
-    assert [await directory.lookup(g) for g in grains[2::3]] == [None] * 10
-    # the grain of a dead silo can be activated elsewhere
-    moved = await directory.register(DirectoryEntry.new(grains[0], "silo-1"))
-    assert moved.silo_id == "silo-1"
+    with pytest.raises(AssertionError, match="must return the stored one") as info:
+        await check_grain_directory(open_directory)
+    assert "register_lookup_unregister" in str(info.value.__notes__)
 
 
 def test_cache_hits_bound_and_invalidation() -> None:

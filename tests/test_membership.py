@@ -1,4 +1,5 @@
-"""Membership: the in-memory table and the per-silo service, on a virtual clock."""
+"""Membership: the in-memory table (the conformance kit), the protocol's specifics, and
+the per-silo service, on a virtual clock."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from trio_grains import MembershipRow, MembershipRows, MembershipTable
 from trio_grains._cluster.membership import (
     MembershipView,
     MemoryMembershipTable,
@@ -19,6 +21,7 @@ from trio_grains._cluster.membership import (
     SiloStatus,
 )
 from trio_grains._cluster.membership_service import MembershipService
+from trio_grains.testing import MEMBERSHIP_CHECKS, check_membership_table
 
 INTERVAL = 1.0
 DEAD_AFTER = 5.0
@@ -38,55 +41,90 @@ def _active_ids(view: MembershipView) -> list[str]:
     return [e.silo_id for e in view.active()]
 
 
-async def test_table_contract() -> None:
-    table = MemoryMembershipTable()
-    a = await table.join(_entry("a", "web"))
-    assert (a.status, a.roles, a.version) == (SiloStatus.JOINING, frozenset({"web"}), 1)
-    with pytest.raises(SiloAlreadyJoinedError, match="own id"):
-        await table.join(_entry("a"))
-    b = await table.heartbeat("a")
-    assert b.version > a.version
-    assert b.heartbeat_at >= a.heartbeat_at
-    active = await table.set_status("a", SiloStatus.ACTIVE)
-    assert active is not None
-    assert active.status is SiloStatus.ACTIVE
-    # a stale compare-and-set changes nothing
-    same = await table.set_status("a", SiloStatus.DEAD, if_version=b.version)
-    assert same == active
-    dead = await table.set_status("a", SiloStatus.DEAD, if_version=active.version)
-    assert dead is not None
-    assert dead.status is SiloStatus.DEAD
-    assert await table.set_status("a", SiloStatus.DEAD) == dead  # idempotent
-    with pytest.raises(SiloDeclaredDeadError):
-        await table.heartbeat("a")
-    with pytest.raises(SiloDeclaredDeadError):
-        await table.set_status("a", SiloStatus.ACTIVE)
-    rejoined = await table.join(_entry("a"))  # a DEAD row is replaced
-    assert rejoined.status is SiloStatus.JOINING
-    assert await table.set_status("nobody", SiloStatus.DEAD) is None
-    await table.leave("a")
-    await table.leave("a")
-    with pytest.raises(SiloDeclaredDeadError, match="no longer"):
-        await table.heartbeat("a")
-    view = await table.snapshot()
-    assert view.entries == {}
-    assert view.version > rejoined.version
+async def test_memory_table_conforms() -> None:
+    tables: dict[str, MemoryMembershipTable] = {}
+
+    @asynccontextmanager
+    async def open_table(cluster: str) -> AsyncIterator[MembershipTable]:
+        yield tables.setdefault(cluster, MemoryMembershipTable())
+
+    await check_membership_table(open_table)
+    assert len(tables) > len(MEMBERSHIP_CHECKS)  # some checks open two clusters
 
 
-async def test_watch_yields_current_view_then_changes() -> None:
+@attrs.define(eq=False)
+class BrokenTable(MemoryMembershipTable):
+    """A table that breaks one rule of the contract, to see the kit name it."""
+
+    broken: str = "insert"
+
+    async def insert_row(self, key: str, data: bytes) -> int | None:
+        version = await super().insert_row(key, data)
+        if self.broken == "insert" and version is None:  # overwrites: last writer wins
+            row = self._rows[key]
+            return await super().update_row(key, data, row.version)
+        return version
+
+    async def update_row(self, key: str, data: bytes, version: int) -> int | None:
+        if self.broken == "update":  # ignores the version
+            row = await self.read_row(key)
+            return None if row is None else await super().update_row(key, data, row.version)
+        return await super().update_row(key, data, version)
+
+
+@pytest.mark.parametrize(
+    ("broken", "check", "rule"),
+    [
+        ("insert", "insert_if_absent", "must return None"),
+        ("update", "update_compare_and_set", "stale version must return None"),
+    ],
+)
+async def test_the_kit_names_the_broken_rule(broken: str, check: str, rule: str) -> None:
+    @asynccontextmanager
+    async def open_table(cluster: str) -> AsyncIterator[MembershipTable]:
+        yield BrokenTable(broken=broken)
+
+    with pytest.raises(AssertionError, match=rule) as info:
+        await check_membership_table(open_table)
+    assert f"check {check!r}" in str(info.value.__notes__)
+
+
+async def test_the_protocol_decodes_each_row_version_once() -> None:
     table = MemoryMembershipTable()
+    protocol = table.protocol
+    assert protocol is table.protocol  # one per table
     await table.join(_entry("a"))
-    async with table.watch() as views:
-        first = await views.__anext__()
-        assert list(first.entries) == ["a"]
-        await table.join(_entry("b"))
-        second = await views.__anext__()
-        assert list(second.entries) == ["a", "b"]
-        assert second.version > first.version
-        await table.leave("a")
-        third = await views.__anext__()
-        assert list(third.entries) == ["b"]
-        assert third.version > second.version
+    row = await table.read_row("a")
+    assert row is not None
+    first = protocol.decode(row)
+    assert protocol.decode(row) is first  # cached by (key, version)
+    assert protocol.view(MembershipRows({"a": row}, row.version)).get("a") is first
+    bad = MembershipRow("a", b"{}", row.version + 1)
+    assert protocol.decode(bad) is None
+    assert protocol.decode(bad) is None
+    assert table.malformed_rows == 1
+
+
+async def test_a_row_too_large_to_read_back_is_refused_before_writing() -> None:
+    table = MemoryMembershipTable()
+    fat = SiloEntry("a", "x", grain_types=frozenset(f"type{i:06}" for i in range(10_000)))
+    from trio_grains import MembershipError
+
+    with pytest.raises(MembershipError, match="could not be read back"):
+        await table.join(fat)
+    assert await table.read_row("a") is None
+
+
+async def test_the_service_refuses_a_row_ttl_shorter_than_its_heartbeats() -> None:
+    @attrs.define(eq=False)
+    class Expiring(MemoryMembershipTable):
+        @property
+        def row_ttl(self) -> float:
+            return 0.5
+
+    with pytest.raises(ValueError, match="expire"):
+        MembershipService(Expiring(), _entry("a"), heartbeat_interval=1, dead_after=5)
+    MembershipService(Expiring(), _entry("a"), heartbeat_interval=0.1, dead_after=0.4)
 
 
 async def test_three_silos_see_each_other(autojump_clock: trio.testing.MockClock) -> None:
@@ -192,38 +230,40 @@ def test_bad_intervals() -> None:
 
 
 @attrs.define(eq=False)
-class StallingWatchTable(MemoryMembershipTable):
-    """A table view whose first watch goes silent after its first view (a lost watch)."""
+class StallingWatchTable(MembershipTable):
+    """A second face of *inner* whose first watch goes silent after its first rows (a
+    lost watch)."""
 
     inner: MemoryMembershipTable = attrs.field(factory=MemoryMembershipTable)
     watches: int = 0
+    refuse_active: bool = False
 
-    async def join(self, entry: SiloEntry) -> SiloEntry:
-        return await self.inner.join(entry)
+    async def read_row(self, key: str) -> MembershipRow | None:
+        return await self.inner.read_row(key)
 
-    async def heartbeat(self, silo_id: str, *, load: int | None = None) -> SiloEntry:
-        return await self.inner.heartbeat(silo_id, load=load)
+    async def insert_row(self, key: str, data: bytes) -> int | None:
+        return await self.inner.insert_row(key, data)
 
-    async def set_status(
-        self, silo_id: str, status: SiloStatus, *, if_version: int | None = None
-    ) -> SiloEntry | None:
-        return await self.inner.set_status(silo_id, status, if_version=if_version)
+    async def update_row(self, key: str, data: bytes, version: int) -> int | None:
+        if self.refuse_active and b'"status":"active"' in data:
+            raise SiloDeclaredDeadError("refused")
+        return await self.inner.update_row(key, data, version)
 
-    async def leave(self, silo_id: str) -> None:
-        await self.inner.leave(silo_id)
+    async def delete_row(self, key: str, version: int) -> bool:
+        return await self.inner.delete_row(key, version)
 
-    async def snapshot(self) -> MembershipView:
-        return await self.inner.snapshot()
+    async def read_rows(self) -> MembershipRows:
+        return await self.inner.read_rows()
 
     @asynccontextmanager
-    async def watch(self) -> AsyncIterator[AsyncIterator[MembershipView]]:
+    async def watch_rows(self) -> AsyncIterator[AsyncIterator[MembershipRows]]:
         self.watches += 1
-        async with self.inner.watch() as views:
-            yield views if self.watches > 1 else _stall_after_first(views)
+        async with self.inner.watch_rows() as rows:
+            yield rows if self.watches > 1 else _stall_after_first(rows)
 
 
-async def _stall_after_first(views: AsyncIterator[MembershipView]) -> AsyncIterator[MembershipView]:
-    yield await views.__anext__()
+async def _stall_after_first(rows: AsyncIterator[MembershipRows]) -> AsyncIterator[MembershipRows]:
+    yield await rows.__anext__()
     await trio.sleep_forever()
 
 
@@ -254,12 +294,7 @@ async def test_a_failed_start_leaves_the_table(autojump_clock: trio.testing.Mock
     await failing.inner.join(_entry("b"))
     await failing.inner.set_status("b", SiloStatus.DEAD)
     service = _service(failing, "c")
-
-    async def refuse(silo_id: str, status: SiloStatus, *, if_version: int | None = None) -> None:
-        if status is SiloStatus.ACTIVE:
-            raise SiloDeclaredDeadError("refused")
-
-    failing.set_status = refuse  # type: ignore[method-assign]
+    failing.refuse_active = True
     with pytest.RaisesGroup(pytest.RaisesExc(SiloDeclaredDeadError, match="refused")):
         async with service:
             pass  # pragma: no cover

@@ -18,11 +18,18 @@ from ._client import open_client as open_client
 from ._cluster.directory import DirectoryEntry as DirectoryEntry
 from ._cluster.directory import GrainDirectory as GrainDirectory
 from ._cluster.directory import MemoryGrainDirectory as MemoryGrainDirectory
+from ._cluster.directory import decode_directory_entry as decode_directory_entry
+from ._cluster.directory import encode_directory_entry as encode_directory_entry
+from ._cluster.membership import MembershipProtocol as MembershipProtocol
+from ._cluster.membership import MembershipRow as MembershipRow
+from ._cluster.membership import MembershipRows as MembershipRows
 from ._cluster.membership import MembershipTable as MembershipTable
 from ._cluster.membership import MembershipView as MembershipView
 from ._cluster.membership import MemoryMembershipTable as MemoryMembershipTable
 from ._cluster.membership import SiloEntry as SiloEntry
 from ._cluster.membership import SiloStatus as SiloStatus
+from ._cluster.membership import decode_silo_row as decode_silo_row
+from ._cluster.membership import encode_silo_row as encode_silo_row
 from ._cluster.transport import ClusterBackend as ClusterBackend
 from ._cluster.transport import MemoryCluster as MemoryCluster
 from ._cluster.transport import Transport as Transport
@@ -96,6 +103,7 @@ from ._reminders import GrainReminder as GrainReminder
 from ._reminders import ReminderEntry as ReminderEntry
 from ._reminders import ReminderTable as ReminderTable
 from ._reminders import TickStatus as TickStatus
+from ._rows import MalformedRows as MalformedRows
 from ._silo import Silo as Silo
 from ._silo import SiloStatistics as SiloStatistics
 from ._silo import open_silo as open_silo
@@ -159,7 +167,11 @@ __all__ = [
     "HashBasedPlacement",
     "InconsistentStateError",
     "InternalError",
+    "MalformedRows",
     "MembershipError",
+    "MembershipProtocol",
+    "MembershipRow",
+    "MembershipRows",
     "GrainsContextFilter",
     "MembershipTable",
     "LatencyHistogram",
@@ -222,6 +234,10 @@ __all__ = [
     "TransportError",
     "always_interleave",
     "collection_age",
+    "decode_directory_entry",
+    "decode_silo_row",
+    "encode_directory_entry",
+    "encode_silo_row",
     "escape_token",
     "grain_type",
     "hookimpl",

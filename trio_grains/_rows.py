@@ -17,6 +17,11 @@ it, at every restart, until someone deletes it; so each decoder here follows fou
 * a decoder raises only its documented error (each table says which one; the helpers here
   raise :class:`ValueError`), and the table reading rows in bulk skips the row, counts it
   and logs it once (:class:`MalformedRows`), so one bad row never stops a silo.
+
+Membership rows and directory entries are decoded by the core for every provider
+(:func:`~trio_grains._cluster.membership.decode_silo_row` in the membership protocol, which
+also does the skipping and counting; :func:`~trio_grains._cluster.directory.decode_directory_entry`
+for directories that store bytes): a provider stores bytes and never parses them itself.
 """
 
 from __future__ import annotations

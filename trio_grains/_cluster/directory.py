@@ -18,12 +18,17 @@ activation strict, as in Orleans' grain directory.
 
 Providers implement :class:`GrainDirectory`; :class:`MemoryGrainDirectory` serves a
 single process (tests, one-silo deployments), ``trio_grains_nats.directory`` a cluster.
+A provider that stores entries as bytes uses the core's row format
+(:func:`encode_directory_entry`, :func:`decode_directory_entry`: bounds, strict fields) and
+:class:`~trio_grains._rows.MalformedRows` to skip, count and log the entries that do not
+decode; :func:`trio_grains.testing.check_grain_directory` checks every rule below.
 """
 
 from __future__ import annotations
 
 import abc
 import itertools
+import json
 import os
 import uuid
 from collections import OrderedDict
@@ -34,6 +39,7 @@ import trio
 
 from .._exceptions import DirectoryError
 from .._ids import GrainId
+from .._rows import load_json_object, text_field
 
 __all__ = [
     "CachedDirectory",
@@ -43,6 +49,8 @@ __all__ = [
     "DirectoryError",
     "GrainDirectory",
     "MemoryGrainDirectory",
+    "decode_directory_entry",
+    "encode_directory_entry",
     "new_activation_id",
 ]
 
@@ -97,6 +105,45 @@ class DirectoryEntry:
         return self.grain_id == other.grain_id and self.activation_id == other.activation_id
 
 
+def _token(grain_id: GrainId) -> str:
+    return grain_id.token
+
+
+def encode_directory_entry(entry: DirectoryEntry) -> bytes:
+    """The stored bytes of *entry* (JSON; ``revision`` left out: the store gives it)."""
+    return json.dumps(
+        {"grain": str(entry.grain_id), "silo": entry.silo_id, "activation": entry.activation_id},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_directory_entry(
+    key: str, data: bytes, revision: int, key_of: Callable[[GrainId], str] = _token
+) -> DirectoryEntry:
+    """The entry stored as *data* under the store's key *key* at *revision*.
+
+    Raises :class:`DirectoryError`, and nothing else, if *data* is not an entry of the
+    grain whose key is *key* (``key_of(grain_id)``, by default ``grain_id.token``): more
+    than 64 KiB, not a JSON object, a field missing, empty or not a string, a grain id that
+    does not parse or has another key. Unknown fields are ignored.
+    """
+    try:
+        body = load_json_object(data)
+        grain_id = GrainId.parse(text_field(body, "grain"))
+        entry = DirectoryEntry(
+            grain_id, text_field(body, "silo"), text_field(body, "activation"), revision
+        )
+        if key_of(grain_id) != key:
+            raise ValueError(f"it names grain {str(grain_id)[:80]!r}, whose key is not this one")
+    except Exception as exc:  # ValueError from the checks; anything else is malformed too
+        raise DirectoryError(
+            f"unreadable directory entry {key[:200]!r} (revision {revision}): {exc}; "
+            "delete the key, or register the grain again to replace it"
+        ) from None
+    return entry
+
+
 class GrainDirectory(abc.ABC):
     """The contract of a grain directory provider.
 
@@ -106,10 +153,17 @@ class GrainDirectory(abc.ABC):
     :meth:`register` either stored the entry or did not, and calling it again with the
     *same* entry returns the stored one, so retrying is always safe.
 
+    Directories of different clusters never see each other's entries; instances opened
+    on one cluster's backend (in any number of processes) share them.
+
     A shared backend can hold entries this directory did not write: decode them with
-    bounds (:mod:`trio_grains._rows`) and treat one that does not decode as no entry,
-    counted (``malformed_rows``) and logged once: :meth:`lookup` returns ``None``, scans
-    skip it, :meth:`register` replaces it (it names no activation anyone can reach).
+    :func:`decode_directory_entry` (bounds, strict fields) and treat one that does not
+    decode as no entry, counted (``malformed_rows``, with
+    :class:`~trio_grains.MalformedRows`) and logged once: :meth:`lookup` returns ``None``,
+    scans skip it, :meth:`unregister` leaves it, :meth:`register` replaces it (it names no
+    activation anyone can reach).
+
+    :func:`trio_grains.testing.check_grain_directory` checks these rules.
     """
 
     @abc.abstractmethod

@@ -1,8 +1,11 @@
 """The per-silo membership service: join, heartbeat, failure detection and self-fencing.
 
 :class:`MembershipService` keeps one silo's row in a
-:class:`~trio_grains._cluster.membership.MembershipTable` (the contract, its values and the
-in-memory table live in :mod:`trio_grains._cluster.membership`, which describes the protocol).
+:class:`~trio_grains._cluster.membership.MembershipTable` through the table's
+:class:`~trio_grains._cluster.membership.MembershipProtocol` (the values, the table contract,
+the protocol and the in-memory table live in :mod:`trio_grains._cluster.membership`, which
+describes them). The service adds time: when to heartbeat, when a silent silo is declared
+dead, when this silo presumes itself dead.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from .._exceptions import (
     SiloDeclaredDeadError,
 )
 from .membership import (
+    MembershipProtocol,
     MembershipTable,
     MembershipView,
     SiloEntry,
     SiloStatus,
-    _check_alive,
+    check_alive,
 )
 
 __all__ = ["MembershipService"]
@@ -90,6 +94,18 @@ class MembershipService:
                 "need 0 < heartbeat_interval < dead_after (dead_after is usually a few "
                 f"intervals), got {self.heartbeat_interval=} {self.dead_after=}"
             )
+        ttl = self.table.row_ttl
+        if ttl is not None and ttl <= self.heartbeat_interval:
+            raise ValueError(
+                f"the membership table's rows expire after {ttl} s, sooner than the next "
+                f"heartbeat ({self.heartbeat_interval=}): make the table's row TTL a few "
+                "times dead_after"
+            )
+
+    @property
+    def protocol(self) -> MembershipProtocol:
+        """The membership protocol over :attr:`table` (shared by every user of the table)."""
+        return self.table.protocol
 
     @property
     def silo_id(self) -> str:
@@ -109,15 +125,15 @@ class MembershipService:
 
     async def set_status(self, status: SiloStatus) -> None:
         """Set this silo's own status (e.g. ``ACTIVE`` after ``activate=False``)."""
-        stored = await self.table.set_status(self.silo_id, status)
-        _check_alive(self.silo_id, stored)
+        stored = await self.protocol.set_status(self.silo_id, status)
+        check_alive(self.silo_id, stored)
         assert stored is not None
         self.entry = stored
 
     # --- lifecycle ---
 
     async def __aenter__(self) -> MembershipService:
-        self.entry = await self.table.join(attrs.evolve(self.entry, status=SiloStatus.JOINING))
+        self.entry = await self.protocol.join(attrs.evolve(self.entry, status=SiloStatus.JOINING))
         self._last_heartbeat = trio.current_time()
         manager = trio.open_nursery()
         nursery = await manager.__aenter__()
@@ -167,11 +183,11 @@ class MembershipService:
 
     async def _leave(self) -> None:
         try:
-            await self.table.set_status(self.silo_id, SiloStatus.SHUTTING_DOWN)
+            await self.protocol.set_status(self.silo_id, SiloStatus.SHUTTING_DOWN)
         except MembershipError as exc:
             log.warning("silo %s could not set SHUTTING_DOWN: %s", self.silo_id, exc)
         try:
-            await self.table.leave(self.silo_id)
+            await self.protocol.leave(self.silo_id)
         except MembershipError as exc:
             log.warning("silo %s could not leave the membership table: %s", self.silo_id, exc)
 
@@ -192,7 +208,7 @@ class MembershipService:
                 while True:
                     try:
                         load = None if self.load is None else self.load()
-                        self.entry = await self.table.heartbeat(self.silo_id, load=load)
+                        self.entry = await self.protocol.heartbeat(self.silo_id, load=load)
                     except SiloDeclaredDeadError as exc:
                         raise self._dead("was declared dead by the cluster") from exc
                     except MembershipUnavailableError as exc:
@@ -219,7 +235,7 @@ class MembershipService:
         while True:
             with trio.CancelScope() as self._watch_scope:
                 try:
-                    async with self.table.watch() as views:
+                    async with self.protocol.watch() as views:
                         async for view in views:
                             self._on_view(view)
                             self._watching.set()
@@ -264,7 +280,7 @@ class MembershipService:
             version, since = self._seen.get(silo_id, (entry.version, now))
             if now - since < self.dead_after:
                 continue
-            stored = await self.table.set_status(silo_id, SiloStatus.DEAD, if_version=version)
+            stored = await self.protocol.set_status(silo_id, SiloStatus.DEAD, if_version=version)
             if stored is not None and stored.status is SiloStatus.DEAD:
                 self.silos_declared_dead += 1
                 log.warning(

@@ -2,8 +2,9 @@
 
 Conformance kits, in the spirit of ``trio.testing.check_two_way_stream`` and Orleans'
 storage TestKit: every storage provider, reminder table, stream adapter
-(:func:`check_stream_adapter`) and clustering transport (:func:`check_transport`) should
-pass them::
+(:func:`check_stream_adapter`), clustering transport (:func:`check_transport`), membership
+table (:func:`check_membership_table`) and grain directory (:func:`check_grain_directory`)
+should pass them::
 
     from trio_grains.testing import check_grain_storage
 
@@ -18,6 +19,15 @@ in-memory providers. Each check is also available alone (:data:`STORAGE_CHECKS`,
 
 from ._cluster import TestCluster as TestCluster
 from ._cluster import open_test_cluster as open_test_cluster
+from ._directory_kit import DIRECTORY_CHECKS as DIRECTORY_CHECKS
+from ._directory_kit import DirectoryCorrupter as DirectoryCorrupter
+from ._directory_kit import GrainDirectoryCheck as GrainDirectoryCheck
+from ._directory_kit import GrainDirectoryOpener as GrainDirectoryOpener
+from ._directory_kit import check_grain_directory as check_grain_directory
+from ._membership_kit import MEMBERSHIP_CHECKS as MEMBERSHIP_CHECKS
+from ._membership_kit import MembershipTableCheck as MembershipTableCheck
+from ._membership_kit import MembershipTableOpener as MembershipTableOpener
+from ._membership_kit import check_membership_table as check_membership_table
 from ._reminder_kit import REMINDER_CHECKS as REMINDER_CHECKS
 from ._reminder_kit import REMINDER_DURABILITY_CHECKS as REMINDER_DURABILITY_CHECKS
 from ._reminder_kit import ReminderTableCheck as ReminderTableCheck
@@ -38,6 +48,8 @@ from ._transport_kit import TransportCheck as TransportCheck
 from ._transport_kit import check_transport as check_transport
 
 __all__ = [
+    "DIRECTORY_CHECKS",
+    "MEMBERSHIP_CHECKS",
     "REMINDER_CHECKS",
     "REMINDER_DURABILITY_CHECKS",
     "STORAGE_CHECKS",
@@ -45,6 +57,11 @@ __all__ = [
     "STREAM_CHECKS",
     "TRANSPORT_CHECKS",
     "ClusterBackendOpener",
+    "DirectoryCorrupter",
+    "GrainDirectoryCheck",
+    "GrainDirectoryOpener",
+    "MembershipTableCheck",
+    "MembershipTableOpener",
     "ReminderTableCheck",
     "ReminderTableOpener",
     "StorageCheck",
@@ -53,7 +70,9 @@ __all__ = [
     "StreamAdapterOpener",
     "TestCluster",
     "TransportCheck",
+    "check_grain_directory",
     "check_grain_storage",
+    "check_membership_table",
     "check_reminder_table",
     "check_stream_adapter",
     "check_transport",
@@ -61,7 +80,9 @@ __all__ = [
 ]
 
 for _name in (
+    "check_grain_directory",
     "check_grain_storage",
+    "check_membership_table",
     "check_reminder_table",
     "check_stream_adapter",
     "check_transport",

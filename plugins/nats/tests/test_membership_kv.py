@@ -1,4 +1,6 @@
-"""The membership table on a KV bucket, and membership services on a real nats-server.
+"""The membership table on a KV bucket, and membership services on a real nats-server:
+the conformance kit (each table on a connection of its own), then what is specific to KV
+(keys, old rows, TTL expiry and its markers) and services over it.
 
 Real time with small intervals; every wait is bounded by a generous ``trio.fail_after``.
 """
@@ -23,14 +25,15 @@ from trio_grains_nats.membership import (
 )
 from trio_grains_nats.testing import FreezingRelay, run_freezing_relay
 
+from trio_grains import MembershipTable
 from trio_grains._cluster.membership import (
     MembershipView,
-    SiloAlreadyJoinedError,
     SiloDeclaredDeadError,
     SiloEntry,
     SiloStatus,
 )
 from trio_grains._cluster.membership_service import MembershipService
+from trio_grains.testing import check_membership_table
 
 INTERVAL = 0.1
 DEAD_AFTER = 0.5
@@ -79,40 +82,16 @@ def test_keys_and_bucket_names() -> None:
         membership_bucket("a.b")
 
 
-async def test_table_contract(js: JetStream) -> None:
-    table = await KvMembershipTable.open(js, _cluster(), entry_ttl=TTL)
-    assert (await table.snapshot()).entries == {}
-    a = await table.join(_entry("10.0.0.1:1@7"))
-    assert (a.status, a.roles) == (SiloStatus.JOINING, frozenset({"web"}))
-    assert a.heartbeat_at > 0
-    with pytest.raises(SiloAlreadyJoinedError):
-        await table.join(_entry("10.0.0.1:1@7"))
-    b = await table.heartbeat(a.silo_id)
-    assert b.version > a.version
-    active = await table.set_status(a.silo_id, SiloStatus.ACTIVE)
-    assert active is not None
-    assert active.status is SiloStatus.ACTIVE
-    assert await table.set_status(a.silo_id, SiloStatus.DEAD, if_version=b.version) == active
-    dead = await table.set_status(a.silo_id, SiloStatus.DEAD, if_version=active.version)
-    assert dead is not None
-    assert dead.status is SiloStatus.DEAD
-    assert await table.set_status(a.silo_id, SiloStatus.DEAD) == dead
-    with pytest.raises(SiloDeclaredDeadError):
-        await table.heartbeat(a.silo_id)
-    with pytest.raises(SiloDeclaredDeadError):
-        await table.set_status(a.silo_id, SiloStatus.ACTIVE)
-    view = await table.snapshot()
-    assert view.get(a.silo_id) == dead
-    assert view.version == dead.version
-    rejoined = await table.join(_entry(a.silo_id))
-    assert rejoined.status is SiloStatus.JOINING
-    await table.leave(a.silo_id)
-    await table.leave(a.silo_id)
-    assert await table.set_status(a.silo_id, SiloStatus.DEAD) is None
-    with pytest.raises(SiloDeclaredDeadError, match="no longer"):
-        await table.heartbeat(a.silo_id)
-    again = await table.join(_entry(a.silo_id))  # after a leave
-    assert again.version > rejoined.version
+async def test_kv_table_conforms(nats_url: str) -> None:
+    @contextlib.asynccontextmanager
+    async def open_table(cluster: str) -> AsyncIterator[MembershipTable]:
+        async with connect(nats_url, name="kit") as nc:
+            with trio.fail_after(BOUND):
+                table = await KvMembershipTable.open(nc.jetstream(), cluster, entry_ttl=TTL)
+            yield table
+
+    with trio.fail_after(BOUND * 12):
+        await check_membership_table(open_table)
 
 
 async def test_grain_types_and_load(js: JetStream) -> None:
@@ -181,6 +160,12 @@ async def test_watch_and_ttl_expiry(js: JetStream) -> None:
                 if not view.entries:
                     break
     assert (await table.snapshot()).entries == {}
+    # an expired row leaves a marker (an empty value): no row, so a join replaces it
+    assert (await table.kv.get(encode_silo_key("a"))).value == b""
+    assert await table.read_row(encode_silo_key("a")) is None
+    again = await table.join(_entry("a"))
+    assert again.version > last.version
+    assert (await table.snapshot()).status_of("a") is SiloStatus.JOINING
 
 
 async def test_services_on_one_connection(js: JetStream) -> None:

@@ -18,9 +18,9 @@ Deletes leave a delete marker per grain key in the bucket (history 1); markers a
 small but are not compacted yet.
 
 **Entries are untrusted.** Anything that can write the bucket can put any bytes under any
-key, so an entry is decoded by :func:`decode_directory_entry` with the bounds of
-:mod:`trio_grains._rows` (at most 64 KiB, a JSON object, string fields, and the grain it
-names must be the one whose key holds it). An entry that fails is *malformed*: counted in
+key, so an entry is decoded by the core's :func:`trio_grains.decode_directory_entry` (at
+most 64 KiB, a JSON object, string fields, and the grain it names must be the one whose key
+holds it). An entry that fails is *malformed*: counted in
 :attr:`KvGrainDirectory.malformed_rows`, logged once, and otherwise treated as no entry:
 ``lookup`` returns ``None``, scans skip it, ``unregister`` leaves it, and ``register``
 replaces it (compare-and-set on its revision), so the grain activates again. (A
@@ -29,7 +29,6 @@ malformed entry names no activation any silo could route a call to.)
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Set
@@ -38,15 +37,28 @@ from typing import TYPE_CHECKING
 import attrs
 from nats.js.api import StorageType
 
-from trio_grains import ConfigError, GrainId
-from trio_grains._cluster.directory import DirectoryEntry, DirectoryError, GrainDirectory
-from trio_grains._rows import MalformedRows, load_json_object, text_field
+from trio_grains import (
+    ConfigError,
+    DirectoryEntry,
+    DirectoryError,
+    GrainDirectory,
+    GrainId,
+    MalformedRows,
+    decode_directory_entry,
+    encode_directory_entry,
+)
 
-from .client._exceptions import KeyExistsError, NatsError, NotFoundError, WrongLastSequenceError
-from .client._kv import KeyValue, KvEntry
+from .client import (
+    KeyExistsError,
+    KeyValue,
+    KvEntry,
+    NatsError,
+    NotFoundError,
+    WrongLastSequenceError,
+)
 
 if TYPE_CHECKING:
-    from .client._jetstream import JetStream
+    from .client import JetStream
 
 __all__ = ["KvGrainDirectory", "decode_directory_entry", "directory_bucket_name"]
 
@@ -64,37 +76,6 @@ def directory_bucket_name(cluster: str) -> str:
             "ASCII letters, digits, '_' and '-'"
         )
     return f"grains-directory-{cluster}"
-
-
-def _encode(entry: DirectoryEntry) -> bytes:
-    return json.dumps(
-        {"grain": str(entry.grain_id), "silo": entry.silo_id, "activation": entry.activation_id},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
-
-
-def decode_directory_entry(key: str, value: bytes, revision: int) -> DirectoryEntry:
-    """The entry stored as *value* under the KV key *key* at *revision*.
-
-    Raises :class:`~trio_grains.DirectoryError`, and nothing else, if *value* is not an
-    entry of the grain whose key is *key*: more than 64 KiB, not a JSON object, a field
-    missing, empty or not a string, a grain id that does not parse or has another key.
-    """
-    try:
-        body = load_json_object(value)
-        grain_id = GrainId.parse(text_field(body, "grain"))
-        entry = DirectoryEntry(
-            grain_id, text_field(body, "silo"), text_field(body, "activation"), revision
-        )
-        if grain_id.token != key:
-            raise ValueError(f"it names grain {str(grain_id)[:80]!r}, whose key is not this one")
-    except Exception as exc:  # ValueError from the checks; anything else is malformed too
-        raise DirectoryError(
-            f"unreadable directory entry {key[:200]!r} (revision {revision}): {exc}; "
-            "delete the key, or register the grain again to replace it"
-        ) from None
-    return entry
 
 
 @attrs.define(eq=False)
@@ -151,7 +132,7 @@ class KvGrainDirectory(GrainDirectory):
 
     async def register(self, entry: DirectoryEntry) -> DirectoryEntry:
         key = entry.grain_id.token
-        data = _encode(entry)
+        data = encode_directory_entry(entry)
         try:
             for _ in range(_MAX_ATTEMPTS):
                 try:

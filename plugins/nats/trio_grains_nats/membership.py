@@ -1,71 +1,56 @@
 """The cluster membership table on a JetStream KV bucket (``grains-membership-<cluster>``).
 
-One key per silo (its id, escaped to KV key characters), the value a JSON object of the
-:class:`~trio_grains._cluster.membership.SiloEntry` fields except ``version``, which is the key's
-revision (the bucket stream's sequence, so it also orders views). Joins are
-create-if-absent, heartbeats and status changes compare-and-set on the revision (so a
-heartbeat never overwrites a concurrent ``DEAD``), and every write carries a per-key TTL
-(``entry_ttl``, a few times the services' ``dead_after``) so that the row of a crashed silo
-vanishes even if no silo declares it dead. The bucket stream keeps subject delete markers,
-so watchers see expired rows go away.
+A row store (:class:`~trio_grains.MembershipTable`): the core's membership protocol does
+the joining, heartbeating and declaring dead, and encodes and decodes the rows. Here: one
+key per silo (its id escaped to KV key characters, :func:`encode_silo_key`), the value the
+row's bytes, the row's version the key's revision (the bucket stream's sequence, so it also
+orders the rows of a watch). Inserts are the bucket's create-if-absent, updates and deletes
+compare-and-set on the revision, and every write carries a per-key TTL (``entry_ttl``, a
+few times the services' ``dead_after``; the table's
+:attr:`~trio_grains.MembershipTable.row_ttl`) so that the row of a crashed silo vanishes
+even if no silo declares it dead. The bucket stream keeps subject delete markers, so
+watchers see expired rows go away; an expired row's marker (an empty value) is no row.
 
-**Rows are untrusted.** Anything that can write the bucket can put any bytes under any
-key, so a row is decoded by :func:`decode_silo_row` with the bounds of
-:mod:`trio_grains._rows`: at most 64 KiB, a JSON object, every field of its exact type,
-and the ``silo_id`` field must be the silo whose key holds it. A row that fails is
-*malformed*: the table treats it as absent (as if the key had been deleted), counts it in
-:attr:`KvMembershipTable.malformed_rows` and logs it once; no read, watch or join fails
-because of it. A silo whose own row is overwritten by a malformed one stops, as it would
-if its row were deleted (the others no longer see it); a joining silo replaces a malformed
-row under its own id.
+**Rows are untrusted**, and the core checks them: anything that can write the bucket can
+put any bytes under any key, and the table hands every value to the core as it is. A row
+that does not decode is absent, counted in :attr:`KvMembershipTable.malformed_rows` and
+logged once (see :func:`trio_grains.decode_silo_row`).
 
 nats-server >= 2.11 is needed (per-message TTLs); TTLs are whole seconds, at least one.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import re
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import attrs
 import trio
 from nats.js.api import StorageType
 
-from trio_grains._cluster.membership import (
-    MembershipError,
+import trio_grains
+from trio_grains import (
+    MembershipRow,
+    MembershipRows,
     MembershipTable,
     MembershipUnavailableError,
-    MembershipView,
-    SiloAlreadyJoinedError,
     SiloEntry,
-    SiloStatus,
-    _check_alive,
-    _status_change_needed,
-)
-from trio_grains._rows import (
-    MAX_ROW_BYTES,
-    MalformedRows,
-    count_field,
-    load_json_object,
-    number_field,
-    text_field,
-    texts_field,
 )
 
-from .client._exceptions import (
+from .client import (
     ConnectionClosedError,
+    JetStream,
+    KeyExistsError,
+    KeyValue,
+    KvEntry,
     NatsConnectionError,
     NatsError,
     NotFoundError,
     WrongLastSequenceError,
+    create_key_value,
 )
-from .client._jetstream import JetStream
-from .client._kv import KeyValue, KvEntry, create_key_value
 
 __all__ = [
     "KvMembershipTable",
@@ -78,10 +63,9 @@ __all__ = [
     "membership_bucket",
 ]
 
-log = logging.getLogger("trio_grains.membership")
-
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _KEY_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_MAX_ATTEMPTS = 100  # a create that keeps meeting expiring markers gives up after this
 
 
 def membership_bucket(cluster: str) -> str:
@@ -140,94 +124,23 @@ def decode_silo_key(key: str) -> str:
 
 
 def encode_silo_row(entry: SiloEntry) -> bytes:
-    """The stored value of *entry* (JSON; ``version`` is not stored: it is the revision).
-
-    Raises :class:`~trio_grains.MembershipError` for a row that :func:`decode_silo_row`
-    would refuse (larger than 64 KiB, say), rather than store one no silo can read.
-    """
-    data = json.dumps(
-        {
-            "silo_id": entry.silo_id,
-            "address": entry.address,
-            "status": entry.status.value,
-            "roles": sorted(entry.roles),
-            "started_at": entry.started_at,
-            "heartbeat_at": entry.heartbeat_at,
-            "grain_types": sorted(entry.grain_types),
-            "load": entry.load,
-        },
-        separators=(",", ":"),
-    ).encode()
-    try:
-        decode_silo_row(encode_silo_key(entry.silo_id), data, entry.version)
-    except (MembershipError, ValueError) as exc:
-        raise MembershipError(
-            f"the membership row of silo {entry.silo_id!r} could not be read back ({exc}): "
-            f"keep it under {MAX_ROW_BYTES} bytes (fewer or shorter grain type and role "
-            "names) and its texts valid UTF-8"
-        ) from None
-    return data
+    """:func:`trio_grains.encode_silo_row` with this table's keys."""
+    return trio_grains.encode_silo_row(entry, encode_silo_key)
 
 
 def decode_silo_row(key: str, value: bytes, revision: int) -> SiloEntry:
-    """The row stored as *value* under the KV key *key* at *revision*.
-
-    Raises :class:`~trio_grains.MembershipError`, and nothing else, if *value* is not a
-    row of the silo that *key* names (:func:`encode_silo_key` of its ``silo_id``): more
-    than 64 KiB, not a JSON object, a field missing or of the wrong type (no coercion),
-    an unknown status, a number that is not finite, a load below 0. Fields unknown here
-    are ignored; ``grain_types`` and ``load`` default to none and 0 (rows written before
-    they existed).
-    """
-    try:
-        data = load_json_object(value)
-        silo_id = text_field(data, "silo_id")
-        address = text_field(data, "address")
-        if not address.isprintable() or any(ch.isspace() for ch in address):
-            raise ValueError("field 'address' holds spaces or control characters")
-        status = text_field(data, "status")
-        try:
-            silo_status = SiloStatus(status)
-        except ValueError:
-            raise ValueError(f"field 'status' is not a silo status: {status[:40]!r}") from None
-        entry = SiloEntry(
-            silo_id=silo_id,
-            address=address,
-            status=silo_status,
-            roles=texts_field(data, "roles"),
-            started_at=number_field(data, "started_at"),
-            heartbeat_at=number_field(data, "heartbeat_at"),
-            version=revision,
-            grain_types=texts_field(data, "grain_types", default=[]),
-            load=count_field(data, "load", default=0),
-        )
-        if encode_silo_key(silo_id) != key:
-            raise ValueError(f"it names silo {silo_id[:80]!r}, whose key is not {key[:80]!r}")
-    except Exception as exc:  # ValueError from the checks; anything else is malformed too
-        raise MembershipError(f"malformed membership row {key[:200]!r}: {exc}") from None
-    return entry
+    """:func:`trio_grains.decode_silo_row` with this table's keys: the row stored as
+    *value* under the KV key *key* at *revision*; :class:`~trio_grains.MembershipError`,
+    and nothing else, if it is not a row of the silo *key* names."""
+    return trio_grains.decode_silo_row(key, value, revision, encode_silo_key)
 
 
-def _silo_id_of_key(key: str) -> str | None:
-    """The silo id whose key is *key*, ``None`` if no silo id has it."""
-    try:
-        silo_id = decode_silo_key(key)
-        if silo_id and encode_silo_key(silo_id) == key:
-            return silo_id
-    except Exception:  # ValueError, IndexError: a key written by something else
-        pass
-    return None
-
-
-_Read = tuple[SiloEntry | None, int]
-"""A key read: its row (``None`` if absent or not a row), and the revision a compare-and-set
-write must expect to replace what is there (0 when the key has no value)."""
-
-
-def _is_value(kv_entry: KvEntry) -> bool:
-    """Whether *kv_entry* holds a value: not a delete, and not the empty value of a TTL
-    marker (which the server writes without a KV-Operation header)."""
-    return kv_entry.operation == "PUT" and bool(kv_entry.value)
+def _row(kv_entry: KvEntry) -> MembershipRow | None:
+    """The row *kv_entry* holds; ``None`` for a delete, or the empty value of a TTL marker
+    (which the server writes without a KV-Operation header)."""
+    if kv_entry.operation != "PUT" or not kv_entry.value:
+        return None
+    return MembershipRow(kv_entry.key, kv_entry.value, kv_entry.revision)
 
 
 @attrs.define(eq=False)
@@ -236,24 +149,12 @@ class KvMembershipTable(MembershipTable):
 
     ``entry_ttl``: seconds a row lives without being written again (a few times the
     services' ``dead_after``; rounded up to whole seconds by the server). NATS errors are
-    translated into :class:`~trio_grains._cluster.membership.MembershipUnavailableError`. Rows that
-    do not decode are skipped (see the module's docstring) and counted in
-    :attr:`malformed_rows`.
+    translated into :class:`~trio_grains.MembershipUnavailableError`.
     """
 
     kv: KeyValue
     js: JetStream
     entry_ttl: float
-    clock: Callable[[], float] = time.time
-    _malformed: MalformedRows = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._malformed = MalformedRows(f"membership bucket {self.kv.bucket!r}", log)
-
-    @property
-    def malformed_rows(self) -> int:
-        """How many malformed rows this table skipped (each key at each revision once)."""
-        return self._malformed.count
 
     @classmethod
     async def open(
@@ -274,93 +175,64 @@ class KvMembershipTable(MembershipTable):
             )
         return cls(kv, js, float(ttl))
 
-    def _row(self, kv_entry: KvEntry) -> SiloEntry | None:
-        """The row of *kv_entry*; ``None`` for a delete, a TTL marker, or a malformed row
-        (counted and logged once)."""
-        if not _is_value(kv_entry):
-            return None
-        try:
-            return decode_silo_row(kv_entry.key, kv_entry.value, kv_entry.revision)
-        except MembershipError as exc:
-            self._malformed.report(kv_entry.key, kv_entry.revision, exc)
-            return None
+    @property
+    def row_ttl(self) -> float:
+        return self.entry_ttl
 
-    async def _get(self, silo_id: str) -> _Read:
-        try:
-            kv_entry = await self.kv.get(encode_silo_key(silo_id))
-        except NotFoundError:  # never set, deleted, or expired
-            return None, 0
-        return self._row(kv_entry), kv_entry.revision
+    def key_of(self, silo_id: str) -> str:
+        return encode_silo_key(silo_id)
 
-    async def _write(self, entry: SiloEntry, expected: int) -> SiloEntry:
-        """Store *entry* if its key's revision is still *expected* (0: if it has no value)."""
-        key = encode_silo_key(entry.silo_id)
-        data = encode_silo_row(entry)
-        if not expected:
-            revision = await self.kv.create(key, data, ttl=self.entry_ttl)
-        else:
-            revision = await self.kv.update(key, data, expected, ttl=self.entry_ttl)
-        return attrs.evolve(entry, version=revision)
+    def describe(self) -> str:
+        return f"membership bucket {self.kv.bucket!r}"
 
-    async def join(self, entry: SiloEntry) -> SiloEntry:
-        entry = attrs.evolve(entry, heartbeat_at=self.clock())
+    # --- the row store ---
+
+    async def read_row(self, key: str) -> MembershipRow | None:
         with _translated():
-            while True:
-                old, revision = await self._get(entry.silo_id)
-                if old is not None and old.alive:
-                    raise SiloAlreadyJoinedError(
-                        f"silo {entry.silo_id!r} is already a member ({old.status.name}): "
-                        "give every silo incarnation its own id"
-                    )
+            try:
+                return _row(await self.kv.get(key))
+            except NotFoundError:  # never set, deleted (KeyDeletedError), or purged
+                return None
+
+    async def insert_row(self, key: str, data: bytes) -> int | None:
+        with _translated():
+            for _ in range(_MAX_ATTEMPTS):
                 try:
-                    # over a DEAD row, a malformed one or a TTL marker: replace what is there
-                    return await self._write(entry, revision)
-                except WrongLastSequenceError:  # KeyExistsError included: look again
-                    continue
-
-    async def heartbeat(self, silo_id: str, *, load: int | None = None) -> SiloEntry:
-        with _translated():
-            while True:
-                old, _ = await self._get(silo_id)
-                _check_alive(silo_id, old)
-                assert old is not None
-                new_load = old.load if load is None else load
+                    return await self.kv.create(key, data, ttl=self.entry_ttl)
+                except KeyExistsError:
+                    pass
                 try:
-                    return await self._write(
-                        attrs.evolve(old, heartbeat_at=self.clock(), load=new_load), old.version
-                    )
-                except WrongLastSequenceError:
-                    continue  # written meanwhile (maybe DEAD): look again
-
-    async def set_status(
-        self, silo_id: str, status: SiloStatus, *, if_version: int | None = None
-    ) -> SiloEntry | None:
-        with _translated():
-            while True:
-                old, _ = await self._get(silo_id)
-                if old is None:
+                    stored = await self.kv.get(key)
+                except NotFoundError:
+                    continue  # deleted meanwhile: create again
+                if _row(stored) is not None:
                     return None
-                if not _status_change_needed(old, status, if_version):
-                    return old
-                try:
-                    return await self._write(attrs.evolve(old, status=status), old.version)
+                try:  # a TTL marker: no row, so replace it
+                    return await self.kv.update(key, data, stored.revision, ttl=self.entry_ttl)
                 except WrongLastSequenceError:
                     continue
-
-    async def leave(self, silo_id: str) -> None:
-        with _translated():
-            await self.kv.delete(encode_silo_key(silo_id))
-
-    async def snapshot(self) -> MembershipView:
-        async with self.watch() as views:
-            async for view in views:
-                return view
-        raise MembershipUnavailableError(  # pragma: no cover - watch ended at once
-            f"the watch of bucket {self.kv.bucket!r} ended before its first view"
+        raise MembershipUnavailableError(
+            f"could not insert {key!r} in {self.describe()}: its key changed "
+            f"{_MAX_ATTEMPTS} times meanwhile"
         )
 
+    async def update_row(self, key: str, data: bytes, version: int) -> int | None:
+        with _translated():
+            try:
+                return await self.kv.update(key, data, version, ttl=self.entry_ttl)
+            except WrongLastSequenceError:
+                return None
+
+    async def delete_row(self, key: str, version: int) -> bool:
+        with _translated():
+            try:
+                await self.kv.delete(key, revision=version)
+            except WrongLastSequenceError:
+                return False
+            return True
+
     @asynccontextmanager
-    async def watch(self) -> AsyncIterator[AsyncIterator[MembershipView]]:
+    async def watch_rows(self) -> AsyncIterator[AsyncIterator[MembershipRows]]:
         with _translated():
             async with self.kv.watch() as watcher:
                 # The stream's last sequence once the watch's consumer exists: the initial
@@ -369,29 +241,28 @@ class KvMembershipTable(MembershipTable):
                 info = await self.js.stream_info(f"KV_{self.kv.bucket}")
                 empty = not (info.state and info.state.messages)
                 last = info.state.last_seq if info.state else 0
-                yield _KvViews(self, watcher, initial_done=empty, initial_last=last)
+                yield _KvRows(watcher, initial_done=empty, initial_last=last)
 
 
 @attrs.define(eq=False)
-class _KvViews:
-    """Views folded from a KV watcher's entries."""
+class _KvRows:
+    """Row snapshots folded from a KV watcher's entries."""
 
-    table: KvMembershipTable
     watcher: AsyncIterator[KvEntry]
     initial_done: bool
-    initial_last: int = 0  # the first view waits for an entry at or past this revision
-    rows: dict[str, SiloEntry] = attrs.field(factory=dict)
+    initial_last: int = 0  # the first snapshot waits for an entry at or past this revision
+    rows: dict[str, MembershipRow] = attrs.field(factory=dict)
     version: int = 0
     yielded_first: bool = False
 
-    def __aiter__(self) -> _KvViews:
+    def __aiter__(self) -> _KvRows:
         return self
 
-    async def __anext__(self) -> MembershipView:
+    async def __anext__(self) -> MembershipRows:
         if not self.yielded_first and self.initial_done:
             self.yielded_first = True
             await trio.lowlevel.checkpoint()
-            return MembershipView(self.rows, self.version)
+            return MembershipRows(self.rows, self.version)
         with _translated():
             while True:
                 try:
@@ -401,19 +272,15 @@ class _KvViews:
                         "the membership watch ended (connection closed)"
                     ) from None
                 self.version = max(self.version, kv_entry.revision)
-                # A malformed row counts as absent: the key's previous row goes away. A key
-                # that names no silo (written by something else) changes nothing.
-                row = self.table._row(kv_entry)
-                if row is not None:
-                    self.rows[row.silo_id] = row  # decoding checked the id is the key's
+                row = _row(kv_entry)
+                if row is None:
+                    self.rows.pop(kv_entry.key, None)
                 else:
-                    silo_id = _silo_id_of_key(kv_entry.key)
-                    if silo_id is not None:
-                        self.rows.pop(silo_id, None)
+                    self.rows[kv_entry.key] = row
                 if not self.yielded_first and kv_entry.revision < self.initial_last:
                     continue  # still catching up with the current rows
                 self.yielded_first = True
-                return MembershipView(self.rows, self.version)
+                return MembershipRows(self.rows, self.version)
 
 
 class _translated:
