@@ -189,6 +189,16 @@ def grains_register_clustering(registry: ProviderRegistry[ClusteringFactory]) ->
     ``nats``. Check a transport of your own with
     :func:`trio_grains.testing.check_transport`.
 
+    A membership table (:class:`~trio_grains.MembershipTable`) is compare-and-set storage of
+    rows: implement ``read_row``, ``insert_row``, ``update_row``, ``delete_row`` and
+    ``watch_rows`` (plus ``key_of`` if the backend restricts keys, ``row_ttl`` if it expires
+    rows); the core joins, heartbeats, declares silos dead and checks every row. A grain
+    directory (:class:`~trio_grains.GrainDirectory`) implements ``register``
+    (create-if-absent), ``lookup``, ``unregister``, ``remove_silo`` and
+    ``remove_silos_not_in``. Check them with
+    :func:`trio_grains.testing.check_membership_table` and
+    :func:`trio_grains.testing.check_grain_directory`.
+
     Example::
 
         @hookimpl
