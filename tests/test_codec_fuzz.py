@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_grains import RemoteGrainError, SerializationError
-from trio_grains._grain import MethodInfo
+from trio_grains._methods import MethodInfo
 from trio_grains._serialization import Codec, make_converter
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

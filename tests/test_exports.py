@@ -318,7 +318,7 @@ def test_the_leak_finder_sees_a_private_type() -> None:
     fake = types.FunctionType(takes.__code__, {"__name__": "trio_grains._cluster.messenger"})
     fake.__annotations__ = {"x": "MethodInfo | None", "return": "Codec"}
     assert sorted(private_types_in(fake)) == [
-        "trio_grains._grain.MethodInfo",
+        "trio_grains._methods.MethodInfo",
         "trio_grains._serialization.Codec",
     ]
 

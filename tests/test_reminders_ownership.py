@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import trio

@@ -26,7 +26,7 @@ from trio_grains import (
     SerializationError,
     remotable,
 )
-from trio_grains._grain import MethodInfo
+from trio_grains._methods import MethodInfo
 from trio_grains._serialization import Codec, make_converter
 
 P = inspect.Parameter

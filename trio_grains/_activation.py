@@ -24,17 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import outcome
 import trio
 
-from ._calls import (
-    ABANDONED,
-    EXCLUSIVE,
-    INTERLEAVE,
-    READ_ONLY,
-    RUNNING,
-    Call,
-    TimeoutWheel,
-    log_one_way_outcome,
-    wait_reply,
-)
+from ._calls import ABANDONED, RUNNING, Call, TimeoutWheel, log_one_way_outcome, wait_reply
 from ._exceptions import (
     ActivationOverloadedError,
     ActivationRaceLostError,
@@ -42,13 +32,15 @@ from ._exceptions import (
 )
 from ._grain import Grain, GrainServices
 from ._logging import GRAIN_ID, SILO_ID
+from ._methods import EXCLUSIVE, INTERLEAVE, READ_ONLY
 from ._storage import GrainStorage, PersistentState, load_states
 from ._timers import GrainTimer, start_timer
 from ._tracing import ATTR_GRAIN_ID, ATTR_SILO_ID, SpanKind, Tracer, call_attributes
 
 if TYPE_CHECKING:
-    from ._grain import GrainClassInfo, MethodInfo
+    from ._grain import GrainClassInfo
     from ._ids import GrainId
+    from ._methods import MethodInfo
     from ._serialization import Codec
 
 __all__ = ["ACTIVATING", "ACTIVE", "DEACTIVATING", "DEAD", "Activation", "ActivationHost"]

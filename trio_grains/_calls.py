@@ -14,22 +14,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import outcome
 import trio
 
-if TYPE_CHECKING:
-    from ._grain import MethodInfo
+from ._methods import EXCLUSIVE, MethodInfo
 
 __all__ = ["ABANDONED", "DONE", "RUNNING", "WAITING", "Call", "TimeoutWheel", "wait_reply"]
 
 log = logging.getLogger("trio_grains.calls")
 
 WAITING, RUNNING, DONE, ABANDONED = 0, 1, 2, 3
-
-# How a call may interleave with the turns already running on its activation.
-EXCLUSIVE, READ_ONLY, INTERLEAVE = 0, 1, 2
 
 
 class Call:

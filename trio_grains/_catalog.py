@@ -22,8 +22,9 @@ import trio
 from ._activation import ACTIVE, DEAD, Activation
 from ._calls import Call, TimeoutWheel
 from ._exceptions import GrainMethodError, GrainTypeError, SiloUnavailableError
-from ._grain import GrainClassInfo, GrainClassRegistry, GrainServices, MethodInfo, runtime_called
+from ._grain import GrainClassInfo, GrainClassRegistry, GrainServices, runtime_called
 from ._ids import GrainId
+from ._methods import MethodInfo
 from ._metrics import SiloMetrics
 from ._tracing import Tracer, traced_methods
 

@@ -41,8 +41,9 @@ from ._exceptions import (
     GrainMethodError,
     MembershipUnavailableError,
 )
-from ._grain import GrainInterface, MethodInfo, class_info
+from ._grain import GrainInterface, class_info
 from ._ids import GrainId, GrainKey, check_key_length
+from ._methods import MethodInfo
 from ._plugins import Plugins, load_plugins
 from ._reference import GrainReference, reference_class
 from ._registry import ProviderContext

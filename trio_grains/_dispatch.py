@@ -26,8 +26,9 @@ from ._exceptions import (
     GrainTypeError,
     SiloUnavailableError,
 )
-from ._grain import GrainClassInfo, GrainInterface, MethodInfo, class_info
+from ._grain import GrainClassInfo, GrainInterface, class_info
 from ._ids import GrainId, GrainKey, check_key_length
+from ._methods import MethodInfo
 from ._metrics import timed_call
 from ._reference import GrainReference, reference_class
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import attrs
 
-from ._calls import EXCLUSIVE, INTERLEAVE, READ_ONLY
 from ._exceptions import ConfigError, GrainKeyKindError, GrainTypeError, SiloUnavailableError
 from ._ids import GrainId, GrainKey, GrainType
+from ._methods import EXCLUSIVE, INTERLEAVE, READ_ONLY, MethodInfo
 from ._storage import PersistentState, StateDeclaration, declarations
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ __all__ = [
     "GrainClassInfo",
     "GrainClassRegistry",
     "GrainInterface",
-    "MethodInfo",
     "always_interleave",
     "class_info",
     "collection_age",
@@ -130,28 +129,6 @@ def one_way(fn: F) -> F:
 
 
 # --- method tables ------------------------------------------------------------------------
-
-
-@attrs.frozen(eq=False)
-class MethodInfo:
-    """One callable grain method, as seen by callers and by the runtime."""
-
-    name: str
-    func: Callable[..., Awaitable[Any]]
-    always_interleave: bool = False
-    read_only: bool = False
-    one_way: bool = False
-    idempotent: bool = False
-    #: how calls interleave on the implementing class (``_calls.EXCLUSIVE`` ...)
-    kind: int = 0
-    #: what the in-task fast path runs (``Catalog.invoke``: an idle local grain, in the
-    #: caller's task); ``func`` runs every other turn. A silo's method table may wrap
-    #: ``func`` alone (a span per turn, ``_tracing``) or count calls here instead
-    #: (``_metrics``: ``counter`` set, ``func`` the counting wrapper, ``inline`` not)
-    inline: Callable[..., Awaitable[Any]] = attrs.field(
-        default=attrs.Factory(lambda self: self.func, takes_self=True)
-    )
-    counter: Any = None
 
 
 @attrs.frozen(eq=False)

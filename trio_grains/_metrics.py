@@ -23,8 +23,8 @@ from typing import Any
 
 import attrs
 
-from ._grain import MethodInfo
 from ._ids import GrainId
+from ._methods import MethodInfo
 from ._storage import GrainStorage, StoredState
 
 __all__ = [

@@ -13,7 +13,8 @@ import functools
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
 
 from ._exceptions import GrainMethodError
-from ._grain import GrainClassInfo, MethodInfo, class_info
+from ._grain import GrainClassInfo, class_info
+from ._methods import MethodInfo
 
 if TYPE_CHECKING:
     from ._activation import Activation

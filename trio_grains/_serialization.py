@@ -58,8 +58,9 @@ import msgpack
 from cattrs.preconf.msgpack import make_converter as _make_msgpack_converter
 
 from ._exceptions import RemoteGrainError, SerializationError
-from ._grain import GrainInterface, MethodInfo
+from ._grain import GrainInterface
 from ._ids import GrainId, GrainType
+from ._methods import MethodInfo
 from ._reference import GrainReference
 from ._strict import WrongValue, make_strict, structure_str, type_name, wrong_value
 

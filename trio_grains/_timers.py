@@ -17,7 +17,8 @@ import attrs
 import outcome
 import trio
 
-from ._calls import EXCLUSIVE, INTERLEAVE, RUNNING, Call
+from ._calls import RUNNING, Call
+from ._methods import EXCLUSIVE, INTERLEAVE
 
 if TYPE_CHECKING:
     from ._ids import GrainId

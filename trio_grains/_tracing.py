@@ -40,9 +40,9 @@ import attrs
 
 from ._config import ProviderConfig
 from ._exceptions import PluginError
-from ._grain import MethodInfo
 from ._ids import GrainId
 from ._logging import trace_ids_from
+from ._methods import MethodInfo
 from ._registry import ProviderContext, ProviderRegistry, TracerFactory
 from ._storage import GrainStorage, StoredState
 

@@ -43,8 +43,8 @@ from . import envelope as env
 from .transport import Transport
 
 if TYPE_CHECKING:
-    from .._grain import MethodInfo
     from .._ids import GrainId
+    from .._methods import MethodInfo
     from .._serialization import Codec
 
 __all__ = ["Messenger", "RerouteError"]

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from .._activation import Activation
     from .._catalog import Catalog, LocalCall
     from .._config import SiloConfig
-    from .._grain import GrainClassRegistry, MethodInfo
+    from .._grain import GrainClassRegistry
+    from .._methods import MethodInfo
     from .._metrics import SiloMetrics
     from .._placement import PlacementRegistry, PlacementStrategy
     from .._serialization import Codec
