@@ -200,3 +200,17 @@ def test_moved_exceptions_stay_importable_where_they_were() -> None:
     for name in ("MessageTooLargeError", "TransportClosedError", "TransportError"):
         assert name in transport.__all__
     assert "RerouteError" in messenger.__all__
+
+
+def test_the_design_page_draws_the_same_tree() -> None:
+    import pathlib
+
+    import trio_grains._exceptions as module
+
+    doc = module.__doc__ or ""
+    drawn = doc[doc.index("    GrainsError\n") : doc.index("\nThe *internal* ones")]
+    tree = "\n".join(line[4:] for line in drawn.rstrip().split("\n"))
+    page = (pathlib.Path(__file__).parent.parent / "docs" / "design.md").read_text()
+    assert "```text\n" + tree + "\n```" in page, (
+        "docs/design.md's exception tree differs from trio_grains/_exceptions.py's: copy it"
+    )
