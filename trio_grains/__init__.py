@@ -9,6 +9,9 @@ demand inside a silo that you embed in your Trio program::
 
     async with open_silo(grains=[HelloGrain]) as silo:
         print(await silo.get_grain(HelloGrain, 0).say_hello("Good morning!"))
+
+May import: every layer below (it re-exports the public API). Not ``cli`` or ``testing``,
+which import it.
 """
 
 from ._client import Client as Client

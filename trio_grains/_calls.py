@@ -7,6 +7,8 @@ call is skipped, a running turn is cancelled.
 
 Response timeouts do not cost a cancel scope per call: :class:`TimeoutWheel` keeps waiting
 calls in buckets by deadline and one task expires whole buckets.
+
+May import: values, ids, config, registries and placement. Not timers, which post calls.
 """
 
 from __future__ import annotations

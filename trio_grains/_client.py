@@ -5,6 +5,9 @@ one connection), a transport endpoint of its own and a watch of the membership t
 gives references whose calls go to the grain's silo (located through the directory, placed
 by a hosting silo when the grain is not active anywhere). The client hosts nothing and
 does not join the membership table. Nothing it starts outlives the block.
+
+May import: layers 0-8 (the core, streams, the cluster's client side, the plugins). Not the
+silo or ``_cluster.member``: a client hosts nothing and joins nothing.
 """
 
 from __future__ import annotations

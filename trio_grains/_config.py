@@ -2,6 +2,8 @@
 
 ``SiloConfig.from_dict(data)`` turns a mapping (e.g. parsed TOML) into a config and reports
 every problem at once, naming each key and what it should be.
+
+May import: values and ids.
 """
 
 from __future__ import annotations

@@ -53,6 +53,8 @@ when its class is *remotable*: the tree above (and an application's subclasses o
 standard ``Exception`` subclasses of ``builtins`` (but ``StopIteration`` and
 ``StopAsyncIteration``), and classes marked with :func:`remotable` (and their subclasses).
 Any other type arrives as :class:`RemoteGrainError`; ``BaseException`` never crosses.
+
+May import: nothing of trio-grains.
 """
 
 from __future__ import annotations

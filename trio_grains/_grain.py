@@ -1,9 +1,15 @@
-"""Grain classes: the ``Grain`` base, interfaces, decorators and method tables.
+"""Grain classes: the ``Grain`` base, interfaces, decorators, method tables, what grains reach.
 
 A *grain interface* is a class deriving from :class:`GrainInterface` whose public
 ``async def`` methods are the calls a grain accepts. A *grain class* derives from
 :class:`Grain` (itself an interface) and implements them. Callers that only have the
-interface can call the grain as long as both carry the same grain type name.
+interface can call the grain as long as both carry the same grain type name. A grain
+reaches its activation through a :class:`GrainContext` and the silo's services (other
+grains, reminders, stream providers) through :class:`GrainServices`.
+
+May import: values, ids, config, registries, placement, storage and timers. Not references
+or serialization, which build on grains. Type names only from: reminders and
+``_streams.provider`` (public methods name them; at run time, through ``GrainServices``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ A grain is named by a :class:`GrainId`: a :class:`GrainType` plus a key, written
   parsed at the first ``/``, so keys may contain ``/``.
 * **Tokens**: :func:`escape_token` percent-encodes everything outside ``[A-Za-z0-9_-@=]``
   for NATS subjects and file names; :func:`unescape_token` reverses it.
+
+May import: values and config.
 """
 
 from __future__ import annotations

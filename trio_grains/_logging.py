@@ -19,6 +19,8 @@ logger does not see its children's records)::
 ``trio-grains silo`` logs this way. The trace id comes from the tracer of a silo or
 client that runs with tracing on (:func:`trace_ids_from`), read only when a record is
 logged: nothing is set per call.
+
+May import: nothing of trio-grains.
 """
 
 from __future__ import annotations

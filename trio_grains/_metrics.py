@@ -12,6 +12,8 @@ counts the call, counts it as an error if it raises, and times every
 Histograms have power-of-two buckets in nanoseconds (bucket ``i`` holds durations below
 ``2**i`` ns): recording is one ``int.bit_length()``; percentiles are exact to a factor
 of two, which is what a latency dashboard needs.
+
+May import: layers 0-3 (values up to grains, calls, storage and serialization) and tracing.
 """
 
 from __future__ import annotations

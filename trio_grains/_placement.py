@@ -7,6 +7,8 @@ plugins through ``grains_register_placement``, the built-in ones included.
 Directors are sync and pure with respect to the cluster: they are handed a snapshot of the
 compatible silos and return one of them. Membership, the grain directory and the race for a
 single activation are the caller's business.
+
+May import: values, ids, config and the registries.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ the ``trio_grains.plugins`` logger at DEBUG.
 The registration hooks are not called through ``pm.hook``: :func:`_call_hook` calls each
 implementation itself, in plugin order, telling the registry which plugin is registering, so
 that errors can name plugins.
+
+May import: layers 0-7, ``_builtin`` (the list of built-ins) and ``hookspecs``. Not the silo
+or the client, which load their plugins through it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ per interface, with one ``async def`` per grain method. Creating a reference doe
 awaiting a method sends the call. A reference is portable: it is identified by its
 :class:`GrainId` and its interface, stored as the text id (``"cart/bob65"``) by the silo's
 converter, and resolves to the same grain in any process.
+
+May import: values, ids, config, registries, placement, grains and calls. Not serialization,
+which builds on references. Type names only from: activations (``GrainReference._act``,
+the dispatcher's cache of the activation a reference last called).
 """
 
 from __future__ import annotations

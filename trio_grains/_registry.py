@@ -8,6 +8,9 @@ unknown name is an error listing the names that exist.
 A *provider factory* is a plain callable ``factory(context, options)`` that returns an async
 context manager; the silo enters it with ``async with`` inside its nursery when it starts and
 leaves it, in reverse order, when it stops. The hook itself stays sync and does no I/O.
+
+May import: values, ids and config. Not placement, which builds on the registries.
+Type names only from: the silo (:class:`ServiceContext` hands a service the ``Silo`` it runs in).
 """
 
 from __future__ import annotations

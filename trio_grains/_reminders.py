@@ -25,6 +25,9 @@ A reminder table is shared, so its rows are untrusted input: tables decode each 
 fail, count them and log each once (:mod:`trio_grains._rows`). The service checks the rows
 it is given again, so a table that lets a bad row through (a period of 0 would divide by
 zero) costs that reminder, counted in :attr:`ReminderService.malformed_rows`, not the silo.
+
+May import: the core up to the catalog and the dispatcher. Not the cluster, streams or the
+silo: grains are called through an ``invoke`` callable, ownership comes as a filter.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Rows of the cluster's shared tables, read as untrusted input: bounds, strict fields,
-skip-and-count.
+"""Rows of the cluster's shared tables as untrusted input: bounds, strict fields, skip-and-count.
 
 Membership rows, grain directory entries and reminder rows live in tables that every silo
 of a cluster reads (a NATS KV bucket, a database). Anything that can write there (a silo of
@@ -22,6 +21,8 @@ Membership rows and directory entries are decoded by the core for every provider
 (:func:`~trio_grains._cluster.membership.decode_silo_row` in the membership protocol, which
 also does the skipping and counting; :func:`~trio_grains._cluster.directory.decode_directory_entry`
 for directories that store bytes): a provider stores bytes and never parses them itself.
+
+May import: nothing of trio-grains.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ clients, from storage. Four rules follow.
   types (the codec never writes them) and nesting deeper than 1024 levels. Every failure
   is a :class:`~trio_grains.SerializationError` naming what failed (and counted in
   ``Codec.decode_failures``), never a ``KeyError``, ``TypeError`` or ``RecursionError``.
+
+May import: values, ids, config, registries, placement, grains and references.
 """
 
 from __future__ import annotations

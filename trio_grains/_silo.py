@@ -4,6 +4,9 @@
 configured providers, starts the catalog in a nursery of its own, and on the way out
 deactivates every activation (running ``on_deactivate``) and closes the providers in reverse
 order. Nothing it started outlives the block.
+
+May import: layers 0-8 (the core, reminders, streams, the cluster, the plugins) and
+``_cluster.member``. Not the client, nor the public faces (the package, ``cli``, ``testing``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ writes.
 A storage provider implements :class:`GrainStorage`: three methods over opaque bytes with
 an ETag. The core owns encoding (the silo's cattrs converter over msgpack), errors with
 grain/state/provider names, and the grain-facing API.
+
+May import: values, ids, config, registries and placement. Grains and the codec for type
+names only: ``_grain`` imports this module when it loads.
 """
 
 from __future__ import annotations

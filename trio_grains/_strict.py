@@ -6,6 +6,8 @@ replaces them on a converter with hooks that check the class of the wire value a
 :class:`WrongValue` otherwise (see ``_serialization``'s docstring for the rules and the
 deliberate widenings). The codec turns the failures into one
 :class:`~trio_grains.SerializationError` naming where in the value it failed.
+
+May import: nothing of trio-grains.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ A timer is a task in the activation's nursery that sleeps, posts a tick (a ``Cal
 no caller) to the mailbox, waits for that turn to finish, then sleeps the period: ticks
 never overlap, die with the activation, and an exception is logged while the timer goes
 on. ``keep_alive=False`` ticks do not count as activity for idle collection.
+
+May import: values, ids, config, registries, placement and calls. Not activations: a
+timer's activation is handed in as a :class:`TimerHost`.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ The trace context crosses silos in the request envelope (W3C ``traceparent`` /
 ``tracestate`` headers, :meth:`Tracer.inject` / :meth:`Tracer.extract`); a queued call
 carries the caller's context (:meth:`Tracer.current`) to the turn that runs it
 (:meth:`Tracer.resume`).
+
+May import: layers 0-3 (values up to grains, calls, storage and serialization) and metrics.
+Type names only from: ``_streams.model`` (:func:`stream_attributes` takes a ``StreamId``).
 """
 
 from __future__ import annotations

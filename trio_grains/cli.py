@@ -14,6 +14,9 @@
 
 Mistakes a user can make (a missing file, bad TOML, an unknown key or provider, an
 unreachable server) end with one line saying what to do, not a traceback.
+
+May import: every layer below and the ``trio_grains`` package. Nothing of trio-grains
+imports it: it is the ``trio-grains`` entry point.
 """
 
 from __future__ import annotations

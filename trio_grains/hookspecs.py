@@ -33,6 +33,9 @@ Hooks, grouped by what they contribute:
 * placement: :func:`grains_register_placement`
 * grains and values: :func:`grains_register_grain_classes`,
   :func:`grains_configure_converter`
+
+May import: layers 0-7 (the registries the hooks fill, the types they name). Not the plugin
+manager or the built-ins, which build on these hooks, nor the silo or the client.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""The built-in plugins: ordinary plugin modules, registered through the same hooks as any
-third-party plugin, under the name ``trio_grains.builtin.<x>``.
+"""The list of built-in plugins: ordinary plugin modules, loaded like third-party ones.
 
-An *essential* built-in cannot be blocked (``TRIO_GRAINS_BLOCK_PLUGINS`` or
-``PluginsConfig.block``): the silo cannot run without it. Add a built-in by appending to
-:data:`BUILTIN_PLUGINS`; the module is imported only when a plugin manager is created.
+Each is registered through the same hooks as any third-party plugin, under the name
+``trio_grains.builtin.<x>``. An *essential* built-in cannot be blocked
+(``TRIO_GRAINS_BLOCK_PLUGINS`` or ``PluginsConfig.block``): the silo cannot run without it.
+Add a built-in by appending to :data:`BUILTIN_PLUGINS`; the module is imported only when a
+plugin manager is created.
+
+May import: layers 0-7 and ``hookspecs``. Not the plugin manager, which reads this list,
+nor the silo or the client.
 """
 
 from __future__ import annotations

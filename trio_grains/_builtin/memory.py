@@ -1,8 +1,11 @@
-"""The built-in ``memory`` providers: grain storage and a reminder table in a dict, and the
-in-process clustering provider.
+"""The built-in ``memory`` providers: grain storage, a reminder table, in-process clustering.
 
-Not durable: everything is gone when the silo stops. The default for both, and the
-reference implementation of the contracts (it passes ``trio_grains.testing``'s kits).
+Storage and reminders live in a dict. Not durable: everything is gone when the silo stops.
+The default storage and reminder table, and the reference implementation of their
+contracts (it passes ``trio_grains.testing``'s kits).
+
+May import: layers 0-7 (the contracts it implements) and ``hookspecs``. Not the plugin
+manager, the silo or the client: a built-in is an ordinary plugin.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ settled ones are dropped beyond it).
 
 To share one log between several silos (a restart test, say), open one
 :class:`MemoryStreamAdapter` yourself and register a factory that yields it.
+
+May import: layers 0-7 (the contracts it implements) and ``hookspecs``. Not the plugin
+manager, the silo or the client: a built-in is an ordinary plugin.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ essential: blocking it is an error, since every silo needs somewhere to put a gr
 
 In a single silo every director chooses that silo (it is the only candidate); the
 choices matter once there is a cluster.
+
+May import: layers 0-7 (the contracts it implements) and ``hookspecs``. Not the plugin
+manager, the silo or the client: a built-in is an ordinary plugin.
 """
 
 from __future__ import annotations

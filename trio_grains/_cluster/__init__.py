@@ -1,16 +1,19 @@
 """The cluster layer: what a silo or client needs only when there is more than one process.
 
-``transport``           the Transport and ClusterBackend contracts, and their in-memory forms
+Bottom to top:
+
 ``envelope``            the request, reply and cancel messages, decoded against limits
-``messenger``           calls across the transport: requests out, replies correlated, replies sent
-``membership``          the membership-table contract, its rows and the in-memory table
-``membership_service``  the per-silo membership service: join, heartbeat, failure detection
+``membership``          its values, the row codec, the table contract and protocol, the memory table
 ``directory``           the grain-directory contract and the per-silo cache
+``transport``           the Transport and ClusterBackend contracts, and their in-memory forms
+``messenger``           calls across the transport: requests out, replies correlated, replies sent
+``membership_service``  the per-silo membership service: join, heartbeat, failure detection
 ``locator``             where a grain's activation is: cache, directory, placement
 ``ownership``           rendezvous hashing and partition leases over the live silos
 ``routing``             a silo's part in the cluster: remote calls in and out, forwarding
 ``member``              a silo's life as a member: joining, owning its share, leaving
 
-Modules here may import the core below them (ids, grains, calls, activations, the catalog)
-but nothing above (the silo and client composition roots).
+May import: each module, only modules listed above it, and the core up to the catalog and
+the dispatcher; not reminders or streams (side by side with the cluster), nor silo or client.
+``member`` is part of the silo's composition (layer 9): it may import reminders and streams too.
 """

@@ -22,6 +22,9 @@ A provider that stores entries as bytes uses the core's row format
 (:func:`encode_directory_entry`, :func:`decode_directory_entry`: bounds, strict fields) and
 :class:`~trio_grains._rows.MalformedRows` to skip, count and log the entries that do not
 decode; :func:`trio_grains.testing.check_grain_directory` checks every rule below.
+
+May import: the core up to the catalog and the dispatcher. Not the other cluster modules:
+the contracts are the bottom of the cluster.
 """
 
 from __future__ import annotations

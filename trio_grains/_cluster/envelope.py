@@ -22,6 +22,9 @@ length against :class:`Limits` (``bool`` is not an ``int``, a timeout is finite 
 negative, a reply address is an endpoint of the cluster) and raises
 :class:`~trio_grains.SerializationError` for anything else, which the receiver counts and
 drops. Nothing in a message is used before it passed here.
+
+May import: the core up to the catalog and the dispatcher. Not the other cluster modules:
+the messenger, the locator and routing build on it.
 """
 
 from __future__ import annotations

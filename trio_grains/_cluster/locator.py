@@ -10,6 +10,9 @@ Silos and clients both locate grains the same way (:meth:`Locator.locate`):
    does not host the class (a client, or a silo without it) cannot know its strategy: it
    sends the call to any hosting silo with the ``LOCATE`` flag, and that silo places it,
    as an Orleans gateway does.
+
+May import: the core up to the catalog and the dispatcher, and the cluster modules below it
+(``envelope``, ``membership``, ``directory``, ``transport``, ...). Not routing.
 """
 
 from __future__ import annotations

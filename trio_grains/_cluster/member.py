@@ -8,6 +8,9 @@ reminder service and each stream provider the share the membership view assigns 
 silo, and on the way out leaves in order: ``SHUTTING_DOWN`` first (placement stops
 choosing it), partitions released, then the row removed, then a moment of "not here"
 answers for callers whose view lags.
+
+May import: layers 0-8 (the core, reminders, streams, the rest of the cluster, the plugins).
+The silo for type names only: ``_silo`` imports this module when it loads.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Cluster membership: its values, the row codec, the table contract, the protocol, and the
-in-memory table.
+"""Cluster membership: values, row codec, table contract, protocol and the in-memory table.
 
 Every silo of a cluster has one row (a :class:`SiloEntry`) in a shared membership table.
 A silo *joins* (status ``JOINING``), becomes ``ACTIVE`` when it serves, heartbeats its row
@@ -33,6 +32,9 @@ completely, since what it must do is small.
 
 Tables: :class:`MemoryMembershipTable` here (one process), a JetStream KV bucket in
 ``trio_grains_nats.membership``.
+
+May import: the core up to the catalog and the dispatcher. Not the other cluster modules:
+the contracts are the bottom of the cluster.
 """
 
 from __future__ import annotations

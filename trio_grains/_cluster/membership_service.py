@@ -6,6 +6,9 @@
 the protocol and the in-memory table live in :mod:`trio_grains._cluster.membership`, which
 describes them). The service adds time: when to heartbeat, when a silent silo is declared
 dead, when this silo presumes itself dead.
+
+May import: the core up to the catalog and the dispatcher, and the cluster modules below it
+(``envelope``, ``membership``, ``directory``, ``transport``, ``messenger``).
 """
 
 from __future__ import annotations

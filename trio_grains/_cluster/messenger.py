@@ -15,6 +15,9 @@ to (or, for a call that silo may forward, from a member of the cluster). Replies
 to addresses the transport recognises as the cluster's endpoints, and so do calls to the
 addresses of membership rows. What is dropped is counted by reason in :attr:`dropped`
 (``statistics().dropped_messages``) and logged at most every few seconds.
+
+May import: the core up to the catalog and the dispatcher, and the cluster's ``envelope``,
+``membership``, ``directory`` and ``transport``. Not routing or the locator.
 """
 
 from __future__ import annotations

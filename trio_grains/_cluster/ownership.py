@@ -29,6 +29,9 @@ from the view is treated as live (the view may simply lag behind the holder's), 
 only taken over once that silo is seen ``DEAD`` or the lease is removed from the directory.
 Directory failures are logged and retried; the state kept between passes (leases held,
 pending acquisitions with their activation ids) makes every step safe to repeat.
+
+May import: the core up to the catalog and the dispatcher, and the cluster modules below it.
+Not reminders or streams: it makes a filter for the one, is handed ``set_owned`` by the other.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Requests from other silos and clients arrive in :meth:`SiloCluster._on_request` 
 :meth:`~SiloCluster.run` serves them into the catalog: a call to an activation that is
 here is posted to its mailbox with a callback that sends the reply (no task per call);
 anything else is placed or forwarded.
+
+May import: the core up to the catalog and the dispatcher, and the cluster modules below it.
+Not ``member``, reminders, streams or the silo.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ the cluster's shared :class:`~trio_grains.MembershipTable` and
 :class:`~trio_grains.GrainDirectory`, and a way to open transport endpoints.
 :class:`MemoryCluster` is the in-process backend (several silos in one Trio run); the
 ``nats`` plugin provides one over NATS and JetStream KV.
+
+May import: the core up to the catalog and the dispatcher, and the cluster's ``envelope``,
+``membership`` and ``directory``. Not the messenger, which builds on it.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ The callable must yield a provider on the *same* backend each time it is called:
 close and reopen it to check durability. ``durable=False`` skips those checks for
 in-memory providers. Each check is also available alone (:data:`STORAGE_CHECKS`,
 :data:`REMINDER_CHECKS`), e.g. to parametrize a pytest test over them.
+
+May import: every layer below, the ``trio_grains`` package and its own modules. Not ``cli``.
 """
 
 from ._cluster import TestCluster as TestCluster

@@ -13,6 +13,9 @@ and transport in memory); pass
 ``clustering=ProviderConfig(provider="nats", options={...})`` to run the same silos over a
 real NATS server. Time-based behaviour (heartbeats, failure detection)
 follows Trio's clock, so a ``MockClock`` with autojump makes it instant.
+
+May import: every layer below (the silo, the client, the cluster) and the ``trio_grains``
+package. Not ``cli`` or the conformance kits.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Each check takes ``open_directory(cluster_id)``, a callable returning an async c
 manager that yields a directory of that cluster (the same entries for the same id, every
 time it is called), and raises :class:`AssertionError` naming the broken rule. Each check
 uses cluster ids of its own (a random tag).
+
+May import: every layer below, the ``trio_grains`` package and ``_kit_helpers``. Not the
+silo or the client: a kit checks a provider on its own.
 """
 
 from __future__ import annotations

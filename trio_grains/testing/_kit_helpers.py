@@ -1,9 +1,11 @@
-"""Helpers shared by the conformance kits (storage, reminders, streams).
+"""Helpers shared by the conformance kits.
 
 Tags that make a check's grain types and names its own, sample grain ids of every key
 kind, short reprs for failure messages, ``expect_*`` wrappers turning a provider's
 misbehaviour into an :class:`AssertionError` naming the rule, the loop that runs a kit's
 checks, and the grain-storage read/write helpers used by the storage checks.
+
+May import: every layer below and the ``trio_grains`` package. Not the kits, which import it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Each check takes ``open_table(cluster_id)``, a callable returning an async conte
 that yields a table of that cluster (the same rows for the same id, every time it is
 called), and raises :class:`AssertionError` naming the broken rule. Each check uses
 cluster ids of its own (a random tag), so a backend holding other data does not disturb it.
+
+May import: every layer below, the ``trio_grains`` package and ``_kit_helpers``. Not the
+silo or the client: a kit checks a provider on its own.
 """
 
 from __future__ import annotations

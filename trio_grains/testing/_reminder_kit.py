@@ -4,6 +4,9 @@ Each check takes ``open_table``, a callable returning an async context manager t
 yields a table on the same backend every time, and raises :class:`AssertionError` naming
 the broken rule. Checks use grain types of their own (a random tag), so a table holding
 rows from earlier runs does not disturb them.
+
+May import: every layer below, the ``trio_grains`` package and ``_kit_helpers``. Not the
+silo or the client: a kit checks a provider on its own.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Grain-storage checks of single records: reads, writes, etags, clears and keys.
 
 Registered in :data:`~trio_grains.testing.STORAGE_CHECKS` by :mod:`._storage_kit`.
+
+May import: every layer below, the ``trio_grains`` package and ``_kit_helpers``;
+``_storage_kit`` for type names only (it imports this module when it loads).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Each check takes ``open_storage``, a callable returning an async context manager
 yields a provider on the same backend every time, and raises :class:`AssertionError`
 naming the broken rule. Checks use a fresh grain type and state name of their own (a
 random tag), so a backend holding data from earlier runs does not disturb them.
+
+May import: every layer below, the ``trio_grains`` package, ``_kit_helpers`` and the storage
+checks. Not the silo or the client: a kit checks a provider on its own.
 """
 
 from __future__ import annotations

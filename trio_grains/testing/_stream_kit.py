@@ -9,6 +9,9 @@ Times: the checks wait up to :data:`WAIT` seconds for an item that must come and
 :data:`QUIET` seconds for one that must not. They use Trio's clock, so an in-memory
 adapter runs them instantly under ``MockClock(autojump_threshold=0)``; a network adapter
 runs them in real time (a few seconds).
+
+May import: every layer below, the ``trio_grains`` package and ``_kit_helpers``. Not the
+silo or the client: a kit checks a provider on its own.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ messages, even on a shared server.
 
 Times: the checks wait up to :data:`WAIT` seconds for a message that must come and watch
 :data:`QUIET` seconds for one that must not (Trio's clock).
+
+May import: every layer below, the ``trio_grains`` package and ``_kit_helpers``. Not the
+silo or the client: a kit checks a provider on its own.
 """
 
 from __future__ import annotations

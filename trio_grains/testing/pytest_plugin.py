@@ -36,6 +36,8 @@ The marker takes a *list* of classes: pytest reads ``@pytest.mark.grains(CartGra
 class and nothing else, as the marker decorating ``CartGrain`` itself. Marker errors (a
 string where a class belongs, ``silos=0``) fail the test at setup with a
 message naming the fix, not a traceback from inside the silo.
+
+May import: every layer below, the ``trio_grains`` package and ``trio_grains.testing``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ thread keeps serving: after an error other than a busy lock it reopens the conne
 before the next transaction (the file may have been read-only, or replaced).
 
 See docs/storage-sqlite.md for options, durability and limits.
+
+May import: layers 0-7 (the contracts it implements), ``hookspecs`` and its own modules.
+Not the plugin manager, the silo or the client: a built-in is an ordinary plugin.
 """
 
 from __future__ import annotations

@@ -17,7 +17,11 @@
 # connection can fold the writes of concurrent grains into one transaction: with 100
 # writers, group commit beats the raw loop that commits each write (2x with NORMAL, 7x with
 # FULL). A lone sequential writer pays the hand-off: about 0.2 ms per call here.
-"""The connection thread of the sqlite providers: options, schema, group commit."""
+"""The connection thread of the sqlite providers: options, schema, group commit.
+
+May import: layers 0-7 (the contracts of the providers it serves). Not the sqlite providers
+beside it, which build on it, nor the plugin manager or the silo.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ blob), and the file may be shared by other programs, so every row read is decode
 strictly (:func:`decode_reminder_row`): a row that fails is skipped by ``read_all`` and
 ``read_grain``, counted in :attr:`SqliteReminderTable.malformed_rows` and logged once;
 ``read`` of it raises :class:`~trio_grains.StorageError`.
+
+May import: layers 0-7 (the reminder-table contract) and ``_connection``. Not the plugin
+manager, the silo or the client.
 """
 
 from __future__ import annotations

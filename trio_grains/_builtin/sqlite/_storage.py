@@ -4,6 +4,9 @@ SQLite does not enforce column types, so a record read is checked: its ``data`` 
 BLOB and its ``etag`` TEXT, or the read is a :class:`~trio_grains.StorageError` (the
 grain's activation fails; the silo goes on). Nothing is coerced: ``bytes(n)`` of an
 integer would allocate *n* bytes.
+
+May import: layers 0-7 (the storage contract) and ``_connection``. Not the plugin manager,
+the silo or the client.
 """
 
 from __future__ import annotations
