@@ -11,6 +11,9 @@ directly). Calls that must wait, one-way calls and timer ticks go through the ma
 Trio memory channel drained by the activation's own task. That task, and the activation's
 nursery that holds it, the timers and ``Grain.start_soon`` tasks, is started the first time
 the activation needs it, so an idle activation costs no task at all.
+
+May import: layers 0-4 (values up to grains, calls, timers, storage, tracing and metrics).
+Not the catalog, the dispatcher or above: its host is handed in as an :class:`ActivationHost`.
 """
 
 from __future__ import annotations
