@@ -1,13 +1,21 @@
 """The pulling agent of one partition: receive, deliver in key order, retry, dead-letter, ack.
 
-See :mod:`trio_grains._streams.provider` for the whole runtime. An :class:`_Agent` holds at
-most ``max_in_flight`` items (the semaphore window is the backpressure), queues them per
-stream key, and runs one worker task per key with items, up to ``max_concurrent_keys`` of
-them at a time. A worker hands an item to every subscriber (:meth:`_Agent.process`),
-retrying failed subscribers in place with backoff, then acks it, or after
-``max_deliveries`` attempts publishes a :class:`~trio_grains._streams.model.DeadLetter` and
-terminates it. A :class:`~trio_grains.RejectedItemError` or an undecodable item is
-dead-lettered at once; an unavailable silo (failover) is retried without counting.
+Holds :class:`PartitionAgent`, the records of a subscriber it delivers to (:class:`Target`,
+:class:`Subscription`), the seam it runs against (:class:`AgentHost`, and its part
+:class:`DeliveryHost` that a single delivery needs), and the dead-letter encoding. It
+imports the model and the core below it (exceptions, tracing, the codec's type), never
+the provider or the handles: the provider builds one :class:`AgentHost` per owned
+partition and hands it to the agent, as Orleans' ``PersistentStreamPullingManager``
+creates each pulling agent against the narrow ``IQueueAdapterReceiver`` of its queue.
+
+A :class:`PartitionAgent` holds at most ``max_in_flight`` items (the semaphore window is the
+backpressure), queues them per stream key, and runs one worker task per key with items, up
+to ``max_concurrent_keys`` of them at a time. A worker hands an item to every subscriber
+(:meth:`PartitionAgent.process`), retrying failed subscribers in place with backoff, then
+acks it, or after ``max_deliveries`` attempts publishes a
+:class:`~trio_grains._streams.model.DeadLetter` and terminates it. A
+:class:`~trio_grains.RejectedItemError` or an undecodable item is dead-lettered at once; an
+unavailable silo (failover) is retried without counting.
 
 Dead letters trust nothing about the item that failed, because an item is whatever
 anyone allowed to publish on the stream put there:
@@ -29,20 +37,39 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
 from .._exceptions import RejectedItemError, SerializationError, SiloUnavailableError
+from .._ids import GrainId
 from .._tracing import Attributes, SpanKind, stream_attributes
-from .model import DeadLetter, EncodedItem, ReceivedItem, StreamId
+from .model import (
+    DeadLetter,
+    EncodedItem,
+    ReceivedItem,
+    SequenceToken,
+    StreamId,
+    StreamOptions,
+)
 
 if TYPE_CHECKING:
     from .._serialization import Codec
-    from .handles import _Target
-    from .provider import StreamProvider
+    from .._tracing import Tracer
+
+__all__ = [
+    "AgentHost",
+    "DeliveryHost",
+    "PartitionAgent",
+    "Subscription",
+    "Target",
+    "call_target",
+    "deliver_with_retries",
+    "dead_letter_msg_id",
+    "encode_dead_letter",
+]
 
 log = logging.getLogger("trio_grains.streams")
 
@@ -55,6 +82,110 @@ ERROR_HEADER_CHARS = 500
 
 REFERENCE_MSG_ID_CHARS = 200
 """Characters of the item's msg_id kept in a dead letter cut to a reference."""
+
+
+# --- what the agent delivers to ----------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Target:
+    """One subscriber of an item: how to call it and how to decode for it.
+
+    *key* tells the subscribers of one item apart, stable across its retries (handlers
+    that returned are not called again); *describe* names it in logs and dead letters;
+    *call* is ``await call(value, token)``. An explicit subscriber has its
+    :class:`Subscription`; an implicit one (a grain class's) has none.
+    """
+
+    key: Hashable
+    describe: str
+    item_type: Any
+    call: Callable[[Any, SequenceToken], Awaitable[Any]]
+    subscription: Subscription | None = None
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """An explicit subscription, as the provider keeps it and the agent reads it.
+
+    *listed*: returned by ``stream.get_subscriptions()`` (not ``subscribe_items()`` ones).
+    While a rewind replays history, *replaying* is set: live items wait for it, then skip
+    what it sent (sequences up to *replayed_upto*). *active* turns false on unsubscribe.
+    """
+
+    id: str
+    stream_id: StreamId
+    target: Target
+    grain_id: GrainId | None = None
+    method: str | None = None
+    listed: bool = True
+    replaying: trio.Event | None = None
+    replayed_upto: int = -1
+    active: bool = True
+
+
+# --- the seam: what an agent needs of the provider that runs it --------------------------
+
+
+class DeliveryHost(Protocol):
+    """What delivering one item to one :class:`Target` needs (:func:`call_target`,
+    :func:`deliver_with_retries`); the provider is one, for its rewinds."""
+
+    #: the provider's name (logs, span attributes)
+    name: str
+    options: StreamOptions
+    #: decodes items for their targets (``loads``), encodes dead letters (``dumps``)
+    codec: Codec
+    #: with tracing on: a delivery is a consumer span continuing the publisher's trace
+    tracer: Tracer | None
+    #: the provider's counters (``delivered``, ``failed``, ...: see ``statistics()``)
+    counts: collections.Counter[str]
+
+
+class AgentHost(DeliveryHost, Protocol):
+    """What a :class:`PartitionAgent` needs, for its one partition: the adapter's calls
+    bound to it, the subscribers of an item, and publishing (of dead letters).
+
+    The adapter's calls keep the :class:`~trio_grains.StreamAdapter` contract (the agent
+    calls ``receive`` from one task, and cancels it to stop). They are declared as
+    callables returning awaitables so that a host can hand out the adapter's own bound
+    methods (``functools.partial(adapter.receive, partition)``): no extra frame per call.
+    """
+
+    partition: int
+
+    @property
+    def progress_interval(self) -> float | None:
+        """The adapter's :attr:`~trio_grains.StreamAdapter.progress_interval`."""
+
+    @property
+    def max_item_size(self) -> int | None:
+        """The adapter's :attr:`~trio_grains.StreamAdapter.max_item_size` (dead letters
+        are kept below it)."""
+
+    def receive(self, max_items: int, /) -> Awaitable[list[ReceivedItem]]:
+        """``adapter.receive(partition, max_items)``."""
+
+    def ack(self, items: Sequence[ReceivedItem], /) -> Awaitable[None]:
+        """``adapter.ack(items)``."""
+
+    def nak(self, item: ReceivedItem, delay: float, /) -> Awaitable[None]:
+        """``adapter.nak(item, delay)``."""
+
+    def term(self, item: ReceivedItem, reason: str, /) -> Awaitable[None]:
+        """``adapter.term(item, reason)``."""
+
+    def in_progress(self, items: Sequence[ReceivedItem], /) -> Awaitable[None]:
+        """``adapter.in_progress(items)``."""
+
+    def targets(self, stream_id: StreamId, /) -> Iterable[Target]:
+        """The subscribers of an item of *stream_id*: implicit ones, then explicit ones.
+        Called once per delivery round of an item: keep it cheap (cache, no copies)."""
+
+    def publish_encoded(
+        self, stream_id: StreamId, items: list[EncodedItem], /
+    ) -> Awaitable[list[SequenceToken]]:
+        """Publish encoded *items* on *stream_id* (any partition): the dead letters."""
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -136,16 +267,16 @@ with backoff without using up ``max_deliveries``, so a failover never dead-lette
 items."""
 
 
-async def call_target(runtime: StreamProvider, target: _Target, item: ReceivedItem) -> None:
+async def call_target(host: DeliveryHost, target: Target, item: ReceivedItem) -> None:
     """Decode *item* for *target* and call it once (with tracing on: in a span that
     continues the publisher's trace, from the item's headers)."""
-    tracer = runtime.tracer
+    tracer = host.tracer
     if tracer is None:
-        value = runtime._codec.loads(item.data, target.item_type)
+        value = host.codec.loads(item.data, target.item_type)
         await target.call(value, item.token)
         return
     attributes: Attributes = {
-        **stream_attributes(runtime.name, item.stream_id),
+        **stream_attributes(host.name, item.stream_id),
         "messaging.message.id": item.msg_id,
         "messaging.delivery_attempt": item.attempt,
         "trio_grains.stream_token": str(item.token),
@@ -154,25 +285,25 @@ async def call_target(runtime: StreamProvider, target: _Target, item: ReceivedIt
     parent = tracer.extract(item.headers) if item.headers else None
     name = f"process {item.stream_id.namespace}"
     with tracer.span(name, SpanKind.CONSUMER, attributes, parent=parent, root=parent is None):
-        value = runtime._codec.loads(item.data, target.item_type)
+        value = host.codec.loads(item.data, target.item_type)
         await target.call(value, item.token)
 
 
 async def deliver_with_retries(
-    runtime: StreamProvider, target: _Target, item: ReceivedItem
+    host: DeliveryHost, target: Target, item: ReceivedItem
 ) -> str | None:
     """Call *target* with *item* until it returns or ``max_deliveries`` attempts failed
     (a :class:`SerializationError` or :class:`RejectedItemError` is not retried; an
     unavailable silo does not count as an attempt); the last error, or ``None``."""
-    options = runtime.options
+    options = host.options
     attempt = 1
     while True:
         try:
-            await call_target(runtime, target, item)
-            runtime.counts["delivered"] += 1
+            await call_target(host, target, item)
+            host.counts["delivered"] += 1
             return None
         except Exception as exc:
-            runtime.counts["failed"] += 1
+            host.counts["failed"] += 1
             error = f"{target.describe}: {_describe_error(exc)}"
             transient = isinstance(exc, _TRANSIENT)
             if isinstance(exc, _FATAL) or (not transient and attempt >= options.max_deliveries):
@@ -182,13 +313,19 @@ async def deliver_with_retries(
             attempt += 1
 
 
-class _Agent:
-    """The pulling agent of one partition."""
+class PartitionAgent:
+    """The pulling agent of one partition, run against *host* (see :class:`AgentHost`).
 
-    def __init__(self, runtime: StreamProvider, partition: int) -> None:
-        self.runtime = runtime
-        self.partition = partition
-        self.options = runtime.options
+    ``run()`` pulls until ``stop()``; then it lets running keys finish for
+    ``drain_timeout`` seconds, sends the acks due and gives every item still held back
+    (``nak(item, 0)``). ``held`` (items received, not yet settled) and ``lag`` are read
+    by the provider's statistics.
+    """
+
+    def __init__(self, host: AgentHost) -> None:
+        self.host = host
+        self.partition = host.partition
+        self.options = host.options
         self.held: dict[int, ReceivedItem] = {}
         self.queues: dict[StreamId, collections.deque[ReceivedItem]] = {}
         self.slots = trio.Semaphore(self.options.max_in_flight)
@@ -206,12 +343,12 @@ class _Agent:
     # -- lifetime ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        adapter = self.runtime.adapter
+        interval = self.host.progress_interval
         try:
             async with trio.open_nursery() as workers:
                 workers.start_soon(self._send_acks)
-                if adapter.progress_interval:
-                    workers.start_soon(self._keep_alive, adapter.progress_interval)
+                if interval:
+                    workers.start_soon(self._keep_alive, interval)
                 with self.receiving:
                     await self._pull(workers)
                 if self.queues:
@@ -232,13 +369,13 @@ class _Agent:
         await self.done.wait()
 
     async def _pull(self, workers: trio.Nursery) -> None:
-        adapter = self.runtime.adapter
+        host = self.host
         failures = 0
         while True:
             await self.slots.acquire()
             wanted = min(self.options.batch_size, self.slots.value + 1)
             try:
-                batch = await adapter.receive(self.partition, wanted)
+                batch = await host.receive(wanted)
                 failures = 0
             except Exception:
                 self._release_slot()
@@ -263,7 +400,7 @@ class _Agent:
                 self.held[seq] = item
                 self.lag = item.pending
                 if item.attempt > 1:
-                    self.runtime.counts["redelivered"] += 1
+                    host.counts["redelivered"] += 1
                 queue = self.queues.get(item.stream_id)
                 if queue is None:
                     queue = self.queues[item.stream_id] = collections.deque()
@@ -288,7 +425,7 @@ class _Agent:
             await trio.sleep(interval)
             if self.held:
                 try:
-                    await self.runtime.adapter.in_progress(list(self.held.values()))
+                    await self.host.in_progress(list(self.held.values()))
                 except Exception:
                     log.exception("in_progress on partition %d failed", self.partition)
 
@@ -296,8 +433,8 @@ class _Agent:
 
     async def process(self, item: ReceivedItem) -> None:
         """Deliver *item* to every subscriber, retrying; then ack or dead-letter it."""
-        runtime = self.runtime
-        counts = runtime.counts
+        host = self.host
+        counts = host.counts
         if item.unreadable:
             counts["unreadable"] += 1
             seen = counts["unreadable"]
@@ -307,7 +444,7 @@ class _Agent:
                     "in stream provider %r; logged for the 1st, 10th, 100th, every 1000th): %s",
                     item.token,
                     seen,
-                    runtime.name,
+                    host.name,
                     item.unreadable,
                 )
             await self._dead_letter(item, 0, item.unreadable, quiet=True)
@@ -319,7 +456,7 @@ class _Agent:
             errors: list[str] = []
             fatal = False
             transient = True  # every failure so far is the cluster's, not the item's
-            for target in runtime._targets(item.stream_id):
+            for target in host.targets(item.stream_id):
                 if target.key in done:
                     continue
                 sub = target.subscription
@@ -329,7 +466,7 @@ class _Agent:
                     if not sub.active or item.token.sequence <= sub.replayed_upto:
                         continue
                 try:
-                    await call_target(runtime, target, item)
+                    await call_target(host, target, item)
                 except Exception as exc:
                     if sub is not None and not sub.active:
                         continue  # it unsubscribed meanwhile
@@ -374,13 +511,12 @@ class _Agent:
                 attempts,
                 error,
             )
-        runtime = self.runtime
+        host = self.host
         namespace = self.options.dead_letter_namespace
         if namespace and item.stream_id.namespace != namespace:
-            limit = runtime.adapter.max_item_size
-            if limit is not None:
-                limit -= DEAD_LETTER_HEADROOM
-            encoded = encode_dead_letter(runtime._codec, item, attempts, error, limit)
+            max_item_size = host.max_item_size
+            limit = None if max_item_size is None else max_item_size - DEAD_LETTER_HEADROOM
+            encoded = encode_dead_letter(host.codec, item, attempts, error, limit)
             if encoded is None:
                 # Nothing to publish that fits: the log line is the dead letter.
                 log.error(
@@ -391,29 +527,29 @@ class _Agent:
                     item.stream_id,
                     item.msg_id,
                     len(item.data),
-                    runtime.adapter.max_item_size,
+                    max_item_size,
                     error,
                 )
             else:
                 letter, truncated = encoded
                 try:
-                    await runtime._publish(StreamId(namespace, item.stream_id.key), [letter])
+                    await host.publish_encoded(StreamId(namespace, item.stream_id.key), [letter])
                 except Exception:
                     log.exception("dead letter of %s not published; it comes back", item.token)
                     await self.give_back(item, self.options.retry_delay(max(1, attempts)))
                     return
                 if truncated:
-                    runtime.counts["dead_letters_truncated"] += 1
+                    host.counts["dead_letters_truncated"] += 1
                     log.warning(
                         "the dead letter of stream item %s of %s (%d bytes) is larger than the "
                         "provider takes (max_item_size %s): published as a reference",
                         item.token,
                         item.stream_id,
                         len(item.data),
-                        runtime.adapter.max_item_size,
+                        max_item_size,
                     )
-        runtime.counts["dead_lettered"] += 1
-        await self.settle(item, lambda: runtime.adapter.term(item, error))
+        host.counts["dead_lettered"] += 1
+        await self.settle(item, lambda: host.term(item, error))
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -442,7 +578,7 @@ class _Agent:
         before anything is given back."""
         self.acks.append(item)
         self.acks_due.set()
-        self.runtime.counts["acked"] += 1
+        self.host.counts["acked"] += 1
 
     def _take_acks(self) -> list[ReceivedItem]:
         batch, self.acks = self.acks, []
@@ -462,7 +598,7 @@ class _Agent:
 
     async def _ack_batch(self, batch: list[ReceivedItem]) -> None:
         try:
-            await self.runtime.adapter.ack(batch)
+            await self.host.ack(batch)
         except Exception:
             log.exception("acking stream items %s failed", ", ".join(str(i.token) for i in batch))
         held = self.held
@@ -471,4 +607,4 @@ class _Agent:
                 self._release_slot()
 
     async def give_back(self, item: ReceivedItem, delay: float) -> None:
-        await self.settle(item, lambda: self.runtime.adapter.nak(item, delay))
+        await self.settle(item, lambda: self.host.nak(item, delay))

@@ -1,16 +1,18 @@
 """What user code holds of a stream: :class:`Stream`, subscription handles, item iterators.
 
-Also the runtime's record of a subscriber (:class:`_Target`, :class:`_Subscription`),
-which the pulling agents deliver to. Everything here calls back into the running
-:class:`~trio_grains._streams.provider.StreamProvider`; nothing does I/O of its own.
+Everything here calls back into a :class:`StreamRuntime` (the running
+:class:`~trio_grains.StreamProvider` is the one there is) through its public methods,
+and does no I/O of its own. This module imports the model and the core below it, never
+the provider or the agent: the provider builds streams and handles with
+:func:`new_stream` and :func:`bind_handle` (so their public constructors name no
+private type, and a handle kept in grain state encodes without its runtime).
 """
 
 from __future__ import annotations
 
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -19,36 +21,71 @@ from .._ids import GrainId
 from .model import EncodedItem, SequenceToken, StreamError, StreamId, partition_for
 
 if TYPE_CHECKING:
-    from .provider import StreamProvider
+    from .._serialization import Codec
 
-__all__ = ["Stream", "StreamSubscriptionHandle"]
-
-
-# --- subscribers -------------------------------------------------------------------------
+__all__ = ["Stream", "StreamRuntime", "StreamSubscriptionHandle", "bind_handle", "new_stream"]
 
 
-@attrs.define(eq=False)
-class _Target:
-    """One subscriber of one item: how to call it and how to decode for it."""
-
-    key: Hashable
-    describe: str
-    item_type: Any
-    call: Callable[[Any, SequenceToken], Awaitable[Any]]
-    subscription: _Subscription | None = None
+# --- the seam ----------------------------------------------------------------------------
 
 
-@attrs.define(eq=False)
-class _Subscription:
-    id: str
-    stream_id: StreamId
-    target: _Target
-    grain_id: GrainId | None = None
-    method: str | None = None
-    #: set while a rewind replays history: live items wait for it, then skip what it sent
-    replaying: trio.Event | None = None
-    replayed_upto: int = -1
-    active: bool = True
+class StreamRuntime(Protocol):
+    """What :class:`Stream` and :class:`StreamSubscriptionHandle` need of the provider
+    that made them (its public methods of the same names document each)."""
+
+    #: the provider's partition count (``Stream.partition``)
+    partitions: int
+    #: encodes published items (``dumps``)
+    codec: Codec
+
+    def new_msg_id(self) -> str: ...
+
+    def new_msg_ids(self, n: int) -> list[str]: ...
+
+    async def publish_encoded(
+        self, stream_id: StreamId, items: Sequence[EncodedItem]
+    ) -> list[SequenceToken]: ...
+
+    async def subscribe(
+        self,
+        stream_id: StreamId,
+        handler: Callable[..., Awaitable[Any]],
+        *,
+        from_token: SequenceToken | None = None,
+    ) -> StreamSubscriptionHandle: ...
+
+    async def add_subscription(
+        self,
+        stream_id: StreamId,
+        call: Callable[[Any, SequenceToken], Awaitable[Any]],
+        *,
+        item_type: Any,
+        describe: str,
+        from_token: SequenceToken | None = None,
+        listed: bool = True,
+    ) -> StreamSubscriptionHandle: ...
+
+    def unsubscribe(self, stream_id: StreamId, subscription_id: str) -> bool: ...
+
+    def subscriptions(self, stream_id: StreamId) -> list[StreamSubscriptionHandle]: ...
+
+
+def new_stream(stream_id: StreamId, runtime: StreamRuntime) -> Stream:
+    """The :class:`Stream` *stream_id* of *runtime* (``provider.get_stream``)."""
+    stream = Stream(stream_id)
+    stream._runtime = runtime
+    return stream
+
+
+def bind_handle(
+    handle: StreamSubscriptionHandle, runtime: StreamRuntime
+) -> StreamSubscriptionHandle:
+    """*handle*, bound to *runtime* so that ``handle.unsubscribe()`` works."""
+    object.__setattr__(handle, "_runtime", runtime)  # a frozen value: set once, here
+    return handle
+
+
+# --- handles and iterators ---------------------------------------------------------------
 
 
 @attrs.frozen
@@ -65,16 +102,16 @@ class StreamSubscriptionHandle:
     provider: str
     grain_id: GrainId | None = None
     method: str | None = None
-    _runtime: StreamProvider | None = attrs.field(
-        default=None, eq=False, repr=False, alias="runtime"
-    )
+    # init=False: not a constructor parameter (bind_handle sets it), and not encoded
+    # with the handle when a grain keeps it in its state
+    _runtime: StreamRuntime | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     async def unsubscribe(self) -> bool:
         """End the subscription; False if it had already ended."""
         if self._runtime is None:
             raise StreamError("this handle is not bound to a running stream provider")
         await trio.lowlevel.checkpoint()
-        return self._runtime._unsubscribe(self.stream_id, self.subscription_id)
+        return self._runtime.unsubscribe(self.stream_id, self.subscription_id)
 
 
 @attrs.define(eq=False)
@@ -122,7 +159,9 @@ class Stream:
     """One stream of a provider: ``provider.get_stream(namespace, key)``. Cheap, no I/O."""
 
     stream_id: StreamId
-    _runtime: StreamProvider = attrs.field(alias="runtime", repr=False)
+    # init=False: the provider binds it (new_stream); the public constructor names no
+    # private type
+    _runtime: StreamRuntime = attrs.field(init=False, repr=False)
 
     @property
     def partition(self) -> int:
@@ -137,9 +176,9 @@ class Stream:
         id within the provider's window stores nothing new (use it when retrying a publish).
         """
         runtime = self._runtime
-        data = runtime._codec.dumps(item)
-        encoded = EncodedItem(data, msg_id or runtime._new_msg_id(), headers or {})
-        (token,) = await runtime._publish(self.stream_id, [encoded])
+        data = runtime.codec.dumps(item)
+        encoded = EncodedItem(data, msg_id or runtime.new_msg_id(), headers or {})
+        (token,) = await runtime.publish_encoded(self.stream_id, [encoded])
         return token
 
     async def publish_batch(
@@ -149,10 +188,10 @@ class Stream:
         if msg_ids is not None and len(msg_ids) != len(items):
             raise ValueError(f"{len(items)} items but {len(msg_ids)} msg_ids")
         runtime = self._runtime
-        ids = list(msg_ids) if msg_ids is not None else runtime._new_msg_ids(len(items))
-        dumps = runtime._codec.dumps
+        ids = list(msg_ids) if msg_ids is not None else runtime.new_msg_ids(len(items))
+        dumps = runtime.codec.dumps
         encoded = [EncodedItem(dumps(item), mid) for item, mid in zip(items, ids, strict=True)]
-        return await runtime._publish(self.stream_id, encoded)
+        return await runtime.publish_encoded(self.stream_id, encoded)
 
     async def subscribe(
         self,
@@ -169,7 +208,7 @@ class Stream:
         *from_token* first replays stored items from that token on (inclusive), where the
         provider supports it.
         """
-        return await self._runtime._subscribe(self.stream_id, handler, from_token)
+        return await self._runtime.subscribe(self.stream_id, handler, from_token=from_token)
 
     @contextlib.asynccontextmanager
     async def subscribe_items(
@@ -194,13 +233,13 @@ class Stream:
                 raise StreamError("the subscriber failed on this item") from handoff.error
 
         try:
-            handle = await self._runtime._add_subscription(
+            handle = await self._runtime.add_subscription(
                 self.stream_id,
-                key=("items", uuid.uuid4().hex),
-                describe="subscribe_items()",
+                deliver,
                 item_type=item_type,
-                call=deliver,
+                describe="subscribe_items()",
                 from_token=from_token,
+                listed=False,
             )
         except BaseException:
             send.close()
@@ -215,11 +254,11 @@ class Stream:
         else:
             iterator._finish(None)
         finally:
-            self._runtime._unsubscribe(self.stream_id, handle.subscription_id)
+            self._runtime.unsubscribe(self.stream_id, handle.subscription_id)
             receive.close()
             send.close()
 
     async def get_subscriptions(self) -> list[StreamSubscriptionHandle]:
         """The explicit subscriptions of this stream (``subscribe_items`` ones excluded)."""
         await trio.lowlevel.checkpoint()
-        return self._runtime._handles(self.stream_id)
+        return self._runtime.subscriptions(self.stream_id)

@@ -13,6 +13,11 @@ ack / nak / term, and (optionally) read a partition from a sequence. The core
 (:func:`partition_for`, so every provider agrees), one pulling agent per owned partition,
 backpressure, per-key order, delivery to grains as turns, retries with backoff, the
 dead-letter path and statistics.
+
+This module is the bottom of the streams layer: values and the adapter contract, which
+the others (``agent``, ``handles``, ``provider``) and adapters import. It imports only
+the core's values below it (exceptions, ids, the grain marker), never another module of
+this package.
 """
 
 from __future__ import annotations

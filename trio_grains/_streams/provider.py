@@ -24,7 +24,16 @@ around the provider's :class:`~trio_grains._streams.model.StreamAdapter`:
 
 This module holds the provider (lifetime, partition ownership, publishing, subscriptions,
 rewinds); the pulling agent is in :mod:`.agent`, and what user code holds
-(:class:`Stream`, handles) in :mod:`.handles`.
+(:class:`Stream`, handles) in :mod:`.handles`. It is the top of the streams layer: it
+imports both, and the core below (grains, ids, tracing); the silo and the client build it.
+Neither of the others knows it: each runs against a narrow seam the provider implements,
+
+* :class:`~trio_grains._streams.agent.AgentHost`: per owned partition, a
+  :class:`_PartitionHost` gives an agent the adapter's calls bound to its partition
+  (the adapter's own bound methods: no extra frame per call), the subscribers of an item,
+  the codec, tracer, counters and options;
+* :class:`~trio_grains._streams.handles.StreamRuntime`: the provider itself, through the
+  public methods of the section "the seam of Stream and handles" below.
 """
 
 from __future__ import annotations
@@ -36,20 +45,20 @@ import itertools
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
 from .._exceptions import ConfigError, GrainMethodError, GrainTypeError, PluginError
 from .._grain import Grain, class_info
 from .._ids import GrainId, GrainKey, GrainType
 from .._tracing import Attributes, SpanKind, Tracer, stream_attributes
-from .agent import _Agent, deliver_with_retries
-from .handles import Stream, StreamSubscriptionHandle, _Subscription, _Target
+from .agent import PartitionAgent, Subscription, Target, deliver_with_retries
+from .handles import Stream, StreamSubscriptionHandle, bind_handle, new_stream
 from .model import (
     EncodedItem,
+    ReceivedItem,
     SequenceToken,
     StreamAdapter,
     StreamError,
@@ -128,15 +137,18 @@ class StreamProvider:
         if not isinstance(self.partitions, int) or self.partitions < 1:
             raise StreamError(f"stream provider {name!r}: partitions() must be an int >= 1")
         self._invoke = invoke
-        self._codec: Codec = codec
+        #: the silo's (or client's) codec: items are encoded with it, and decoded for
+        #: each subscriber as the type its handler declares
+        self.codec: Codec = codec
         #: with tracing on: publishes and deliveries are spans; items carry the context
         self.tracer: Tracer | None = tracer
         # all partitions in a lone silo; in a cluster, what the partition balancer gives
         self._owned: set[int] = set(range(self.partitions)) if owned is None else set(owned)
-        self._agents: dict[int, _Agent] = {}
+        self._agents: dict[int, PartitionAgent] = {}
         self._nursery: trio.Nursery | None = None
-        self._subs: dict[StreamId, dict[str, _Subscription]] = {}
+        self._subs: dict[StreamId, dict[str, Subscription]] = {}
         self._implicit: dict[str, list[tuple[GrainType, str, Any, bool]]] = {}
+        #: counters behind :meth:`statistics`, kept by the agents and rewinds
         self.counts: collections.Counter[str] = collections.Counter()
         # msg ids: a random prefix per provider and a counter (unique, cheaper than uuid4)
         self._msg_prefix = secrets.token_hex(8)
@@ -162,7 +174,7 @@ class StreamProvider:
 
     def get_stream(self, namespace: str, key: GrainKey) -> Stream:
         """The stream ``(namespace, key)``; *key* as any grain-key kind."""
-        return Stream(StreamId(namespace, key), runtime=self)
+        return new_stream(StreamId(namespace, key), self)
 
     def statistics(self) -> StreamStatistics:
         return StreamStatistics(
@@ -193,7 +205,7 @@ class StreamProvider:
 
     def _start_agent(self, partition: int) -> None:
         assert self._nursery is not None
-        agent = _Agent(self, partition)
+        agent = PartitionAgent(_PartitionHost(self, partition, self._targets))
         self._agents[partition] = agent
         self._nursery.start_soon(agent.run)
 
@@ -216,7 +228,7 @@ class StreamProvider:
         for partition in sorted(wanted - set(self._agents)):
             self._start_agent(partition)
 
-    async def _release(self, agent: _Agent) -> None:
+    async def _release(self, agent: PartitionAgent) -> None:
         """Stop *agent* (its held items go back), then let the adapter end its pulls."""
         await agent.stop()
         try:
@@ -236,9 +248,16 @@ class StreamProvider:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    # -- publishing -------------------------------------------------------------------------
+    # -- the seam of Stream and handles (handles.StreamRuntime) --------------------------------
+    # Public so that handles.py (and the agents' dead letters) need no private member;
+    # user code reaches them through a Stream: provider.get_stream(namespace, key).
 
-    async def _publish(self, stream_id: StreamId, items: list[EncodedItem]) -> list[SequenceToken]:
+    async def publish_encoded(
+        self, stream_id: StreamId, items: Sequence[EncodedItem]
+    ) -> list[SequenceToken]:
+        """Append encoded *items* to *stream_id*, in order, in one adapter call; return
+        their tokens. With tracing on, a producer span whose context every item carries
+        in its headers. ``Stream.publish`` encodes an item and comes here."""
         tracer = self.tracer
         if tracer is None:
             return await self._publish_batch(stream_id, items)
@@ -254,7 +273,7 @@ class StreamProvider:
             return await self._publish_batch(stream_id, items)
 
     async def _publish_batch(
-        self, stream_id: StreamId, items: list[EncodedItem]
+        self, stream_id: StreamId, items: Sequence[EncodedItem]
     ) -> list[SequenceToken]:
         partition = partition_for(stream_id, self.partitions)
         tokens = await self.adapter.publish_batch(stream_id, partition, items)
@@ -265,16 +284,18 @@ class StreamProvider:
             )
         return list(tokens)
 
-    def _new_msg_id(self) -> str:
+    def new_msg_id(self) -> str:
+        """A msg_id unique to this provider: a random prefix and a counter."""
         return f"{self._msg_prefix}{next(self._msg_counter):x}"
 
-    def _new_msg_ids(self, n: int) -> list[str]:
+    def new_msg_ids(self, n: int) -> list[str]:
+        """*n* fresh msg_ids (as :meth:`new_msg_id`)."""
         prefix = self._msg_prefix
         return [f"{prefix}{i:x}" for i in itertools.islice(self._msg_counter, n)]
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    def _targets(self, stream_id: StreamId) -> Iterable[_Target]:
+    def _targets(self, stream_id: StreamId) -> Iterable[Target]:
         """The subscribers of an item of *stream_id*: implicit ones, then explicit ones."""
         implicit = self._implicit_targets(stream_id) if self._implicit else ()
         subs = self._subs.get(stream_id)
@@ -282,14 +303,14 @@ class StreamProvider:
             return implicit
         return [*implicit, *(sub.target for sub in subs.values())]
 
-    def _build_implicit_targets(self, stream_id: StreamId) -> tuple[_Target, ...]:
+    def _build_implicit_targets(self, stream_id: StreamId) -> tuple[Target, ...]:
         targets = []
         for grain_type, method, item_type, takes_token in self._implicit.get(
             stream_id.namespace, ()
         ):
             grain_id = GrainId(grain_type, stream_id.key)
             targets.append(
-                _Target(
+                Target(
                     ("implicit", grain_type, method),
                     f"{grain_id}.{method}",
                     item_type,
@@ -310,12 +331,18 @@ class StreamProvider:
 
         return call
 
-    async def _subscribe(
+    async def subscribe(
         self,
         stream_id: StreamId,
         handler: Callable[..., Awaitable[Any]],
-        from_token: SequenceToken | None,
+        *,
+        from_token: SequenceToken | None = None,
     ) -> StreamSubscriptionHandle:
+        """Subscribe *handler* to *stream_id*: what ``Stream.subscribe`` does (see there).
+
+        A grain method is checked (public, declared by the grain's interfaces) and
+        subscribed once per grain; any other async callable through
+        :meth:`add_subscription`, decoding items as its first parameter's annotation."""
         grain = getattr(handler, "__self__", None)
         if inspect.ismethod(handler) and isinstance(grain, Grain):
             method = handler.__name__
@@ -354,13 +381,37 @@ class StreamProvider:
         async def call(value: Any, token: SequenceToken) -> Any:
             return await (handler(value, token) if takes_token else handler(value))
 
+        return await self.add_subscription(
+            stream_id,
+            call,
+            item_type=item_type,
+            describe=getattr(handler, "__qualname__", repr(handler)),
+            from_token=from_token,
+        )
+
+    async def add_subscription(
+        self,
+        stream_id: StreamId,
+        call: Callable[[Any, SequenceToken], Awaitable[Any]],
+        *,
+        item_type: Any,
+        describe: str,
+        from_token: SequenceToken | None = None,
+        listed: bool = True,
+    ) -> StreamSubscriptionHandle:
+        """Subscribe ``await call(value, token)`` to *stream_id*, items decoded as
+        *item_type*, for as long as the provider runs. *describe* names the subscriber
+        in logs and dead letters; *listed*: returned by :meth:`subscriptions`
+        (``Stream.subscribe_items`` subscribes unlisted). *from_token*: replay stored
+        items from there first (the adapter must support it)."""
         return await self._add_subscription(
             stream_id,
             key=("callable", uuid.uuid4().hex),
-            describe=getattr(handler, "__qualname__", repr(handler)),
+            describe=describe,
             item_type=item_type,
             call=call,
             from_token=from_token,
+            listed=listed,
         )
 
     async def _add_subscription(
@@ -374,11 +425,12 @@ class StreamProvider:
         from_token: SequenceToken | None,
         grain_id: GrainId | None = None,
         method: str | None = None,
+        listed: bool = True,
     ) -> StreamSubscriptionHandle:
         if from_token is not None:
             self._check_rewind(stream_id, from_token)
-        target = _Target(key, describe, item_type, call)
-        sub = _Subscription(uuid.uuid4().hex, stream_id, target, grain_id, method)
+        target = Target(key, describe, item_type, call)
+        sub = Subscription(uuid.uuid4().hex, stream_id, target, grain_id, method, listed)
         target.subscription = sub
         self._subs.setdefault(stream_id, {})[sub.id] = sub
         if from_token is not None:
@@ -401,19 +453,18 @@ class StreamProvider:
                 f"token {token} is not of stream {stream_id}, which lives in partition {expected}"
             )
 
-    def _handle(self, sub: _Subscription) -> StreamSubscriptionHandle:
-        return StreamSubscriptionHandle(
-            sub.id, sub.stream_id, self.name, sub.grain_id, sub.method, runtime=self
+    def _handle(self, sub: Subscription) -> StreamSubscriptionHandle:
+        handle = StreamSubscriptionHandle(
+            sub.id, sub.stream_id, self.name, sub.grain_id, sub.method
         )
+        return bind_handle(handle, self)
 
-    def _handles(self, stream_id: StreamId) -> list[StreamSubscriptionHandle]:
-        return [
-            self._handle(sub)
-            for sub in self._subs.get(stream_id, {}).values()
-            if sub.target.key[0] != "items"  # type: ignore[index]
-        ]
+    def subscriptions(self, stream_id: StreamId) -> list[StreamSubscriptionHandle]:
+        """The listed explicit subscriptions of *stream_id* (``Stream.get_subscriptions``)."""
+        return [self._handle(sub) for sub in self._subs.get(stream_id, {}).values() if sub.listed]
 
-    def _unsubscribe(self, stream_id: StreamId, subscription_id: str) -> bool:
+    def unsubscribe(self, stream_id: StreamId, subscription_id: str) -> bool:
+        """End subscription *subscription_id* of *stream_id*; False if it had ended."""
         subs = self._subs.get(stream_id, {})
         sub = subs.pop(subscription_id, None)
         if not subs:
@@ -425,7 +476,7 @@ class StreamProvider:
             sub.replaying.set()
         return True
 
-    async def _replay(self, sub: _Subscription, token: SequenceToken) -> None:
+    async def _replay(self, sub: Subscription, token: SequenceToken) -> None:
         """Send *sub* the stored items of its stream from *token* on, then let it go live."""
         sequence = token.sequence
         try:
@@ -450,9 +501,59 @@ class StreamProvider:
                 sub.replaying = None
 
 
-# Stream and the handle name StreamProvider in annotations: resolve them here, where it
-# exists, so that trio_grains/__init__ can show them as trio_grains.Stream (it skips
-# classes whose annotations do not resolve).
-for _cls in (Stream, StreamSubscriptionHandle):
-    attrs.resolve_types(_cls, localns={"StreamProvider": StreamProvider})
-del _cls
+class _PartitionHost:
+    """A provider's :class:`~trio_grains._streams.agent.AgentHost` for one partition.
+
+    The adapter's calls are its own bound methods (``receive`` with the partition bound
+    by :func:`functools.partial`), and ``targets`` / ``publish_encoded`` the provider's:
+    the agent's calls cost what they cost when it held the provider. The provider's
+    name, options, codec, tracer and counters are shared (fixed when it is built)."""
+
+    __slots__ = (
+        "_adapter",
+        "ack",
+        "codec",
+        "counts",
+        "in_progress",
+        "nak",
+        "name",
+        "options",
+        "partition",
+        "publish_encoded",
+        "receive",
+        "targets",
+        "term",
+        "tracer",
+    )
+
+    def __init__(
+        self,
+        provider: StreamProvider,
+        partition: int,
+        targets: Callable[[StreamId], Iterable[Target]],
+    ) -> None:
+        adapter = provider.adapter
+        self._adapter = adapter
+        self.partition = partition
+        self.name = provider.name
+        self.options = provider.options
+        self.codec = provider.codec
+        self.tracer = provider.tracer
+        self.counts = provider.counts
+        self.receive: Callable[[int], Awaitable[list[ReceivedItem]]] = functools.partial(
+            adapter.receive, partition
+        )
+        self.ack = adapter.ack
+        self.nak = adapter.nak
+        self.term = adapter.term
+        self.in_progress = adapter.in_progress
+        self.targets = targets
+        self.publish_encoded = provider.publish_encoded
+
+    @property
+    def progress_interval(self) -> float | None:
+        return self._adapter.progress_interval
+
+    @property
+    def max_item_size(self) -> int | None:
+        return self._adapter.max_item_size
