@@ -158,13 +158,19 @@ class Activation:
         overtakes a call that waits. Callers arriving now pass ``self.queued``; the
         mailbox's task passes 0 for the call at its head.
         """
-        if self.state != ACTIVE:
-            return False
-        if kind != INTERLEAVE and (ahead or (self.running if kind == EXCLUSIVE else self.writers)):
-            return False
-        self.running += 1
-        if kind != READ_ONLY:
+        # Branches by kind, the common one first: this runs on every local call.
+        if kind == EXCLUSIVE:
+            if ahead or self.running or self.state != ACTIVE:
+                return False
             self.writers += 1
+        elif kind == READ_ONLY:
+            if ahead or self.writers or self.state != ACTIVE:
+                return False
+        else:  # INTERLEAVE
+            if self.state != ACTIVE:
+                return False
+            self.writers += 1
+        self.running += 1
         self.touched = True
         return True
 

@@ -153,18 +153,24 @@ class Catalog:
         if self._cluster is not None:
             await self._cluster.unregister(act)
 
-    async def call_here(
-        self, grain_id: GrainId, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """Call *method* (by name) on the activation of *grain_id* here, created if need be
-        (a call rerouted here: its arguments were copied when it was first made)."""
-        if not self.accepting:
-            raise SiloUnavailableError(f"the silo is shutting down: cannot call {grain_id}")
+    def local_method(self, grain_id: GrainId, method: MethodInfo) -> tuple[Activation, MethodInfo]:
+        """The activation of *grain_id* here (created if need be) and its own table's entry
+        for *method*: what a call that placement sent to this silo runs."""
         info = self.implementation(grain_id, None)
         act = self.local_activation(grain_id, info)
         local = act.methods.get(method.name)
         if local is None:
             raise GrainMethodError(f"{info.describe()} has no grain method {method.name!r}")
+        return act, local
+
+    async def call_here(
+        self, grain_id: GrainId, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Call *method* on the activation of *grain_id* here, created if need be (a call
+        rerouted here: its arguments were copied when it was first made)."""
+        if not self.accepting:
+            raise SiloUnavailableError(f"the silo is shutting down: cannot call {grain_id}")
+        act, local = self.local_method(grain_id, method)
         return await act.call(local, args, kwargs)
 
     # -- activations --------------------------------------------------------------------------

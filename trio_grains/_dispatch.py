@@ -164,12 +164,7 @@ class Dispatcher:
     ) -> Any:
         """Call *method* (by name) on the activation of *grain_id* in this silo, created if
         need be: the cluster's way in when placement chose this silo."""
-        catalog = self.catalog
-        info = catalog.implementation(grain_id, None)
-        act = catalog.local_activation(grain_id, info)
-        local = act.methods.get(method.name)
-        if local is None:
-            raise GrainMethodError(f"{info.describe()} has no grain method {method.name!r}")
+        act, local = self.catalog.local_method(grain_id, method)
         return await self.deliver(act, local, args, kwargs)
 
     async def deliver(
