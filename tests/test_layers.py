@@ -296,6 +296,32 @@ def test_no_module_reads_another_modules_private_members() -> None:
     )
 
 
+def test_no_module_imports_another_modules_private_names() -> None:
+    imported = []
+    for module, path in MODULES.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                source = _resolve(module, is_package, node.level, node.module)
+            elif node.module is not None and node.module.startswith("trio_grains."):
+                source = node.module.removeprefix("trio_grains.")
+            else:
+                continue
+            for alias in node.names:
+                if (
+                    alias.name.startswith("_")
+                    and not alias.name.startswith("__")
+                    and f"{source}.{alias.name}" not in MODULES
+                ):
+                    imported.append(f"trio_grains.{module}: {alias.name} from {source}")
+    assert imported == [], (
+        "private names imported from another module: make them public there:\n  "
+        + "\n  ".join(imported)
+    )
+
+
 def test_imports_are_found_wherever_they_are_written() -> None:
     found = dict(imports("_reference"))
     assert found["_activation"] is False  # under TYPE_CHECKING

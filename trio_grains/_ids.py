@@ -45,6 +45,7 @@ __all__ = [
     "GrainId",
     "GrainKey",
     "GrainType",
+    "check_key",
     "check_key_length",
     "encode_key",
     "escape_token",
@@ -261,7 +262,9 @@ def _forbidden(ch: str) -> str | None:
     return None
 
 
-def _check_key(_inst: object, _attr: object, key: str) -> None:
+def check_key(_inst: object, _attr: object, key: str) -> None:
+    """An attrs validator: *key* is a valid encoded grain key (Orleans' rules, see
+    docs/identity.md); :class:`~trio_grains.GrainIdError` saying why otherwise."""
     # The common case first. isprintable() is False for every character _forbidden names
     # (and for others we allow, which the loop below then lets through); among printable
     # characters only U+0020 is whitespace, so isspace() means "only spaces" here.
@@ -359,7 +362,7 @@ class GrainId:
     """
 
     type: GrainType = attrs.field(validator=_check_type)
-    key: str = attrs.field(validator=_check_key)
+    key: str = attrs.field(validator=check_key)
 
     def __str__(self) -> str:
         return f"{self.type.value}/{self.key}"

@@ -29,7 +29,7 @@ class MethodInfo:
     read_only: bool = False
     one_way: bool = False
     idempotent: bool = False
-    #: how calls interleave on the implementing class (``_calls.EXCLUSIVE`` ...)
+    #: how calls interleave on the implementing class (``EXCLUSIVE`` ...)
     kind: int = 0
     #: what the in-task fast path runs (``Dispatcher.invoke``: an idle local grain, in the
     #: caller's task); ``func`` runs every other turn. A silo's method table may wrap

@@ -34,7 +34,7 @@ import attrs
 
 from .._exceptions import ConfigError, GrainTypeError, StreamError
 from .._grain import Grain, mark_runtime_called
-from .._ids import _check_key, encode_key
+from .._ids import check_key, encode_key
 
 __all__ = [
     "DeadLetter",
@@ -79,7 +79,7 @@ class StreamId:
     """
 
     namespace: str = attrs.field(validator=_check_namespace)
-    key: str = attrs.field(converter=encode_key, validator=_check_key)
+    key: str = attrs.field(converter=encode_key, validator=check_key)
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.key}"

@@ -124,7 +124,7 @@ async def run_checks(
 # --- storage helpers ---------------------------------------------------------------------
 
 
-async def _read(storage: GrainStorage, state: str, gid: GrainId) -> StoredState | None:
+async def read_record(storage: GrainStorage, state: str, gid: GrainId) -> StoredState | None:
     record = await expect_success(
         f"read of state {state!r} of {gid}", lambda: storage.read(state, gid)
     )
@@ -144,7 +144,7 @@ async def _read(storage: GrainStorage, state: str, gid: GrainId) -> StoredState 
     return record
 
 
-async def _write(
+async def write_record(
     storage: GrainStorage, state: str, gid: GrainId, data: bytes, etag: str | None
 ) -> str:
     new = await expect_success(
@@ -156,10 +156,10 @@ async def _write(
     return new
 
 
-async def _expect_record(
+async def expect_record(
     storage: GrainStorage, state: str, gid: GrainId, data: bytes, etag: str, rule: str
 ) -> None:
-    record = await _read(storage, state, gid)
+    record = await read_record(storage, state, gid)
     if record is None:
         raise AssertionError(f"{rule}; the record of state {state!r} of {gid} is missing")
     if record.data != data:
@@ -173,14 +173,14 @@ async def _expect_record(
         )
 
 
-async def _expect_missing(storage: GrainStorage, state: str, gid: GrainId, rule: str) -> None:
-    record = await _read(storage, state, gid)
+async def expect_missing(storage: GrainStorage, state: str, gid: GrainId, rule: str) -> None:
+    record = await read_record(storage, state, gid)
     if record is not None:
         raise AssertionError(
             f"{rule}; state {state!r} of {gid} reads {show(record)}, expected None"
         )
 
 
-def _setup(tag: str | None = None) -> tuple[str, GrainId]:
+def new_state_and_grain(tag: str | None = None) -> tuple[str, GrainId]:
     tag = tag or new_tag()
     return f"kit-{tag}", GrainId.create(f"kit{tag}", "grain")

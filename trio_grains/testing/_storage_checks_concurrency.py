@@ -18,16 +18,16 @@ from .._ids import GrainId
 from .._storage import GrainStorage, InconsistentStateError
 from ._kit_helpers import (
     LARGE_STATE,
-    _expect_missing,
-    _expect_record,
-    _read,
-    _setup,
-    _write,
     expect_conflict,
+    expect_missing,
+    expect_record,
     expect_success,
+    new_state_and_grain,
     new_tag,
+    read_record,
     show,
     show_exc,
+    write_record,
 )
 
 if TYPE_CHECKING:
@@ -59,12 +59,12 @@ async def _race(
 
 async def check_concurrent_writers_one_record(open_storage: StorageOpener) -> None:
     """20 tasks writing one record with the same etag: exactly one wins."""
-    state, gid = _setup()
+    state, gid = new_state_and_grain()
     writers = 20
     async with open_storage() as storage:
         for start in ("no record", "an existing record"):
             expected = (
-                None if start == "no record" else await _write(storage, state, gid, b"", None)
+                None if start == "no record" else await write_record(storage, state, gid, b"", None)
             )
             winners, others = await _race(storage, state, gid, writers, expected)
             if others:
@@ -78,7 +78,7 @@ async def check_concurrent_writers_one_record(open_storage: StorageOpener) -> No
                     f"must succeed; {len(winners)} did (writers {[i for i, _ in winners]})"
                 )
             i, etag = winners[0]
-            await _expect_record(
+            await expect_record(
                 storage,
                 state,
                 gid,
@@ -115,7 +115,7 @@ async def check_concurrent_writers_distinct_records(open_storage: StorageOpener)
                 f"{len(failures)} failed, e.g. {failures[:3]}"
             )
         for gid in ids:
-            await _expect_record(
+            await expect_record(
                 storage,
                 state,
                 gid,
@@ -127,10 +127,10 @@ async def check_concurrent_writers_distinct_records(open_storage: StorageOpener)
 
 async def check_cancelled_write(open_storage: StorageOpener) -> None:
     """A cancelled write either happened or did not: the record stays consistent."""
-    state, gid = _setup()
+    state, gid = new_state_and_grain()
     async with open_storage() as storage:
         old = b"v0"
-        etag = await _write(storage, state, gid, old, None)
+        etag = await write_record(storage, state, gid, old, None)
         for delay in range(8):
             new = f"v{delay + 1}".encode()
             returned: str | None = None
@@ -154,10 +154,10 @@ async def check_cancelled_write(open_storage: StorageOpener) -> None:
                     f"trio.Cancelled; it raised {show_exc(error)}"
                 ) from error
             if returned is not None:
-                await _expect_record(
+                await expect_record(
                     storage, state, gid, new, returned, "a write that returned must be stored"
                 )
-            record = await _read(storage, state, gid)
+            record = await read_record(storage, state, gid)
             if record is None or record.data not in (old, new):
                 raise AssertionError(
                     "a cancelled write must either happen or not; the record then reads "
@@ -177,36 +177,36 @@ async def check_cancelled_write(open_storage: StorageOpener) -> None:
 
 async def check_durability(open_storage: StorageOpener) -> None:
     """Records and etags survive closing and reopening the provider."""
-    state, gid = _setup()
+    state, gid = new_state_and_grain()
     cleared = GrainId.create(gid.type, "cleared")
     large = random.Random(99).randbytes(LARGE_STATE // 4)
     async with open_storage() as storage:
-        etag = await _write(storage, state, gid, b"v1", None)
-        etag = await _write(storage, state, gid, large, etag)
-        gone = await _write(storage, state, cleared, b"soon gone", None)
+        etag = await write_record(storage, state, gid, b"v1", None)
+        etag = await write_record(storage, state, gid, large, etag)
+        gone = await write_record(storage, state, cleared, b"soon gone", None)
         await storage.clear(state, cleared, gone)
     async with open_storage() as storage:
-        await _expect_record(
+        await expect_record(
             storage, state, gid, large, etag, "data and etag must survive closing and reopening"
         )
-        await _expect_missing(
+        await expect_missing(
             storage, state, cleared, "a cleared record must stay cleared after reopening"
         )
         await expect_conflict(
             "after reopening, write with etag None to an existing record",
             lambda: storage.write(state, gid, b"v3", None),
         )
-        etag = await _write(storage, state, gid, b"v3", etag)
+        etag = await write_record(storage, state, gid, b"v3", etag)
     async with open_storage() as first, open_storage() as second:
-        await _expect_record(
+        await expect_record(
             second, state, gid, b"v3", etag, "a write must be visible to another provider instance"
         )
-        newer = await _write(first, state, gid, b"v4", etag)
+        newer = await write_record(first, state, gid, b"v4", etag)
         await expect_conflict(
             "write with a stale etag through a second provider instance",
             lambda: second.write(state, gid, b"v5", etag),
         )
-        await _expect_record(
+        await expect_record(
             second, state, gid, b"v4", newer, "a second provider instance must see the new record"
         )
         await second.clear(state, gid, newer)

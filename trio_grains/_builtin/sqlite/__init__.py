@@ -26,10 +26,10 @@ from typing import Any
 from ..._registry import ProviderContext, ProviderRegistry
 from ...hookspecs import hookimpl
 from ._connection import (
-    _REMINDER_TABLE,
-    _STATE_TABLE,
+    REMINDER_TABLE,
+    STATE_TABLE,
+    SqliteConnection,
     SqliteStatistics,
-    _Connection,
     parse_options,
 )
 from ._reminders import SqliteReminderTable
@@ -49,8 +49,8 @@ __all__ = [
 @contextlib.asynccontextmanager
 async def _opened(
     where: str, options: Mapping[str, Any], component: str, schema: str
-) -> AsyncIterator[_Connection]:
-    conn = _Connection(parse_options(where, options), (schema,), component)
+) -> AsyncIterator[SqliteConnection]:
+    conn = SqliteConnection(parse_options(where, options), (schema,), component)
     await conn.start()
     try:
         yield conn
@@ -64,7 +64,7 @@ async def open_sqlite_storage(
 ) -> AsyncIterator[SqliteStorage]:
     """The ``sqlite`` storage provider (options: ``path``, ``synchronous``, ``busy_timeout``)."""
     where = f"sqlite storage provider [storage.{context.name}]"
-    async with _opened(where, options, "grain_state", _STATE_TABLE) as conn:
+    async with _opened(where, options, "grain_state", STATE_TABLE) as conn:
         yield SqliteStorage(conn)
 
 
@@ -74,7 +74,7 @@ async def open_sqlite_reminder_table(
 ) -> AsyncIterator[SqliteReminderTable]:
     """The ``sqlite`` reminder table (the same options as the storage provider)."""
     where = "sqlite reminder table [reminders]"
-    async with _opened(where, options, "reminders", _REMINDER_TABLE) as conn:
+    async with _opened(where, options, "reminders", REMINDER_TABLE) as conn:
         yield SqliteReminderTable(conn)
 
 

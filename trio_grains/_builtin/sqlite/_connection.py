@@ -59,13 +59,13 @@ _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS trio_grains_schema ("
     "component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 )
-_STATE_TABLE = (
+STATE_TABLE = (
     "CREATE TABLE IF NOT EXISTS grain_state ("
     "state_name TEXT NOT NULL, grain_type TEXT NOT NULL, grain_key TEXT NOT NULL, "
     "data BLOB NOT NULL, etag TEXT NOT NULL, "
     "PRIMARY KEY (state_name, grain_type, grain_key))"
 )
-_REMINDER_TABLE = (
+REMINDER_TABLE = (
     "CREATE TABLE IF NOT EXISTS reminders ("
     "grain_type TEXT NOT NULL, grain_key TEXT NOT NULL, name TEXT NOT NULL, "
     "start_at REAL NOT NULL, period REAL NOT NULL, etag TEXT NOT NULL, "
@@ -176,7 +176,7 @@ def _create_private(path: str) -> None:
 
 
 @attrs.define(eq=False)
-class _Connection:
+class SqliteConnection:
     """One sqlite3 connection owned by one thread, serving queued calls in transactions."""
 
     options: SqliteOptions
@@ -437,5 +437,5 @@ class _Connection:
             request.result = result
 
 
-def _new_etag() -> str:
+def new_etag() -> str:
     return uuid.uuid4().hex

@@ -22,7 +22,7 @@ from ..._exceptions import StorageError
 from ..._ids import GrainId, GrainType
 from ..._reminders import ReminderEntry, ReminderTable, checked_reminder_row
 from ..._rows import MalformedRows
-from ._connection import SqliteStatistics, _Connection, _new_etag
+from ._connection import SqliteConnection, SqliteStatistics, new_etag
 
 log = logging.getLogger("trio_grains.sqlite")
 
@@ -60,7 +60,7 @@ def _row_name(row: object) -> str:
 class SqliteReminderTable(ReminderTable):
     """Reminder rows in the ``reminders`` table of a SQLite file."""
 
-    _conn: _Connection
+    _conn: SqliteConnection
     _malformed: MalformedRows = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -128,7 +128,7 @@ class SqliteReminderTable(ReminderTable):
         )
 
         def upsert(conn: sqlite3.Connection) -> str:
-            new = _new_etag()
+            new = new_etag()
             conn.execute(
                 f"INSERT INTO reminders ({_REMINDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (grain_type, grain_key, name) DO UPDATE SET "

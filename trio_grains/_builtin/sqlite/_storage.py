@@ -18,7 +18,7 @@ import attrs
 
 from ..._ids import GrainId
 from ..._storage import GrainStorage, InconsistentStateError, StoredState
-from ._connection import SqliteStatistics, _Connection, _new_etag
+from ._connection import SqliteConnection, SqliteStatistics, new_etag
 
 # --- grain storage ---------------------------------------------------------------------------
 
@@ -46,7 +46,7 @@ def _mismatch(
 class SqliteStorage(GrainStorage):
     """Grain states in the ``grain_state`` table of a SQLite file."""
 
-    _conn: _Connection
+    _conn: SqliteConnection
 
     def statistics(self) -> SqliteStatistics:
         return self._conn.statistics()
@@ -71,7 +71,7 @@ class SqliteStorage(GrainStorage):
         blob = bytes(data)
 
         def write(conn: sqlite3.Connection) -> str:
-            new = _new_etag()
+            new = new_etag()
             if etag is None:
                 try:
                     conn.execute(
