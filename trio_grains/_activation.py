@@ -155,8 +155,9 @@ class Activation:
 
         An interleaving call starts whenever the activation is active; an exclusive one
         when no turn runs, a read-only one when only read-only turns run, and neither
-        overtakes a call that waits. Callers arriving now pass ``self.queued``; the
-        mailbox's task passes 0 for the call at its head.
+        overtakes a call that waits; ``NEVER_STOLEN`` never starts this way. Callers
+        arriving now pass ``self.queued``; the mailbox's task passes 0 for the call at its
+        head.
         """
         # Branches by kind, the common one first: this runs on every local call.
         if kind == EXCLUSIVE:
@@ -166,10 +167,12 @@ class Activation:
         elif kind == READ_ONLY:
             if ahead or self.writers or self.state != ACTIVE:
                 return False
-        else:  # INTERLEAVE
+        elif kind == INTERLEAVE:
             if self.state != ACTIVE:
                 return False
             self.writers += 1
+        else:  # NEVER_STOLEN
+            return False
         self.running += 1
         self.touched = True
         return True

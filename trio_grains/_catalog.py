@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
 import trio
 
 from ._activation import ACTIVE, DEAD, Activation
@@ -24,7 +25,7 @@ from ._calls import Call, TimeoutWheel
 from ._exceptions import GrainMethodError, GrainTypeError, SiloUnavailableError
 from ._grain import GrainClassInfo, GrainClassRegistry, GrainServices, runtime_called
 from ._ids import GrainId
-from ._methods import MethodInfo
+from ._methods import NEVER_STOLEN, MethodInfo
 from ._metrics import SiloMetrics
 from ._tracing import Tracer, traced_methods
 
@@ -82,6 +83,7 @@ class Catalog:
         self.metrics = metrics
         #: storage name -> (opened provider, provider name)
         self.storages: Mapping[str, tuple[GrainStorage, str]] = storages or {}
+        self.isolate = config.isolate_local_calls
         self.max_queued_calls = config.max_queued_calls
         self.deactivation_timeout = config.deactivation_timeout
         self._cluster = cluster
@@ -106,8 +108,9 @@ class Catalog:
 
     def method_table(self, info: GrainClassInfo) -> dict[str, MethodInfo]:
         """The methods activations of *info* run: the class's own, or with tracing or
-        metrics on, wrapped (built once per class per silo)."""
-        if self.tracer is None and self.metrics is None:
+        metrics on, wrapped, and with ``isolate_local_calls`` never stolen (built once per
+        class per silo)."""
+        if self.tracer is None and self.metrics is None and not self.isolate:
             return info.methods
         table = self._tables.get(info.cls)
         if table is None:
@@ -117,6 +120,8 @@ class Catalog:
                 table = traced_methods(table, self.tracer, grain_type)
             if self.metrics is not None:  # outermost: its timings include the spans
                 table = self.metrics.instrument_methods(grain_type, table)
+            if self.isolate:  # every call goes through the mailbox, copied as on a wire
+                table = {n: attrs.evolve(m, steal_kind=NEVER_STOLEN) for n, m in table.items()}
             self._tables[info.cls] = table
         return table
 

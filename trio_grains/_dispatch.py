@@ -123,8 +123,8 @@ class Dispatcher:
         method = act.methods.get(name)
         if method is None:
             raise self._no_method(act.info, ref, name)
-        kind = method.kind
-        if not method.one_way and not self.isolate and act.try_begin_turn(kind, act.queued):
+        kind = method.steal_kind  # (one-way and isolated calls: never stolen)
+        if act.try_begin_turn(kind, act.queued):
             # Turn stealing: the turn runs in this task, nothing is queued or replied.
             counter = method.counter
             try:

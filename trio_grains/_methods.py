@@ -13,10 +13,12 @@ from typing import Any
 
 import attrs
 
-__all__ = ["EXCLUSIVE", "INTERLEAVE", "READ_ONLY", "MethodInfo"]
+__all__ = ["EXCLUSIVE", "INTERLEAVE", "NEVER_STOLEN", "READ_ONLY", "MethodInfo"]
 
 # How a call may interleave with the turns already running on its activation.
 EXCLUSIVE, READ_ONLY, INTERLEAVE = 0, 1, 2
+#: the steal kind of a method whose calls never run in the caller's task
+NEVER_STOLEN = -1
 
 
 @attrs.frozen(eq=False)
@@ -39,3 +41,11 @@ class MethodInfo:
         default=attrs.Factory(lambda self: self.func, takes_self=True)
     )
     counter: Any = None
+    #: the kind a call takes when it runs in the caller's task ("turn stealing"): its
+    #: ``kind``, or :data:`NEVER_STOLEN` for one-way methods (and, in a silo that isolates
+    #: local calls, for every method), which the turn rule never lets start that way
+    steal_kind: int = attrs.field(
+        default=attrs.Factory(
+            lambda self: NEVER_STOLEN if self.one_way else self.kind, takes_self=True
+        )
+    )
