@@ -36,9 +36,7 @@ class EchoGrain(Grain):
         return data
 
     async def where(self) -> str:
-        cluster = self._activation.runtime.cluster
-        assert cluster is not None
-        return cluster.silo_id
+        return self.runtime_identity
 
 
 def say(obj: dict[str, Any]) -> None:
