@@ -13,14 +13,12 @@ import trio.testing
 
 from trio_grains import MembershipRow, MembershipRows, MembershipTable
 from trio_grains._cluster.membership import (
-    MembershipView,
     MemoryMembershipTable,
     SiloAlreadyJoinedError,
     SiloDeclaredDeadError,
-    SiloEntry,
-    SiloStatus,
 )
 from trio_grains._cluster.membership_service import MembershipService
+from trio_grains._cluster.silo_entries import MembershipView, SiloEntry, SiloStatus
 from trio_grains.testing import MEMBERSHIP_CHECKS, check_membership_table
 
 INTERVAL = 1.0

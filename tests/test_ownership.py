@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from trio_grains import DirectoryError, GrainId
 from trio_grains._cluster.directory import DirectoryEntry, GrainDirectory, MemoryGrainDirectory
-from trio_grains._cluster.membership import MembershipView, SiloEntry, SiloStatus
 from trio_grains._cluster.ownership import (
     PartitionBalancer,
     owned_partitions,
@@ -23,6 +22,7 @@ from trio_grains._cluster.ownership import (
     partition_lease_id,
     rendezvous_owner,
 )
+from trio_grains._cluster.silo_entries import MembershipView, SiloEntry, SiloStatus
 
 # --- rendezvous hashing ---------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ from trio_grains import (
     open_silo,
 )
 from trio_grains._builtin.memory import MemoryReminderTable
-from trio_grains._cluster.membership import MembershipView, SiloEntry, SiloStatus
 from trio_grains._cluster.ownership import owner_filter_for
+from trio_grains._cluster.silo_entries import MembershipView, SiloEntry, SiloStatus
 from trio_grains._reminders import ReminderEntry, ReminderService
 
 

@@ -39,7 +39,7 @@ from trio_grains._builtin.sqlite import open_sqlite_reminder_table
 from trio_grains._builtin.sqlite._reminders import decode_reminder_row as sqlite_reminder_row
 from trio_grains._builtin.sqlite._storage import decode_record
 from trio_grains._cluster.directory import DirectoryEntry
-from trio_grains._cluster.membership import SiloEntry, SiloStatus
+from trio_grains._cluster.silo_entries import SiloEntry, SiloStatus
 from trio_grains._reminders import ReminderService, ReminderTable, checked_reminder_row
 from trio_grains._rows import MAX_ROW_BYTES, MalformedRows, load_json_object
 from trio_grains._serialization import Codec, make_converter

@@ -28,9 +28,10 @@ import trio
 
 from ._calls import TimeoutWheel
 from ._cluster.locator import Locator
-from ._cluster.membership import MembershipTable, MembershipView
+from ._cluster.membership import MembershipTable
 from ._cluster.messenger import Messenger
 from ._cluster.routing import call_anywhere
+from ._cluster.silo_entries import MembershipView
 from ._config import (
     PluginsConfig,
     ProviderConfig,

@@ -25,8 +25,8 @@ import trio
 from ._calls import TimeoutWheel
 from ._catalog import Catalog
 from ._cluster.member import ClusterMember, warn_per_silo_providers
-from ._cluster.membership import MembershipView
 from ._cluster.routing import SiloCluster
+from ._cluster.silo_entries import MembershipView
 from ._config import ProviderConfig, SiloConfig
 from ._dispatch import Dispatcher, timeout_error
 from ._exceptions import ConfigError, SiloDeclaredDeadError, SiloUnavailableError, first_leaf

@@ -3,7 +3,8 @@
 Bottom to top:
 
 ``envelope``            the request, reply and cancel messages, decoded against limits
-``membership``          its values, the row codec, the table contract and protocol, the memory table
+``silo_entries``        a silo's membership row, the view of all rows, and their encoding
+``membership``          the table contract (compare-and-set rows), the protocol, the memory table
 ``directory``           the grain-directory contract and the per-silo cache
 ``transport``           the Transport and ClusterBackend contracts, and their in-memory forms
 ``messenger``           calls across the transport: requests out, replies correlated, replies sent

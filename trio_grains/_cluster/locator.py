@@ -26,7 +26,8 @@ from .._ids import GrainId
 from .._placement import PlacementRegistry, PlacementStrategy, PlacementTarget, SiloInfo
 from .directory import CachedDirectory, DirectoryCache, GrainDirectory
 from .envelope import LOCATE
-from .membership import MembershipTable, MembershipView, SiloStatus
+from .membership import MembershipTable
+from .silo_entries import MembershipView, SiloStatus
 
 __all__ = ["Locator"]
 

@@ -25,10 +25,10 @@ import trio
 from .._exceptions import MembershipError
 from .._ids import GrainId
 from .._registry import ProviderContext
-from .membership import SiloStatus
 from .membership_service import MembershipService
 from .ownership import PartitionBalancer, owner_filter_for
 from .routing import SiloCluster
+from .silo_entries import SiloStatus
 
 if TYPE_CHECKING:
     from .._calls import TimeoutWheel

@@ -27,14 +27,8 @@ from .._exceptions import (
     MembershipUnavailableError,
     SiloDeclaredDeadError,
 )
-from .membership import (
-    MembershipProtocol,
-    MembershipTable,
-    MembershipView,
-    SiloEntry,
-    SiloStatus,
-    check_alive,
-)
+from .membership import MembershipProtocol, MembershipTable, check_alive
+from .silo_entries import MembershipView, SiloEntry, SiloStatus
 
 __all__ = ["MembershipService"]
 

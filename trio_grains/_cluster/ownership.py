@@ -47,7 +47,7 @@ import trio
 from .._exceptions import DirectoryError
 from .._ids import GrainId
 from .directory import DirectoryEntry, GrainDirectory, new_activation_id
-from .membership import MembershipView, SiloStatus
+from .silo_entries import MembershipView, SiloStatus
 
 __all__ = [
     "PARTITION_LEASE_TYPE",

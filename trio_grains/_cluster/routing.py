@@ -47,8 +47,8 @@ from .._ids import GrainId, check_key_length
 from . import envelope as env
 from .directory import DirectoryEntry
 from .locator import Locator
-from .membership import MembershipView, SiloEntry, SiloStatus
 from .messenger import Messenger, RerouteError
+from .silo_entries import MembershipView, SiloEntry, SiloStatus
 
 if TYPE_CHECKING:
     from .._activation import Activation

@@ -26,10 +26,10 @@ from typing import TypeAlias
 
 import trio
 
-from .._cluster.membership import (
+from .._cluster.membership import MembershipTable
+from .._cluster.silo_entries import (
     MembershipRow,
     MembershipRows,
-    MembershipTable,
     SiloEntry,
     SiloStatus,
     encode_silo_row,

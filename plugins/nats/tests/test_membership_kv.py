@@ -26,13 +26,9 @@ from trio_grains_nats.membership import (
 from trio_grains_nats.testing import FreezingRelay, run_freezing_relay
 
 from trio_grains import MembershipTable
-from trio_grains._cluster.membership import (
-    MembershipView,
-    SiloDeclaredDeadError,
-    SiloEntry,
-    SiloStatus,
-)
+from trio_grains._cluster.membership import SiloDeclaredDeadError
 from trio_grains._cluster.membership_service import MembershipService
+from trio_grains._cluster.silo_entries import MembershipView, SiloEntry, SiloStatus
 from trio_grains.testing import check_membership_table
 
 INTERVAL = 0.1
