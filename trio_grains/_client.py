@@ -284,6 +284,12 @@ async def open_client(
         trio.open_nursery() as nursery,
     ):
         wheel = TimeoutWheel(config.response_timeout, _timeout_error)
+        messenger: Messenger | None = None
+
+        def silo_gone(silo_id: str, _view: MembershipView) -> None:
+            if messenger is not None:
+                messenger.fail_calls_to(silo_id, "died or left")
+
         locator = Locator(
             membership=backend.membership,
             directory=backend.directory,
@@ -291,17 +297,18 @@ async def open_client(
             default_strategy=loaded.placement.strategy_for_name("random"),
             hosted=None,
             self_id=None,
+            on_gone=silo_gone,
         )
         messenger = Messenger(
-            transport, client._codec, wheel, client._endpoint_id, locator.address_of
+            transport,
+            client._codec,
+            wheel,
+            client._endpoint_id,
+            locator.address_of,
+            tracer=tracer,
         )  # (a client's endpoint takes no requests, so its reply-address limit never applies)
-        messenger.tracer = client._tracer = tracer
+        client._tracer = tracer
         client._locator, client._messenger = locator, messenger
-
-        def silo_gone(silo_id: str, _view: MembershipView) -> None:
-            messenger.fail_calls_to(silo_id, "died or left")
-
-        locator.on_gone = silo_gone
         locator.set_view(await backend.membership.snapshot())
         nursery.start_soon(wheel.run)
         await nursery.start(messenger.run)

@@ -45,6 +45,7 @@ class Locator:
         hosted: GrainClassRegistry | None,
         self_id: str | None,
         local_load: Callable[[], int] = lambda: 0,
+        on_gone: Callable[[str, MembershipView], None] | None = None,
     ) -> None:
         self.membership = membership
         self.directory = CachedDirectory(directory, DirectoryCache())
@@ -57,7 +58,7 @@ class Locator:
         #: called with each silo that died or left, whichever path adopted the view that
         #: says so (the membership watch, or a re-read by :meth:`alive`): calls waiting on
         #: it must fail now, not at their response timeout
-        self.on_gone: Callable[[str, MembershipView], None] | None = None
+        self.on_gone = on_gone
         self._random = random.Random()
 
     # -- the membership view ------------------------------------------------------------------

@@ -73,6 +73,9 @@ class Messenger:
         *,
         max_subject_length: int = 256,
         max_grain_id_length: int = 1024 + 256,
+        tracer: Tracer | None = None,
+        on_request: Callable[[env.Request], None] | None = None,
+        on_cancel: Callable[[str, int], None] | None = None,
     ) -> None:
         self.transport = transport
         self.codec = codec
@@ -83,11 +86,11 @@ class Messenger:
             transport.is_endpoint_address, max_subject_length, max_grain_id_length
         )
         #: the tracing provider's tracer: calls out are spans and carry their context
-        self.tracer: Tracer | None = None
-        #: silo requests go here (a silo sets it; a client ignores requests)
-        self.on_request: Callable[[env.Request], None] | None = None
-        #: a caller cancelled its call: ``on_cancel(reply_to, call_id)`` (silos set it)
-        self.on_cancel: Callable[[str, int], None] | None = None
+        self.tracer = tracer
+        #: silo requests go here (a silo's; a client's endpoint ignores requests)
+        self.on_request = on_request
+        #: a caller cancelled its call: ``on_cancel(reply_to, call_id)`` (a silo's)
+        self.on_cancel = on_cancel
         #: call id -> (call, silo it went to, whether that silo may forward it)
         self._pending: dict[int, tuple[Call, str, bool]] = {}
         self._backlog_send, self._backlog = trio.open_memory_channel[tuple[str, bytes]](math.inf)

@@ -146,6 +146,7 @@ class SiloCluster:
             hosted=registry,
             self_id=silo_id,
             local_load=self.local_load,
+            on_gone=self._silo_gone,
         )
         self.max_key_length = config.max_key_length
         self.messenger = Messenger(
@@ -156,11 +157,10 @@ class SiloCluster:
             self.locator.address_of,
             max_subject_length=config.max_subject_length,
             max_grain_id_length=config.max_key_length + 256,
+            tracer=tracer,
+            on_request=self._on_request,
+            on_cancel=self._on_cancel,
         )
-        self.messenger.tracer = tracer
-        self.messenger.on_request = self._on_request
-        self.messenger.on_cancel = self._on_cancel
-        self.locator.on_gone = self._silo_gone
         #: inbound calls by (reply_to, call_id), while they exist, for CANCEL messages
         self._inbound: weakref.WeakValueDictionary[tuple[str, int], Call] = (
             weakref.WeakValueDictionary()
