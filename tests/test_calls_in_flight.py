@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_grains import SiloUnavailableError
+from trio_grains import Grain, SiloConfig, SiloUnavailableError, open_silo
 from trio_grains._calls import ABANDONED, DONE, RUNNING, WAITING, Call, TimeoutWheel, wait_reply
 
 
@@ -257,13 +257,6 @@ async def test_fail_all_wakes_every_waiting_caller_with_its_own_error() -> None:
     assert [c.state for c in calls] == [ABANDONED, DONE, ABANDONED]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="SiloConfig accepts response_timeout=inf (it is > 0), but TimeoutWheel.add "
-    "computes math.ceil(inf): every call that queues fails. Reject inf in the config, or "
-    "let the wheel keep such calls out of its buckets.",
-)
 def test_an_infinite_response_timeout_never_expires() -> None:
     # A sync test around trio.run, so that the error is not wrapped in pytest-trio's group.
     async def main() -> object:
@@ -278,3 +271,41 @@ def test_an_infinite_response_timeout_never_expires() -> None:
         return await wait_reply(call)
 
     assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == "at last"
+
+
+async def test_calls_that_never_expire_are_counted_and_failed_when_the_silo_stops() -> None:
+    wheel = TimeoutWheel(math.inf, timeout_error)
+    first, second = make_call(), make_call()
+    wheel.add(first)
+    wheel.add(second)
+    assert wheel.pending() == 2
+    wheel.discard(first)
+    assert wheel.pending() == 1
+    wheel.fail_all(lambda call: SiloUnavailableError("stopped"))
+    assert wheel.pending() == 0
+    with pytest.raises(SiloUnavailableError, match="stopped"):
+        await wait_reply(second)
+
+
+class SlowGrain(Grain):
+    async def work(self) -> int:
+        await trio.sleep(1)
+        return 1
+
+
+async def test_a_silo_with_an_infinite_response_timeout_queues_calls(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_silo(SiloConfig(response_timeout=math.inf), grains=[SlowGrain]) as silo:
+        ref = silo.get_grain(SlowGrain, "g")
+        results: list[int] = []
+
+        async def call() -> None:
+            results.append(await ref.work())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):  # two of them wait in the mailbox, in the wheel
+                nursery.start_soon(call)
+            await trio.sleep(0.5)
+            assert silo.statistics().waiting_callers == 2
+        assert results == [1, 1, 1]

@@ -148,6 +148,9 @@ def log_one_way_outcome(label: str) -> Callable[[outcome.Outcome[Any]], None]:
     return done
 
 
+_NEVER = -(2**62)  # the bucket of calls that never expire (timeout=inf)
+
+
 class TimeoutWheel:
     """Expires calls whose reply did not come within *timeout* seconds.
 
@@ -159,10 +162,17 @@ class TimeoutWheel:
         self._timeout = timeout
         self._granularity = min(1.0, max(timeout / 16, 1e-3))
         self._buckets: dict[int, set[Call]] = {}
+        #: with ``timeout=inf``: calls that never expire (still failed by fail_all)
+        self._unbounded: set[Call] | None = None if math.isfinite(timeout) else set()
         self._make_error = make_error
         self._lot = trio.lowlevel.ParkingLot()
 
     def add(self, call: Call) -> None:
+        if self._unbounded is not None:
+            self._unbounded.add(call)
+            call.bucket = _NEVER
+            call.wheel = self
+            return
         key = math.ceil((trio.current_time() + self._timeout) / self._granularity)
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -174,6 +184,9 @@ class TimeoutWheel:
 
     def discard(self, call: Call) -> None:
         call.wheel = None
+        if call.bucket == _NEVER and self._unbounded is not None:
+            self._unbounded.discard(call)
+            return
         bucket = self._buckets.get(call.bucket)
         if bucket is not None:
             bucket.discard(call)
@@ -181,12 +194,16 @@ class TimeoutWheel:
                 del self._buckets[call.bucket]
 
     def pending(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
+        unbounded = 0 if self._unbounded is None else len(self._unbounded)
+        return unbounded + sum(len(b) for b in self._buckets.values())
 
     def fail_all(self, exc_factory: Callable[[Call], Exception]) -> None:
         """Wake every waiting caller with an error (used when the silo stops)."""
-        buckets, self._buckets = self._buckets, {}
-        for bucket in buckets.values():
+        buckets, self._buckets = list(self._buckets.values()), {}
+        if self._unbounded:
+            buckets.append(self._unbounded)
+            self._unbounded = set()
+        for bucket in buckets:
             for call in list(bucket):
                 call.wheel = None
                 call.fail(exc_factory(call))
