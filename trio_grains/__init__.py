@@ -268,18 +268,25 @@ def _fix_module_names() -> None:
     """
     import attrs
 
-    for name in __all__:
-        obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith("trio_grains._"):
-            if attrs.has(obj):
-                try:
-                    attrs.resolve_types(obj)
-                except NameError:
-                    continue  # annotations name TYPE_CHECKING-only imports: keep the module
+    private = [
+        obj
+        for name in __all__
+        if getattr(obj := globals()[name], "__module__", "").startswith("trio_grains._")
+    ]
+    unresolved = set()
+    for obj in private:  # all first: a subclass's hints are looked up in its bases' modules
+        if attrs.has(obj):
             try:
-                obj.__module__ = __name__
-            except (AttributeError, TypeError):
-                pass
+                attrs.resolve_types(obj)
+            except NameError:
+                unresolved.add(obj)  # annotations name TYPE_CHECKING-only imports
+    for obj in private:
+        if obj in unresolved:
+            continue  # keep the module, where its annotations can still be resolved
+        try:
+            obj.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
 
 
 _fix_module_names()

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import attrs
 
 from ._exceptions import ConfigError, PluginError, SiloUnavailableError
+from ._ids import GrainId  # at run time: attrs resolves the annotations that name it
 from ._registry import UNATTRIBUTED, ProviderRegistry
-
-if TYPE_CHECKING:
-    from ._ids import GrainId
 
 __all__ = [
     "ActivationCountPlacement",
