@@ -191,7 +191,10 @@ async def test_stream_partitions_spread_over_silos_and_move_without_loss(nats_ur
             with trio.fail_after(30):
                 while any(len(set(SEEN.get(k, []))) < sent for k in keys):  # noqa: ASYNC110
                     await trio.sleep(0.05)
-            assert newcomer.get_stream_provider().statistics().owned_partitions
+            with trio.fail_after(30):  # the newcomer takes its share (on a loaded machine,
+                # perhaps only after the survivors processed everything)
+                while not newcomer.get_stream_provider().statistics().owned_partitions:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
     for key in keys:
         items = SEEN[key]
         assert set(items) == set(range(sent))  # every item at least once
