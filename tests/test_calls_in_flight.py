@@ -156,6 +156,18 @@ def test_fail_without_a_waiter_goes_to_on_done() -> None:
     assert isinstance(seen[0].error, SiloUnavailableError)
 
 
+def test_fail_tells_nobody_once_the_call_is_done_or_abandoned() -> None:
+    done, abandoned = make_call(), make_call()
+    seen: list[outcome.Outcome[Any]] = []
+    done.on_done = abandoned.on_done = seen.append
+    done.finish(outcome.Value(1))
+    abandoned.abandon()  # its (remote) caller cancelled: no reply is wanted any more
+    done.fail(SiloUnavailableError("stopping"))
+    abandoned.fail(SiloUnavailableError("stopping"))
+    assert seen == [outcome.Value(1)]
+    assert [done.state, abandoned.state] == [DONE, ABANDONED]
+
+
 # -- TimeoutWheel -----------------------------------------------------------------------------
 
 

@@ -115,7 +115,11 @@ class Call:
             self.scope.cancel()
 
     def fail(self, exc: BaseException) -> None:
-        """Wake the waiting caller with *exc* and abandon the call."""
+        """Wake the waiting caller with *exc* and abandon the call; nothing if the call
+        already has its outcome or its caller gave up (there is nobody to tell: a reply
+        to a cancelled remote caller would only be dropped and counted there)."""
+        if self.state in (DONE, ABANDONED):
+            return
         task = self.task
         self.abandon()
         if task is not None:
