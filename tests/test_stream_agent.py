@@ -157,6 +157,13 @@ def options(**overrides: Any) -> StreamOptions:
     return StreamOptions(**{"backoff": 1.0, "backoff_multiplier": 2.0, **overrides})
 
 
+def recorded(**overrides: Any) -> tuple[FakeHost, Recorder]:
+    """A host with these options and one subscriber, a :class:`Recorder`."""
+    host, recorder = FakeHost(options(**overrides)), Recorder()
+    host.subscribers.append(recorder.target())
+    return host, recorder
+
+
 @contextlib.asynccontextmanager
 async def agent_of(host: AgentHost) -> AsyncIterator[PartitionAgent]:
     """``async with agent_of(host) as agent``: the agent runs inside, stops on the way out."""
@@ -177,9 +184,7 @@ def test_the_fake_is_an_agent_host() -> None:
 async def test_keys_keep_their_order_and_do_not_wait_for_each_other(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    host = FakeHost(options())
-    recorder = Recorder()
-    host.subscribers.append(recorder.target())
+    host, recorder = recorded()
     gate = recorder.block(1)
     async with agent_of(host):
         a = [host.put("a", 1), host.put("a", 2), host.put("a", 3)]
@@ -198,9 +203,7 @@ async def test_keys_keep_their_order_and_do_not_wait_for_each_other(
 async def test_ack_only_after_the_handler_returned(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    host = FakeHost(options())
-    recorder = Recorder()
-    host.subscribers.append(recorder.target())
+    host, recorder = recorded()
     gate = recorder.block(1)
     async with agent_of(host) as agent:
         item = host.put("k", 1)
@@ -218,9 +221,7 @@ async def test_ack_only_after_the_handler_returned(
 async def test_retries_with_backoff_hold_the_key_then_ack(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    host = FakeHost(options(max_deliveries=5))
-    recorder = Recorder()
-    host.subscribers.append(recorder.target())
+    host, recorder = recorded(max_deliveries=5)
     recorder.fail(1, 2)
     async with agent_of(host):
         start = trio.current_time()
@@ -259,9 +260,7 @@ async def test_a_retry_does_not_call_subscribers_that_returned_again(
 async def test_dead_letter_after_max_deliveries_then_the_key_moves_on(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    host = FakeHost(options(max_deliveries=3))
-    recorder = Recorder()
-    host.subscribers.append(recorder.target())
+    host, recorder = recorded(max_deliveries=3)
     recorder.fail(1, 100)
     async with agent_of(host):
         bad, good = host.put("k", 1), host.put("k", 2)
@@ -282,9 +281,7 @@ async def test_dead_letter_after_max_deliveries_then_the_key_moves_on(
 async def test_attempts_made_before_count_against_max_deliveries(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    host = FakeHost(options(max_deliveries=3))
-    recorder = Recorder()
-    host.subscribers.append(recorder.target())
+    host, recorder = recorded(max_deliveries=3)
     recorder.fail(1, 100)
     async with agent_of(host):
         host.put("k", 1, attempt=3)  # delivered twice before (another silo, say)
@@ -296,9 +293,7 @@ async def test_attempts_made_before_count_against_max_deliveries(
 async def test_a_dead_letter_that_cannot_be_published_gives_the_item_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    host = FakeHost(options(max_deliveries=1))
-    recorder = Recorder()
-    host.subscribers.append(recorder.target())
+    host, recorder = recorded(max_deliveries=1)
     recorder.fail(1, 100)
     host.refuse_publish = True
     async with agent_of(host):
@@ -312,9 +307,7 @@ async def test_a_dead_letter_that_cannot_be_published_gives_the_item_back(
 async def test_stop_drains_running_keys_and_gives_the_rest_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    host = FakeHost(options(drain_timeout=5.0))
-    recorder = Recorder()
-    host.subscribers.append(recorder.target())
+    host, recorder = recorded(drain_timeout=5.0)
     finishing, stuck = recorder.block(1), recorder.block(20)
     async with trio.open_nursery() as nursery:
         agent = PartitionAgent(host)
@@ -345,9 +338,7 @@ async def test_stop_drains_running_keys_and_gives_the_rest_back(
 async def test_an_item_the_adapter_redelivers_while_held_is_not_delivered_twice(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    host = FakeHost(options())
-    recorder = Recorder()
-    host.subscribers.append(recorder.target())
+    host, recorder = recorded()
     gate = recorder.block(1)
     async with agent_of(host):
         item = host.put("k", 1)
