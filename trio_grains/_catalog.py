@@ -94,17 +94,8 @@ class Catalog:
         self.activations_created = 0
         self._tables: dict[type, dict[str, MethodInfo]] = {}
         self._remote_tables: dict[type, dict[str, MethodInfo]] = {}
-        self._crashed = False
+        self._abandoned = False  # abandon_shutdown() cut the shutdown short
         self._shutdown_scope: trio.CancelScope | None = None
-
-    @property
-    def crashed(self) -> bool:
-        """The silo was killed rather than stopped: nothing is deactivated."""
-        return self._crashed
-
-    def mark_crashed(self) -> None:
-        """From now on the silo stops as if killed (its grains may be active elsewhere)."""
-        self._crashed = True
 
     def method_table(self, info: GrainClassInfo) -> dict[str, MethodInfo]:
         """The methods activations of *info* run: the class's own, or with tracing or
@@ -145,10 +136,6 @@ class Catalog:
         return self._nursery
 
     # -- the cluster hooks (no-ops in a lone silo) ------------------------------------------
-
-    @property
-    def clustered(self) -> bool:
-        return self._cluster is not None
 
     async def register(self, act: Activation) -> None:
         if self._cluster is not None:
@@ -339,10 +326,12 @@ class Catalog:
                 started += 1
         return started
 
-    async def shutdown(self) -> None:
-        """Stop accepting calls and deactivate everything (bounded by the deactivation timeout)."""
+    async def shutdown(self, *, crashed: bool = False) -> None:
+        """Stop accepting calls and deactivate everything (bounded by the deactivation
+        timeout); *crashed*: the silo was killed, so nothing is deactivated (its grains may
+        be active elsewhere already)."""
         self.accepting = False
-        if self._crashed:
+        if crashed:
             self._drop_all("the silo was killed")
             return
         timeout = self.config.deactivation_timeout
@@ -354,7 +343,7 @@ class Catalog:
                         act.state = DEAD  # nothing to run and no task: no need for one now
                     else:
                         nursery.start_soon(act.deactivate, "silo shutting down")
-        if scope.cancelled_caught and not self._crashed:
+        if scope.cancelled_caught and not self._abandoned:
             stuck = [str(a.grain_id) for a in self.activations() if a.state != DEAD]
             log.warning(
                 "silo shutdown gave up after %s s on %d activations whose turns did not end "
@@ -367,7 +356,7 @@ class Catalog:
 
     def abandon_shutdown(self) -> None:
         """Cut a shutdown under way short: what is still deactivating is dropped."""
-        self._crashed = True
+        self._abandoned = True
         if self._shutdown_scope is not None:
             self._shutdown_scope.cancel()
 

@@ -190,19 +190,13 @@ class Silo:
     def mark_crashed(self) -> None:
         """Stop as if killed: no goodbyes, activations dropped without ``on_deactivate``."""
         self._crashed = True
-        if self._catalog_or_none is not None:
-            self._catalog_or_none.mark_crashed()
-
-    @property
-    def _catalog(self) -> Catalog:
-        if self._catalog_or_none is None:
-            raise SiloUnavailableError("the silo is not running: use 'async with open_silo()'")
-        return self._catalog_or_none
 
     @property
     def catalog(self) -> Catalog:
         """The silo's activations (an internal object: for tests and diagnostics)."""
-        return self._catalog
+        if self._catalog_or_none is None:
+            raise SiloUnavailableError("the silo is not running: use 'async with open_silo()'")
+        return self._catalog_or_none
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -292,7 +286,7 @@ class Silo:
             raise ConfigError(f"stream provider {name!r} is not running") from None
 
     def statistics(self) -> SiloStatistics:
-        catalog = self._catalog
+        catalog = self.catalog
         acts = catalog.activations()
         cluster = self._cluster
         return SiloStatistics(
@@ -505,7 +499,7 @@ async def open_silo(
                         finally:
                             with trio.CancelScope(shield=True):
                                 await silo._say_goodbye()
-                                await catalog.shutdown()
+                                await catalog.shutdown(crashed=silo.crashed)
                 finally:
                     if member is not None:
                         await member.linger()
