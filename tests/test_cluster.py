@@ -123,9 +123,7 @@ async def test_calls_from_a_client_activate_each_grain_once_spread_over_silos() 
         assert not DOUBLE
         hosts = Counter(LIVE.values())
         assert len(hosts) == 3  # random placement used every silo
-        assert cluster.memory is not None
-        directory = cluster.memory.directory
-        entries = [await directory.lookup(ref.grain_id) for ref in refs]
+        entries = [await cluster.lookup_activation(ref.grain_id) for ref in refs]
         assert all(e is not None and e.silo_id == LIVE[str(e.grain_id)] for e in entries)
         assert await refs[7].add(0) == 2
 

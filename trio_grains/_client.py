@@ -27,6 +27,7 @@ import cattrs
 import trio
 
 from ._calls import TimeoutWheel
+from ._cluster.directory import MemoryGrainDirectory
 from ._cluster.locator import Locator
 from ._cluster.membership import MembershipTable
 from ._cluster.messenger import Messenger
@@ -292,7 +293,10 @@ async def open_client(
 
         locator = Locator(
             membership=backend.membership,
-            directory=backend.directory,
+            # A client never reads the grain directory (the in-cluster one is reachable
+            # from silos only): on a cache miss a hosting silo locates the grain for it
+            # (LOCATE), as an Orleans gateway does. This one stays empty.
+            directory=MemoryGrainDirectory(),
             placement=loaded.placement,
             default_strategy=loaded.placement.strategy_for_name("random"),
             hosted=None,

@@ -91,6 +91,17 @@ class PluginsConfig:
     block: tuple[str, ...] = ()
 
 
+GRAIN_DIRECTORIES = ("in-cluster", "provider")
+
+
+def _directory_kind(_inst: object, _attr: object, value: str) -> None:
+    if value not in GRAIN_DIRECTORIES:
+        raise ConfigError(
+            f"grain_directory must be one of {', '.join(map(repr, GRAIN_DIRECTORIES))}, "
+            f"got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class SiloConfig:
     """Everything a silo needs to know; every field has a working default.
@@ -140,6 +151,11 @@ class SiloConfig:
       request-queue limit). ``remote_tracebacks``: error replies carry the grain's
       traceback text (off by default: it tells any caller about the server's code; on in
       the test cluster and the demo).
+    * ``grain_directory``: where a clustered silo registers its activations.
+      ``"in-cluster"`` (the default): a directory partitioned over the silos themselves
+      (Orleans 9's ``DistributedGrainDirectory``; a lone silo registers without a message);
+      ``"provider"``: the clustering provider's shared directory (the ``nats`` provider's
+      KV bucket: one JetStream write per activation, for who wants an external one).
     """
 
     name: str = attrs.field(factory=_default_silo_name)
@@ -168,6 +184,7 @@ class SiloConfig:
     max_subject_length: int = attrs.field(default=256, validator=positive_int)
     max_queued_calls: int = attrs.field(default=10_000, validator=positive_int)
     remote_tracebacks: bool = False
+    grain_directory: str = attrs.field(default="in-cluster", validator=_directory_kind)
 
     def __attrs_post_init__(self) -> None:
         if self.dead_after <= self.heartbeat_interval:

@@ -92,6 +92,9 @@ class ClusterMember:
         )
         backend = await stack.enter_async_context(factory(ctx, dict(config.clustering.options)))
         transport = await stack.enter_async_context(backend.open_endpoint(silo.silo_id))
+        peer = None
+        if config.grain_directory == "in-cluster":
+            peer = await stack.enter_async_context(backend.open_peer_endpoint(silo.silo_id))
         placement = silo.plugins.placement
         self.cluster = SiloCluster(
             backend,
@@ -105,6 +108,7 @@ class ClusterMember:
             wheel=wheel,
             tracer=tracer,
             metrics=metrics,
+            peer_transport=peer,
         )
         return self.cluster
 
@@ -125,7 +129,7 @@ class ClusterMember:
             provider_name=provider.name,
             partitions=provider.partitions,
             silo_id=self.silo.silo_id,
-            directory=locator.directory.directory,
+            directory=self.cluster.backend_directory,
             set_owned=provider.set_owned_partitions,
             alive=locator.alive,
             takeover_delay=provider.adapter.takeover_delay,

@@ -45,7 +45,8 @@ from .._exceptions import (
 )
 from .._ids import GrainId, check_key_length
 from . import envelope as env
-from .directory import DirectoryEntry
+from .directory import DirectoryEntry, GrainDirectory
+from .distributed_directory import DistributedGrainDirectory
 from .locator import Locator
 from .messenger import Messenger, RerouteError
 from .silo_entries import MembershipView, SiloEntry, SiloStatus
@@ -129,6 +130,7 @@ class SiloCluster:
         wheel: TimeoutWheel,
         tracer: Tracer | None = None,
         metrics: SiloMetrics | None = None,
+        peer_transport: Transport | None = None,
     ) -> None:
         self.silo_id = silo_id
         self.roles = config.roles
@@ -138,9 +140,35 @@ class SiloCluster:
         self.metrics = metrics
         #: the catalog this silo's endpoint serves, while :meth:`run` runs
         self._catalog: Catalog | None = None
+        #: the clustering provider's directory (stream partition leases; and the grains'
+        #: directory with ``grain_directory = "provider"``)
+        self.backend_directory = backend.directory
+        #: the in-cluster directory (with a peer endpoint), else ``None``
+        self.distributed: DistributedGrainDirectory | None = None
+        directory: GrainDirectory = backend.directory
+        if peer_transport is not None:
+            peer_messenger = Messenger(
+                peer_transport,
+                codec,
+                wheel,
+                silo_id,
+                self._peer_address_of,
+                max_subject_length=config.max_subject_length,
+                max_grain_id_length=config.max_key_length + 256,
+            )
+            directory = self.distributed = DistributedGrainDirectory(
+                silo_id,
+                peer_messenger,
+                codec,
+                local_entries=self._local_entries,
+                refresh=self._refresh_view,
+                refused=self._refused,
+                max_grain_id_length=config.max_key_length + 256,
+            )
+            peer_messenger.on_request = directory.on_request
         self.locator = Locator(
             membership=backend.membership,
-            directory=backend.directory,
+            directory=directory,
             placement=placement,
             default_strategy=default_strategy,
             hosted=registry,
@@ -165,8 +193,10 @@ class SiloCluster:
         self._inbound: weakref.WeakValueDictionary[tuple[str, int], Call] = (
             weakref.WeakValueDictionary()
         )
-        #: calls placed elsewhere from here (LOCATE), so a CANCEL can follow them
-        self._forwarded: dict[tuple[str, int], str] = {}
+        #: calls placed elsewhere from here (LOCATE) -> (that silo, idempotent?), so that a
+        #: CANCEL can follow them and their callers hear of it if that silo dies (as an
+        #: Orleans gateway tells its clients)
+        self._forwarded: dict[tuple[str, int], tuple[str, bool]] = {}
         #: called with every new membership view (stream balancers, reminder ownership)
         self.view_listeners: list[Callable[[MembershipView], None]] = []
         self._nursery: trio.Nursery | None = None
@@ -185,6 +215,9 @@ class SiloCluster:
             roles=self.roles,
             grain_types=[str(t) for t in self.registry.types()],
             started_at=time.time(),
+            peer_address=(
+                "" if self.distributed is None else self.distributed.messenger.transport.address
+            ),
         )
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -200,6 +233,8 @@ class SiloCluster:
         self._catalog = catalog
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.distributed is not None:
+                await nursery.start(self.distributed.run)
             await nursery.start(self.messenger.run)
             nursery.start_soon(self._janitor)
             task_status.started()
@@ -218,14 +253,46 @@ class SiloCluster:
 
     def on_view(self, view: MembershipView) -> None:
         self.locator.set_view(view)  # calls _silo_gone for the silos that died or left
+        if self.distributed is not None:
+            self.distributed.on_view(view)
         if self.metrics is not None:
             self.metrics.membership_changes += 1
         for listener in self.view_listeners:
             listener(view)
 
+    async def _refresh_view(self) -> None:
+        """Re-read membership (the in-cluster directory found a ring other than ours)."""
+        view = await self.locator.membership.snapshot()
+        if view.version > self.locator.view.version:
+            self.on_view(view)
+
+    def _peer_address_of(self, silo_id: str) -> str | None:
+        entry = self.locator.view.get(silo_id)
+        return None if entry is None or not entry.alive else (entry.peer_address or None)
+
+    def _local_entries(self) -> list[DirectoryEntry]:
+        """The directory entries of this silo's registered activations."""
+        catalog = self._catalog
+        if catalog is None:
+            return []
+        entries = (act.directory_entry for act in catalog.activations())
+        return [e for e in entries if isinstance(e, DirectoryEntry)]
+
+    def _refused(self, entry: DirectoryEntry) -> None:
+        """Another activation of *entry*'s grain won: this silo's one stops."""
+        catalog = self._catalog
+        act = None if catalog is None else catalog.lookup(entry.grain_id)
+        if act is None or not isinstance(act.directory_entry, DirectoryEntry):
+            return
+        if act.directory_entry.same_activation(entry):
+            act.directory_entry = None  # (the registered entry is the other's)
+            assert catalog is not None
+            catalog.deactivate_soon(act, "another activation of the grain is registered")
+
     def _silo_gone(self, silo_id: str, view: MembershipView) -> None:
         dead = view.status_of(silo_id) is SiloStatus.DEAD
         self.messenger.fail_calls_to(silo_id, "died" if dead else "left")
+        self._fail_forwarded_to(silo_id, "died" if dead else "left")
         # One janitor per cluster. A silo that left cleanly has unregistered its grains
         # (this finds nothing); one whose row expired unseen has not.
         active = view.active()
@@ -234,6 +301,25 @@ class SiloCluster:
                 self._janitor_send.send_nowait(silo_id)
             except trio.WouldBlock:
                 log.warning("janitor is behind; entries of %s are removed lazily", silo_id)
+
+    def _fail_forwarded_to(self, silo_id: str, why: str) -> None:
+        """Tell the callers of the calls forwarded from here to *silo_id* that it is gone:
+        locate again (idempotent calls), or it may or may not have run. (Callers of calls
+        that were answered meanwhile drop this as a reply they do not wait for.)"""
+        doomed = [(key, idem) for key, (to, idem) in self._forwarded.items() if to == silo_id]
+        for (reply_to, call_id), idempotent in doomed:
+            del self._forwarded[(reply_to, call_id)]
+            if idempotent:
+                status, payload = env.REROUTE, b""
+            else:
+                error = SiloUnavailableError(
+                    f"silo {silo_id!r} {why} before a call forwarded to it replied; the call "
+                    "may or may not have run there (retry it if it is idempotent)"
+                )
+                status, payload = env.ERROR, self.messenger.encode_exception(error)
+            self.messenger.send_nowait(
+                reply_to, env.encode_reply(call_id, status, payload, self.silo_id)
+            )
 
     async def _janitor(self) -> None:
         """Remove directory entries of dead silos, so their grains can move at once."""
@@ -399,7 +485,8 @@ class SiloCluster:
             self._inbound.pop((req.reply_to, req.call_id), None)
             if len(self._forwarded) >= _FORWARDED_REMEMBERED:
                 self._forwarded.clear()
-            self._forwarded[(req.reply_to, req.call_id)] = silo_id
+            idempotent = call.method is not None and call.method.idempotent
+            self._forwarded[(req.reply_to, req.call_id)] = (silo_id, idempotent)
 
     def _on_cancel(self, reply_to: str, call_id: int) -> None:
         """The caller was cancelled: skip its call if queued, cancel its turn if running
@@ -408,8 +495,8 @@ class SiloCluster:
         if call is not None:
             call.abandon()
             return
-        silo_id = self._forwarded.pop((reply_to, call_id), None)
-        address = None if silo_id is None else self.locator.address_of(silo_id)
+        forwarded = self._forwarded.pop((reply_to, call_id), None)
+        address = None if forwarded is None else self.locator.address_of(forwarded[0])
         if address is not None:
             self.messenger.send_nowait(address, env.encode_cancel(call_id, reply_to))
 

@@ -76,6 +76,8 @@ class SiloEntry:
     version: int = 0
     grain_types: frozenset[str] = attrs.field(default=frozenset(), converter=_to_roles)
     load: int = 0
+    #: where other silos reach it for the in-cluster directory ("": no peer endpoint)
+    peer_address: str = ""
 
     @property
     def alive(self) -> bool:
@@ -165,6 +167,7 @@ def encode_silo_row(entry: SiloEntry, key_of: Callable[[str], str] = _same) -> b
             "heartbeat_at": entry.heartbeat_at,
             "grain_types": sorted(entry.grain_types),
             "load": entry.load,
+            **({"peer_address": entry.peer_address} if entry.peer_address else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -195,8 +198,10 @@ def decode_silo_row(
         obj = load_json_object(data)
         silo_id = text_field(obj, "silo_id")
         address = text_field(obj, "address")
-        if not address.isprintable() or any(ch.isspace() for ch in address):
-            raise ValueError("field 'address' holds spaces or control characters")
+        peer_address = text_field(obj, "peer_address", default="", empty=True)
+        for name, text in (("address", address), ("peer_address", peer_address)):
+            if not text.isprintable() or any(ch.isspace() for ch in text):
+                raise ValueError(f"field {name!r} holds spaces or control characters")
         status = text_field(obj, "status")
         try:
             silo_status = SiloStatus(status)
@@ -212,6 +217,7 @@ def decode_silo_row(
             version=version,
             grain_types=texts_field(obj, "grain_types", default=[]),
             load=count_field(obj, "load", default=0),
+            peer_address=peer_address,
         )
         if key_of(silo_id) != key:
             raise ValueError(f"it names silo {silo_id[:80]!r}, whose key is not {key[:80]!r}")

@@ -130,6 +130,15 @@ class ClusterBackend(abc.ABC):
         """``async with backend.open_endpoint(silo_id) as transport``: an endpoint
         receiving at an address derived from *endpoint_id* until the block is left."""
 
+    def open_peer_endpoint(self, endpoint_id: str) -> AbstractAsyncContextManager[Transport]:
+        """A silo's *peer* endpoint, where only other silos send (the in-cluster grain
+        directory's requests). A backend should put it where clients cannot publish (the
+        ``nats`` backend uses ``<prefix>.peer.<id>``, which the client user of
+        ``docs/security.md`` may not publish to). The default is :meth:`open_endpoint` of
+        ``<endpoint_id>.peer``.
+        """
+        return self.open_endpoint(f"{endpoint_id}.peer")
+
     def open_client_endpoint(
         self, client_name: str, endpoint_id: str
     ) -> AbstractAsyncContextManager[Transport]:

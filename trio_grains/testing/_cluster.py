@@ -28,11 +28,12 @@ import attrs
 import trio
 
 from .._client import Client, ClientConfig, open_client
+from .._cluster.directory import DirectoryEntry
 from .._cluster.transport import MemoryCluster
 from .._config import ProviderConfig, SiloConfig
 from .._exceptions import SiloDeclaredDeadError
 from .._grain import GrainInterface
-from .._ids import GrainKey
+from .._ids import GrainId, GrainKey
 from .._silo import Silo, open_silo
 
 __all__ = ["TestCluster", "open_test_cluster"]
@@ -120,8 +121,29 @@ class TestCluster:
             # A killed process sends nothing more: not even the failures of the calls it
             # had queued, which its shutdown below would otherwise still reply with.
             self.memory.cut_off.add(silo.cluster.messenger.transport.address)
+            if silo.cluster.distributed is not None:
+                self.memory.cut_off.add(silo.cluster.distributed.messenger.transport.address)
         member.scope.cancel()
         await member.done.wait()
+
+    async def lookup_activation(self, grain_id: GrainId) -> DirectoryEntry | None:
+        """Where the grain directory says *grain_id* is active (asked through the first
+        silo, past its cache), ``None`` if it is not."""
+        cluster = self.silos[0].cluster
+        assert cluster is not None
+        return await cluster.locator.directory.lookup(grain_id, cached=False)
+
+    def directory_size(self) -> int:
+        """How many grains the in-cluster directory holds, summed over the silos' shares
+        (with ``grain_directory = "provider"``: of a :class:`MemoryCluster`'s directory)."""
+        shares = [
+            len(s.cluster.distributed.partition.entries)
+            for s in self.silos
+            if s.cluster is not None and s.cluster.distributed is not None
+        ]
+        if shares:
+            return sum(shares)
+        return 0 if self.memory is None else len(self.memory.directory)
 
     async def wait_for_active(self, count: int) -> None:
         """Wait until every silo and the client see exactly *count* active silos."""

@@ -48,7 +48,13 @@ from ._options import (
     parse_storage_type_option,
     unreachable_error,
 )
-from .client import Connection, ConnectionClosedError, NatsConnectionError, NatsError, Subscription
+from .client import (
+    Connection,
+    ConnectionClosedError,
+    NatsConnectionError,
+    NatsError,
+    PayloadSubscription,
+)
 from .directory import KvGrainDirectory, directory_bucket_name
 from .membership import KvMembershipTable, decode_token, encode_token
 
@@ -65,6 +71,8 @@ DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
 DEFAULT_ENTRY_TTL = 30.0
 ENDPOINT_MAX_PENDING = 262_144
 """Messages an endpoint buffers before the connection's reader waits for its consumer."""
+RECEIVE_BATCH = 1024
+"""The most messages :meth:`NatsTransport.receive_batch` returns at once."""
 
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _TOKEN = "[A-Za-z0-9_=-]{1,200}"  # what encode_token makes
@@ -76,12 +84,19 @@ _TOKEN = "[A-Za-z0-9_=-]{1,200}"  # what encode_token makes
 class NatsTransport(Transport):
     """An endpoint on a NATS connection; get one from :meth:`NatsCluster.open_endpoint`.
 
-    Receives through one subscription on :attr:`address`; sends are core NATS publishes
-    (:meth:`~trio_grains_nats.Connection.publish` / ``publish_nowait``).
+    Receives through one subscription on :attr:`address`, in batches (a
+    :class:`~trio_grains_nats.client.PayloadSubscription`: the messenger's receive loop
+    wakes once per read from the socket, not once per message); sends are core NATS
+    publishes (:meth:`~trio_grains_nats.Connection.publish` / ``publish_nowait``), which
+    the connection's writer sends together.
     """
 
     def __init__(
-        self, nc: Connection, address: str, sub: Subscription, endpoints: re.Pattern[str]
+        self,
+        nc: Connection,
+        address: str,
+        sub: PayloadSubscription,
+        endpoints: re.Pattern[str],
     ) -> None:
         self._nc = nc
         self._address = address
@@ -132,16 +147,19 @@ class NatsTransport(Transport):
             raise self._closed_error(exc) from exc
 
     async def receive(self) -> bytes:
+        return (await self._receive(1))[0]
+
+    async def receive_batch(self) -> list[bytes]:
+        return await self._receive(RECEIVE_BATCH)
+
+    async def _receive(self, limit: int) -> list[bytes]:
         if self._closed:
             await trio.lowlevel.checkpoint()
             raise self._closed_error()
         try:
-            msg = await self._sub.__anext__()
-        except StopAsyncIteration:
-            raise self._closed_error() from None
+            return await self._sub.next_batch(limit)
         except ConnectionClosedError as exc:
             raise self._closed_error(exc) from exc
-        return msg.data
 
     async def _close(self) -> None:
         self._closed = True
@@ -171,7 +189,9 @@ class NatsCluster(ClusterBackend):
     @_endpoint_re.default
     def _endpoint_pattern(self) -> re.Pattern[str]:
         prefix = re.escape(self.subject_prefix)
-        return re.compile(rf"{prefix}\.(?:silo\.{_TOKEN}|client\.{_TOKEN}\.{_TOKEN})")
+        return re.compile(
+            rf"{prefix}\.(?:silo\.{_TOKEN}|peer\.{_TOKEN}|client\.{_TOKEN}\.{_TOKEN})"
+        )
 
     @classmethod
     async def open(
@@ -222,6 +242,14 @@ class NatsCluster(ClusterBackend):
     ) -> contextlib.AbstractAsyncContextManager[NatsTransport]:
         return self._open(endpoint_id, self.address_of(endpoint_id))
 
+    def open_peer_endpoint(
+        self, endpoint_id: str
+    ) -> contextlib.AbstractAsyncContextManager[NatsTransport]:
+        """A silo's peer endpoint (the in-cluster directory): ``<prefix>.peer.<id token>``,
+        a subject the client user of ``docs/security.md`` may not publish to."""
+        address = f"{self.subject_prefix}.peer.{encode_token(endpoint_id)}"
+        return self._open(f"{endpoint_id}\x00peer", address)
+
     def open_client_endpoint(
         self, client_name: str, endpoint_id: str
     ) -> contextlib.AbstractAsyncContextManager[NatsTransport]:
@@ -234,7 +262,7 @@ class NatsCluster(ClusterBackend):
         if endpoint_id in self._endpoints:
             raise TransportError(f"endpoint {endpoint_id!r} is already open on this connection")
         try:
-            sub = await self.nc.subscribe(
+            sub = await self.nc.subscribe_payloads(
                 address, max_pending=ENDPOINT_MAX_PENDING, slow_consumer="block"
             )
         except ConnectionClosedError as exc:

@@ -41,7 +41,7 @@ def membership(silo: Silo) -> KvMembershipTable:
 
 def directory(silo: Silo) -> KvGrainDirectory:
     assert silo.cluster is not None
-    table = silo.cluster.locator.directory.directory
+    table = silo.cluster.backend_directory
     assert isinstance(table, KvGrainDirectory)
     return table
 
@@ -104,7 +104,13 @@ async def test_poisoned_rows_are_skipped_counted_and_do_not_stop_the_cluster(
         provider="nats-kv", options={"servers": [nats_url], "bucket": reminder_bucket}
     )
     async with (
-        open_hostile_env(nats_url, reminders=reminder_table, reminder_refresh=0.2) as env,
+        # (the grains' entries in the KV bucket: the poisoned entries must be met there)
+        open_hostile_env(
+            nats_url,
+            reminders=reminder_table,
+            reminder_refresh=0.2,
+            grain_directory="provider",
+        ) as env,
         open_hostile_client(env.url, env.cluster_id) as hostile,
     ):
         silo = env.silo
