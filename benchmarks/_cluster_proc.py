@@ -6,7 +6,8 @@ Run by ``cluster_bench.py``, one process per role::
 
 Roles: ``host`` (a silo hosting :class:`EchoGrain`), ``caller`` (a silo that does not host
 it, so every call to an echo grain crosses to a hosting silo), ``responder`` and
-``requester`` (the floor: our NATS connection doing raw request/reply).
+``requester`` (the floor: our NATS connection doing raw request/reply), ``local`` (a silo
+of its own, no clustering: the floor of the ``activations`` mode).
 
 Each process prints one JSON line ``{"ready": ...}`` once it runs, then reads one JSON
 command per line on stdin and answers each with a JSON line on stdout (``failover``
@@ -85,6 +86,23 @@ async def echo_calls(silo: Any, prefix: str, n: int, in_flight: int) -> float:
     return await run_many(n, in_flight, one_call)
 
 
+async def activate(silo: Any, prefix: str, n: int, in_flight: int) -> tuple[float, Counter[str]]:
+    """First calls on *n* new keys ``<prefix>0`` ... by *in_flight* tasks (each takes the
+    next key); the wall time, and the silos the activations went to."""
+    where: Counter[str] = Counter()
+    keys = iter(range(n))
+
+    async def worker() -> None:
+        for i in keys:
+            where[await silo.get_grain(EchoGrain, f"{prefix}{i}").where()] += 1
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(in_flight):
+            nursery.start_soon(worker)
+    return time.perf_counter() - t0, where
+
+
 async def wait_active(cluster: Any, silo_id: str) -> None:
     """Until *silo_id* is active in this silo's membership view (polled: a benchmark aid)."""
     with trio.fail_after(30):
@@ -131,6 +149,18 @@ async def silo_main(url: str, cluster_id: str, name: str, host: bool) -> None:
                     for ref in refs:
                         assert await ref.echo(PAYLOAD) == PAYLOAD
                     say({"where": dict(where)})
+                elif what == "activate":  # first calls on new keys (activations)
+                    cpu = time.process_time()
+                    created = silo.statistics().activations_created
+                    seconds, where = await activate(silo, cmd["prefix"], cmd["n"], cmd["in_flight"])
+                    say(
+                        {
+                            "seconds": seconds,
+                            "cpu": time.process_time() - cpu,
+                            "where": dict(where),
+                            "created_here": silo.statistics().activations_created - created,
+                        }
+                    )
                 elif what == "calls":
                     sent, cpu = cluster.messenger.sent, time.process_time()
                     seconds = await echo_calls(silo, cmd["prefix"], cmd["n"], cmd["in_flight"])
@@ -176,6 +206,22 @@ async def failover(silo: Any, key: str, victim: str) -> None:
             announced = True
             say({"calling": True})
         await trio.sleep(0.002)
+
+
+# --- the floor of activations: one silo on its own -----------------------------------------
+
+
+async def local_main() -> None:
+    """A silo with the default configuration (no clustering), as ``local-calls`` uses."""
+    async with open_silo(grains=[EchoGrain]) as silo:
+        say({"ready": silo.silo_id})
+        async for cmd in commands():
+            if cmd["cmd"] == "activate":
+                cpu = time.process_time()
+                seconds, where = await activate(silo, cmd["prefix"], cmd["n"], cmd["in_flight"])
+                say({"seconds": seconds, "cpu": time.process_time() - cpu, "where": dict(where)})
+            else:
+                say({"error": f"unknown command {cmd['cmd']!r}"})
 
 
 # --- the floor: raw request/reply on our NATS connection -------------------------------------
@@ -236,6 +282,8 @@ def run_role(role: str, url: str, argv: list[str]) -> None:
         trio.run(responder_main, url)
     elif role == "requester":
         trio.run(requester_main, url)
+    elif role == "local":
+        trio.run(local_main)
     else:
         raise SystemExit(f"unknown role {role!r}")
 

@@ -272,9 +272,20 @@ async def publish_orders(
             await publish(order)
 
 
-async def run_floor(url: str, layout: FloorLayout, n: int, customers: int) -> float:
+async def run_floor(
+    url: str,
+    layout: FloorLayout,
+    n: int,
+    customers: int,
+    *,
+    on_start: Callable[[], None] = lambda: None,
+    on_stop: Callable[[], None] = lambda: None,
+) -> float:
     """Seconds from the first publish until the customers' aggregates count all *n* orders
-    (then the rest of the work is waited for, untimed, and the stream and bucket deleted)."""
+    (then the rest of the work is waited for, untimed, and the stream and bucket deleted).
+
+    *on_start* is called just before the clock starts, *on_stop* just after it stops (to
+    sample what the measured interval cost)."""
     async with (
         tgn.connect(url, name="orders-floor-pub") as pub,
         tgn.connect(url, name="orders-floor") as nc,
@@ -286,10 +297,12 @@ async def run_floor(url: str, layout: FloorLayout, n: int, customers: int) -> fl
             pipeline.on_counted = lambda c: counted.set() if c >= n else None
             async with trio.open_nursery() as nursery:
                 await nursery.start(pipeline.run)
+                on_start()
                 t0 = time.perf_counter()
                 nursery.start_soon(publish_orders, pub, layout, n, customers)
                 await counted.wait()
                 elapsed = time.perf_counter() - t0
+                on_stop()
                 while pipeline.processed < n or pipeline.dead < 2:  # noqa: ASYNC110
                     await trio.sleep(0.01)
                 await nc.flush()

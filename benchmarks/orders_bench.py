@@ -32,6 +32,8 @@ import random
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import attrs
@@ -39,6 +41,7 @@ import trio
 import trio_grains_nats as tgn
 from _orders_floor import FloorLayout, run_floor
 from _runner import Emit, Options, benchmark, best_of, log, result
+from _usage import Usage, sample, server_pid, usage
 from trio_grains_nats.testing import run_nats_server
 from trio_grains_orders import app
 from trio_grains_orders._processes import ClusterLayout, DemoError, run_silos
@@ -66,26 +69,20 @@ atexit.register(_dump)
 """
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process *pid* so far (Linux ``/proc``; 0.0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@dataclass(frozen=True)
+class OrdersRun:
+    """One measured run of N orders: its wall time and what it cost (``_usage``)."""
 
+    seconds: float
+    n: int
+    usage: Usage  # CPU per process name ("silo-1"..., "client", "floor", "nats-server")
+    poll_calls: int = 0  # totals() calls of the completion poll (ours), inside the interval
 
-def _server_pid() -> int | None:
-    """The pid of our nats-server child (Linux ``/proc``), for its CPU time; None if unknown."""
-    try:
-        tasks = Path(f"/proc/{os.getpid()}/task").iterdir()
-        children = [int(c) for t in tasks for c in (t / "children").read_text().split()]
-        for pid in children:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "nats-server":
-                return pid
-    except (OSError, ValueError):
-        pass
-    return None
+    def cpu_us(self, name: str) -> float:
+        return self.usage.cpu[name] / self.n * 1e6
+
+    def silo_names(self) -> list[str]:
+        return [name for name in self.usage.cpu if name.startswith("silo-")]
 
 
 def _expected(n: int, customers: int) -> dict[str, int]:
@@ -93,40 +90,52 @@ def _expected(n: int, customers: int) -> dict[str, int]:
     return dict(collections.Counter(f"customer-{i % customers:04d}" for i in range(n)))
 
 
-async def _wait_counted(client: Client, expected: dict[str, int], interval: float) -> None:
-    """Until every customer's aggregate counts its orders.
+async def _wait_counted(
+    client: Client, expected: dict[str, int], interval: float, first: Sequence[str] = ()
+) -> int:
+    """Until every customer's aggregate counts its orders; the number of ``totals()`` calls.
 
     Polls ``totals()`` of the customers not yet complete, every *interval* seconds at most,
     sooner as the orders still missing shrink (about half the time they should take at the
     rate seen so far, at least 10 ms apart): the poll overshoots the end by little, and costs
-    little while many orders are missing.
+    little while many orders are missing. With *first* (customers likely to complete last,
+    such as the last order's), only those are polled until they are complete, the orders
+    missing overall estimated from theirs; then every customer not yet complete: a few
+    calls per poll instead of one per customer.
     """
     remaining = dict(expected)
     counts: dict[str, int] = {}
     wait = interval
     rate = 0.0
-    last: tuple[float, int] | None = None
+    last: tuple[float, float] | None = None
+    calls = 0
+    total = sum(expected.values())
 
     async def one(customer: str) -> None:
         counts[customer] = (await client.get_grain(app.ICustomer, customer).totals()).orders
 
     while remaining:
         await trio.sleep(wait)
+        targets = [c for c in first if c in remaining] or list(remaining)
         async with trio.open_nursery() as nursery:
-            for customer in remaining:
+            for customer in targets:
                 nursery.start_soon(one, customer)
-        missing = 0
+        calls += len(targets)
+        weight = sum(remaining.values()) / sum(remaining[c] for c in targets)
+        missing_here = 0
         for customer, count in counts.items():
             if count >= remaining[customer]:
                 del remaining[customer]
             else:
-                missing += remaining[customer] - count
+                missing_here += remaining[customer] - count
         counts.clear()
-        now, done = trio.current_time(), sum(expected.values()) - missing
+        missing = missing_here * weight
+        now, done = trio.current_time(), total - missing
         if last is not None and now > last[0] and done > last[1]:
             rate = (done - last[1]) / (now - last[0])
         last = (now, done)
         wait = min(interval, max(0.01, missing / rate / 2)) if rate else interval
+    return calls
 
 
 async def _warm_up(client: Client, n: int) -> None:
@@ -159,7 +168,19 @@ async def _delete_streams(url: str, *names: str) -> None:
                     pass
 
 
-async def _ours(url: str, workdir: Path, silos: int, n: int, warm: int) -> float:
+async def run_ours(
+    url: str,
+    workdir: Path,
+    silos: int,
+    n: int,
+    warm: int,
+    monitor_port: int | None = None,
+    poll_first: Sequence[str] = (),
+) -> OrdersRun:
+    """*n* orders through *silos* fresh silo processes (this process the client), measured
+    from the first publish until the aggregates count them all; with *monitor_port*, the
+    nats-server's message counts over that interval too. *poll_first*: the completion
+    poll's *first* customers (:func:`_wait_counted`)."""
     tag = uuid.uuid4().hex[:8]
     layout = ClusterLayout(
         servers=url,
@@ -188,45 +209,58 @@ async def _ours(url: str, workdir: Path, silos: int, n: int, warm: int) -> float
             options = DemoOptions(orders=n, silos=silos, customers=CUSTOMERS, partitions=PARTITIONS)
             run = Run(options, client, procs)
             expected = _expected(n, CUSTOMERS)
-            silo_cpu = [_cpu_seconds(p.pid) for p in procs]
-            server = _server_pid()
-            server_cpu = _cpu_seconds(server) if server else 0.0
-            client_cpu = time.process_time()
+            pids: dict[str, int | None] = {p.name: p.pid for p in procs}
+            pids.update({"client": os.getpid(), "nats-server": server_pid()})
+            before = sample(pids, monitor_port)
             async with trio.open_nursery() as nursery:
                 t0 = time.perf_counter()
                 nursery.start_soon(run.publish_all)
-                await _wait_counted(client, expected, 0.25)
+                polls = await _wait_counted(client, expected, 0.25, poll_first)
                 elapsed = time.perf_counter() - t0
-            client_cpu = time.process_time() - client_cpu
-            silo_cpu = [_cpu_seconds(p.pid) - cpu for p, cpu in zip(procs, silo_cpu, strict=True)]
-            server_cpu = _cpu_seconds(server) - server_cpu if server else 0.0
+                after = sample(pids, monitor_port)
             assert run.published == n, (run.published, n)
-            per_silo = ", ".join(f"{cpu / n * 1e6:.0f}" for cpu in silo_cpu)
-            log(
-                f"    cpu per order: silos {per_silo} us, client {client_cpu / n * 1e6:.0f} us, "
-                f"nats-server {server_cpu / n * 1e6:.0f} us"
-            )
     finally:
         await _delete_streams(url, layout.stream, f"KV_{layout.bucket}")
-    return elapsed
+    return OrdersRun(elapsed, n, usage(before, after), polls)
 
 
-async def _floor(url: str, n: int) -> float:
+async def run_floor_measured(url: str, n: int, monitor_port: int | None = None) -> OrdersRun:
+    """The hand-written pipeline (``_orders_floor``) on *n* orders in this process, measured
+    over the same interval as :func:`run_ours`."""
     tag = uuid.uuid4().hex[:8]
     layout = FloorLayout(
         stream=f"OF_{tag.upper()}", prefix=f"of{tag}", bucket=f"of-{tag}", partitions=PARTITIONS
     )
-    server = _server_pid()
-    server_cpu = _cpu_seconds(server) if server else 0.0
-    cpu = time.process_time()
-    elapsed = await run_floor(url, layout, n, CUSTOMERS)
-    cpu = time.process_time() - cpu
-    server_cpu = _cpu_seconds(server) - server_cpu if server else 0.0
-    log(
-        f"    cpu per order: floor process {cpu / n * 1e6:.0f} us, "
-        f"nats-server {server_cpu / n * 1e6:.0f} us"
+    pids = {"floor": os.getpid(), "nats-server": server_pid()}
+    samples = []
+    elapsed = await run_floor(
+        url,
+        layout,
+        n,
+        CUSTOMERS,
+        on_start=lambda: samples.append(sample(pids, monitor_port)),
+        on_stop=lambda: samples.append(sample(pids, monitor_port)),
     )
-    return elapsed
+    return OrdersRun(elapsed, n, usage(*samples))
+
+
+async def _ours(url: str, workdir: Path, silos: int, n: int, warm: int) -> float:
+    run = await run_ours(url, workdir, silos, n, warm)
+    per_silo = ", ".join(f"{run.cpu_us(name):.0f}" for name in run.silo_names())
+    log(
+        f"    cpu per order: silos {per_silo} us, client {run.cpu_us('client'):.0f} us, "
+        f"nats-server {run.cpu_us('nats-server'):.0f} us"
+    )
+    return run.seconds
+
+
+async def _floor(url: str, n: int) -> float:
+    run = await run_floor_measured(url, n)
+    log(
+        f"    cpu per order: floor process {run.cpu_us('floor'):.0f} us, "
+        f"nats-server {run.cpu_us('nats-server'):.0f} us"
+    )
+    return run.seconds
 
 
 async def _run(opts: Options, emit: Emit, url: str, workdir: Path) -> None:

@@ -35,6 +35,7 @@ import local_calls  # noqa: F401 - registers local-calls
 import nats_bench  # noqa: F401 - registers nats
 import observability_bench  # noqa: F401 - registers observability
 import orders_bench  # noqa: F401 - registers orders
+import scale_bench  # noqa: F401 - registers scale
 import storage  # noqa: F401 - registers storage
 import streams_bench  # noqa: F401 - registers streams
 from _runner import BENCHMARKS, Options

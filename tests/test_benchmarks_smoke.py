@@ -114,3 +114,45 @@ def test_observability_quick_prints_metrics_and_tracing_on_against_off() -> None
     for line in lines:
         assert list(line)[:5] == REQUIRED, line
         _check_numbers(line)
+
+
+def test_scale_quick_prints_cpu_and_messages_per_order() -> None:
+    # Asked for 2-silos only: the 1-silo baseline of scaling_efficiency is measured, not printed.
+    proc = _run("scale", "--quick", "--rounds", "1", "--mode", "2-silos")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(text) for text in proc.stdout.splitlines() if text.strip()]
+    assert [line["mode"] for line in lines] == ["2-silos"], proc.stdout
+    (line,) = lines
+    assert list(line)[:5] == REQUIRED, line
+    assert line["benchmark"] == "scale"
+    assert line["silos"] == 2
+    for key in ("ours", "floor", "ratio", "orders_per_s", "scaling_efficiency"):
+        assert isinstance(line[key], (int, float)), line
+        assert line[key] > 0, line
+    # scale's ratio is floor / ours (CPU per order: higher is better)
+    assert math.isclose(line["ratio"], line["floor"] / line["ours"], rel_tol=1e-2), line
+    cpu = line["cpu_us_per_order"]
+    assert len(cpu["silos"]) == 2, cpu
+    assert {"client", "nats_server", "total"} <= set(cpu), cpu
+    assert {"floor", "nats_server", "total"} <= set(line["floor_cpu_us_per_order"]), line
+    for key in (
+        "msgs_in_per_order",
+        "msgs_out_per_order",
+        "floor_msgs_in_per_order",
+        "floor_msgs_out_per_order",
+    ):
+        assert line[key] > 0, line  # every order is at least a publish and a delivery
+
+
+def test_cluster_activations_quick_prints_one_line() -> None:
+    proc = _run("cluster", "--quick", "--rounds", "1", "--mode", "activations")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(text) for text in proc.stdout.splitlines() if text.strip()]
+    assert [line["mode"] for line in lines] == ["activations"], proc.stdout
+    (line,) = lines
+    assert list(line)[:5] == REQUIRED, line
+    assert line["benchmark"] == "cluster"
+    _check_numbers(line)
+    assert line["unit"] == "activations/s"
+    assert line["silos"] == 2
+    assert 0 < line["on_caller_silo"] < 1, line  # placement used both silos

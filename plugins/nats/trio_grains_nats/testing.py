@@ -2,7 +2,9 @@
 
 ``run_nats_server(tmp_dir)`` starts ``nats-server -js -sd <dir> -a 127.0.0.1 -p <port>``,
 waits until it accepts connections and yields its URL; leaving the block stops it. The
-same helper serves the plugin's "embedded server" default.
+same helper serves the plugin's "embedded server" default. ``monitor_port=free_port()``
+also serves the server's HTTP monitoring endpoints (``-m``: ``/varz``, ``/connz``, ...) on
+``http://127.0.0.1:<monitor_port>``.
 """
 
 from __future__ import annotations
@@ -65,18 +67,26 @@ def run_nats_server(
     args: Sequence[str] = (),
     config: str | None = None,
     startup_timeout: float = 10.0,
+    monitor_port: int | None = None,
 ) -> Iterator[str]:
     """Run a nats-server on 127.0.0.1 while the block runs; yields ``nats://127.0.0.1:<port>``.
 
     ``port=0`` picks a free port. *args* are extra command-line flags (``--user``,
     ``--auth``, ``--tls*``...); *config* is the text of a config file to pass with ``-c``.
-    JetStream data goes to ``<tmp_dir>/jetstream``.
+    JetStream data goes to ``<tmp_dir>/jetstream``. *monitor_port* (a port number, e.g.
+    from :func:`free_port`) also serves the HTTP monitoring endpoints there (``-m``:
+    ``http://127.0.0.1:<monitor_port>/varz`` ...); the block starts once both ports accept
+    connections.
     """
+    if monitor_port is not None and not 0 < monitor_port < 65536:
+        raise ValueError(f"monitor_port must be a port number (1-65535), not {monitor_port}")
     tmp = Path(tmp_dir)
     tmp.mkdir(parents=True, exist_ok=True)
     if port == 0:
         port = free_port()
     cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)]
+    if monitor_port is not None:
+        cmd += ["-m", str(monitor_port)]
     if jetstream:
         cmd += ["-js", "-sd", str(tmp / "jetstream")]
     if config is not None:
@@ -90,18 +100,19 @@ def run_nats_server(
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + startup_timeout
-        while True:
+        waiting = [port] if monitor_port is None else [port, monitor_port]
+        while waiting:
             if proc.poll() is not None:
                 log.flush()
                 text = (tmp / f"nats-{port}.log").read_text(errors="replace")[-2000:]
                 raise NatsServerUnavailable(f"nats-server exited at startup ({cmd}):\n{text}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
+                with socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.5):
+                    waiting.pop(0)
             except OSError:
                 if time.monotonic() > deadline:
                     raise NatsServerUnavailable(
-                        f"nats-server did not accept connections on port {port} within "
+                        f"nats-server did not accept connections on port {waiting[0]} within "
                         f"{startup_timeout} s"
                     ) from None
                 time.sleep(0.01)
