@@ -45,6 +45,19 @@ def test_demo_with_a_silo_killed_processes_every_order_once_in_effect() -> None:
     once = "exactly once in effect: 1,500/1,500 orders processed, 0 missing, 0 counted twice"
     assert once in text
     assert re.search(r"latency, publish to processed: p50 [\d,]+ ms, p90 .* max [\d,]+ ms", text)
+    # --rate auto: the first half unpaced measures the capacity, the rest runs at half of it
+    assert re.search(
+        r"capacity: [\d,]+ orders/s sustained \(750 orders unpaced\); the other 750 at half "
+        r"of it, [\d,]+ orders/s",
+        text,
+    )
+    assert re.search(
+        r"paced at [\d,]+ orders/s \(half the capacity\): 750/750 orders processed in [\d.]+ "
+        r"s: [\d,]+ orders/s",
+        text,
+    )
+    cpu = r"cpu per order: ([\d,]+ us \(silos [\d,]+, client|client [\d,]+ us \(silos and nats)"
+    assert len(re.findall(cpu, text)) == 2, text  # one per phase
     assert "dead letter bad-amount: amount 99 is not the sum of the lines" in text
     assert "dead letter bad-customer: no customer" in text
     assert re.search(r"OK: .* although silo-2 \(pid \d+\) was killed$", text.rstrip()), text
@@ -93,7 +106,8 @@ def test_ctrl_c_stops_every_process_and_removes_the_temporary_files() -> None:
 def test_demo_with_the_dashboard_serves_metrics_until_ctrl_c() -> None:
     port = free_port()
     demo = subprocess.Popen(
-        [*DEMO, "--orders", "300", "--customers", "10", "--dashboard", str(port)],
+        # --rate 200: one paced phase (no capacity run), 1.5 s
+        [*DEMO, "--orders", "300", "--customers", "10", "--rate", "200", "--dashboard", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -109,6 +123,8 @@ def test_demo_with_the_dashboard_serves_metrics_until_ctrl_c() -> None:
         text = "".join(lines)
         assert f"dashboard: http://127.0.0.1:{port}/" in text
         assert "OK: every order was processed exactly once in effect" in text
+        assert "capacity:" not in text
+        assert re.search(r"paced at 200 orders/s: 300/300 orders processed in [\d.]+ s", text)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             metrics = r.read().decode()
         calls = re.findall(

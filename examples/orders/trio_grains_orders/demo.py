@@ -5,10 +5,21 @@ temporary directory), ``--silos`` silo processes (``trio-grains silo --config``:
 grains of :mod:`trio_grains_orders.app`, a JetStream stream provider, NATS clustering and
 ``nats-kv`` grain storage), and acts as the client process: it publishes ``--orders``
 orders (deduplicated by order id) and two invalid ones, shows progress, optionally kills
-a silo with SIGKILL mid-run (``--kill-silo``), waits until every order is processed, then
-prints throughput, latency percentiles and the check that every order was processed
-exactly once in effect (each order ``processed``; each customer's total counts each of
-its orders once). Exit status 0 when the check holds, 1 when it does not.
+a silo with SIGKILL mid-run (``--kill-silo``: a third into the last phase), waits until
+every order is processed, then prints throughput, latency percentiles, CPU per order and
+the check that every order was processed exactly once in effect (each order
+``processed``; each customer's total counts each of its orders once). Exit status 0 when
+the check holds, 1 when it does not.
+
+``--rate`` says how fast to publish. A latency is a latency only below saturation: all
+published at once, the orders wait in the stream and the percentiles measure how long the
+backlog takes to drain. So the default, ``auto``, runs two phases: the first half of the
+orders unpaced, which measures what this machine sustains (and warms the silos up), then
+the other half paced at half of that, whose latencies are the ones to read. ``--rate R``
+paces every order at R per second; ``--rate max`` publishes them all at once, as fast as
+32 concurrent publishers go (what the demo did before ``--rate``, and what the benchmark
+measures). The default of 6,000 orders keeps a run about as long as 10,000 unpaced ones
+took: the paced half costs twice the time per order.
 
 Every process and temporary file is cleaned up on exit, Ctrl-C included.
 """
@@ -16,41 +27,41 @@ Every process and temporary file is cleaned up on exit, Ctrl-C included.
 from __future__ import annotations
 
 import argparse
-import datetime
-import random
+import math
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import attrs
 import trio
 
-from trio_grains import Client, ClientConfig, ProviderConfig, open_client
+from trio_grains import ClientConfig, ProviderConfig, open_client
 
-from . import app
-from ._processes import ClusterLayout, DemoError, SiloProcess, run_silos
+from ._processes import ClusterLayout, DemoError, run_silos
+from ._run import Options as Options
+from ._run import Progress, Rate, check
+from ._run import Run as Run
+from ._run import invalid_orders as invalid_orders
+from ._run import make_order as make_order
 
-__all__ = ["main"]
-
-INVALID = {
-    "bad-amount": "is not the sum of the lines",
-    "bad-customer": "no customer",
-}
+# Options, Run, make_order and invalid_orders are used by benchmarks/orders_bench.py and
+# _orders_floor.py: they publish as the demo does.
+__all__ = ["Options", "Run", "invalid_orders", "main", "make_order", "parse_args"]
 
 
-@attrs.frozen
-class Options:
-    orders: int = 10_000
-    silos: int = 2
-    customers: int = 100
-    partitions: int = 8
-    kill_silo: bool = False
-    publishers: int = 32
-    timeout: float = 300.0
-    dashboard: int | None = None
+def _rate(text: str) -> Rate:
+    if text in ("auto", "max"):
+        return "auto" if text == "auto" else None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of orders per second, auto or max"
+        ) from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text} orders/s: the rate must be positive")
+    return value
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -59,12 +70,23 @@ def parse_args(argv: Sequence[str]) -> Options:
         description="Order processing on a trio-grains cluster over NATS JetStream, on "
         "this machine: an embedded nats-server, silo processes, and this client.",
     )
-    parser.add_argument("--orders", type=int, default=10_000, help="orders to publish")
+    parser.add_argument("--orders", type=int, default=6_000, help="orders to publish")
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        default="auto",
+        metavar="R|auto|max",
+        help="orders per second to publish at; auto (the default): the first half unpaced "
+        "measures what this machine sustains, the other half is paced at half of it, "
+        "below saturation; max: all at once (the latencies then measure the backlog)",
+    )
     parser.add_argument("--silos", type=int, default=2, help="silo processes to start")
     parser.add_argument("--customers", type=int, default=100, help="distinct customers")
     parser.add_argument("--partitions", type=int, default=8, help="stream partitions")
     parser.add_argument(
-        "--kill-silo", action="store_true", help="SIGKILL one silo when a third is processed"
+        "--kill-silo",
+        action="store_true",
+        help="SIGKILL one silo a third of the way (with --rate auto: into the paced half)",
     )
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for every order"
@@ -82,6 +104,8 @@ def parse_args(argv: Sequence[str]) -> Options:
             parser.error(f"--{name} must be at least 1")
     if args.kill_silo and args.silos < 2:
         parser.error("--kill-silo needs --silos 2 or more (someone must take over)")
+    if args.rate == "auto" and args.orders < 2:
+        parser.error("--rate auto needs --orders 2 or more (the first half measures the rate)")
     return Options(
         orders=args.orders,
         silos=args.silos,
@@ -90,190 +114,8 @@ def parse_args(argv: Sequence[str]) -> Options:
         kill_silo=args.kill_silo,
         timeout=args.timeout,
         dashboard=args.dashboard,
+        rate=args.rate,
     )
-
-
-def make_order(i: int, customers: int, rng: random.Random) -> app.Order:
-    lines = tuple(
-        app.OrderLine(f"sku-{rng.randrange(1000)}", rng.randrange(1, 5), rng.randrange(100, 5000))
-        for _ in range(rng.randrange(1, 4))
-    )
-    return app.Order(
-        id=f"o{i:06d}",
-        customer=f"customer-{i % customers:04d}",
-        lines=lines,
-        amount=sum(line.quantity * line.price for line in lines),
-        created=datetime.datetime.now(datetime.UTC),
-    )
-
-
-def invalid_orders() -> list[app.Order]:
-    line = app.OrderLine("sku-1", 1, 100)
-    now = datetime.datetime.now(datetime.UTC)
-    return [
-        app.Order(id="bad-amount", customer="customer-x", lines=(line,), amount=99, created=now),
-        app.Order(id="bad-customer", customer="", lines=(line,), amount=100, created=now),
-    ]
-
-
-class Progress:
-    """A one-line progress bar on a terminal; a line per 10 % otherwise (logs, CI)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.tty = sys.stdout.isatty()
-        self.last_decile = -1
-
-    def show(self, published: int, processed: int) -> None:
-        if self.tty:
-            width = 30
-            done = width * processed // self.total
-            bar = "#" * done + "-" * (width - done)
-            print(
-                f"\r[{bar}] {processed:>7,}/{self.total:,} processed, {published:,} published",
-                end="",
-                flush=True,
-            )
-            return
-        decile = 10 * processed // self.total
-        if decile > self.last_decile:
-            self.last_decile = decile
-            print(f"{processed:,}/{self.total:,} processed ({published:,} published)", flush=True)
-
-    def end(self) -> None:
-        if self.tty:
-            print()
-
-
-@attrs.define
-class Run:
-    options: Options
-    client: Client
-    silos: list[SiloProcess]
-    orders: list[app.Order] = attrs.field(factory=list)
-    published: int = 0
-    processed: int = 0
-    killed: str = ""
-
-    async def publish_all(self) -> None:
-        provider = self.client.get_stream_provider()
-        rng = random.Random(42)
-        pending = iter(range(self.options.orders))
-
-        async def publisher() -> None:
-            for i in pending:
-                order = make_order(i, self.options.customers, rng)
-                self.orders.append(order)
-                await provider.get_stream("orders", order.id).publish(order, msg_id=order.id)
-                self.published += 1
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(self.options.publishers):
-                nursery.start_soon(publisher)
-        for order in invalid_orders():
-            await provider.get_stream("orders", order.id).publish(order, msg_id=order.id)
-
-    async def count_processed(self) -> int:
-        """Orders counted by the customers' aggregates (each order once)."""
-        counts = [0] * self.options.customers
-
-        async def one(c: int) -> None:
-            totals = await self.client.get_grain(app.ICustomer, f"customer-{c:04d}").totals()
-            counts[c] = totals.orders
-
-        async with trio.open_nursery() as nursery:
-            for c in range(self.options.customers):
-                nursery.start_soon(one, c)
-        return sum(counts)
-
-    async def follow(self, progress: Progress) -> None:
-        """Show progress until every order is counted; kill a silo a third of the way."""
-        total = self.options.orders
-        while self.processed < total:
-            await trio.sleep(0.25)
-            self.processed = await self.count_processed()
-            progress.show(self.published, self.processed)
-            if self.options.kill_silo and not self.killed and self.processed >= total // 3:
-                victim = self.silos[-1]
-                victim.kill()
-                self.killed = f"{victim.name} (pid {victim.pid}) at {self.processed:,} processed"
-                progress.end()
-                print(f"killed {self.killed} with SIGKILL; the others take over its work")
-        progress.end()
-
-
-async def read_states(client: Client, ids: Sequence[str]) -> dict[str, app.OrderState]:
-    states: dict[str, app.OrderState] = {}
-    limit = trio.CapacityLimiter(256)
-
-    async def one(order_id: str) -> None:
-        async with limit:
-            states[order_id] = await client.get_grain(app.IOrder, order_id).status()
-
-    async with trio.open_nursery() as nursery:
-        for order_id in ids:
-            nursery.start_soon(one, order_id)
-    return states
-
-
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
-
-
-async def check(run: Run) -> list[str]:
-    """Print the results; the list of problems (empty: exactly once in effect)."""
-    client, orders = run.client, run.orders
-    problems: list[str] = []
-    states = await read_states(client, [o.id for o in orders])
-    with trio.move_on_after(30):  # the last orders may sit between their two writes
-        while unfinished := [i for i, s in states.items() if s.status != "processed"]:
-            await trio.sleep(0.2)
-            states.update(await read_states(client, unfinished))
-    unfinished = [i for i, s in states.items() if s.status != "processed"]
-    if unfinished:
-        problems.append(f"{len(unfinished)} orders not processed, e.g. {unfinished[:3]}")
-    done = {i: s.processed_at for i, s in states.items() if s.processed_at is not None}
-    created = {o.id: o.created for o in orders}
-    if done:
-        latencies = sorted((at - created[i]).total_seconds() * 1000 for i, at in done.items())
-        seconds = (max(done.values()) - min(created.values())).total_seconds()
-        rate = len(done) / seconds
-        print(f"processed {len(done):,} orders in {seconds:.1f} s: {rate:,.0f} orders/s")
-        print(
-            "latency, publish to processed: "
-            + ", ".join(
-                f"{name} {percentile(latencies, q):,.0f} ms"
-                for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
-            )
-        )
-    expected: dict[str, list[app.Order]] = defaultdict(list)
-    for order in orders:
-        expected[order.customer].append(order)
-    twice = 0
-    for customer, mine in expected.items():
-        totals = await client.get_grain(app.ICustomer, customer).totals()
-        twice += len(totals.order_ids) - len(set(totals.order_ids))
-        amount = sum(o.amount for o in mine)
-        if sorted(set(totals.order_ids)) != sorted(o.id for o in mine):
-            problems.append(f"{customer} counts {len(totals.order_ids)} orders, not {len(mine)}")
-        elif totals.total != amount:
-            problems.append(f"{customer}'s total is {totals.total}, not {amount}")
-    if twice:
-        problems.append(f"{twice} orders counted twice")
-    redelivered = sum(1 for s in states.values() if s.deliveries > 1)
-    print(
-        f"exactly once in effect: {len(done):,}/{len(orders):,} orders processed, "
-        f"{len(orders) - len(done)} missing, {twice} counted twice; {redelivered} redelivered "
-        "and recognised"
-    )
-    letters = {i: await client.get_grain(app.IDeadLetters, i).reasons() for i in INVALID}
-    for order_id, reasons in letters.items():
-        if not reasons or INVALID[order_id] not in reasons[0]:
-            problems.append(f"invalid order {order_id} is not in the dead letters: {reasons}")
-        else:
-            print(f"dead letter {order_id}: {reasons[0].split(': ', 2)[-1]}")
-    return problems
 
 
 async def run_demo(options: Options, servers: str, workdir: Path) -> int:
@@ -297,9 +139,7 @@ async def run_demo(options: Options, servers: str, workdir: Path) -> int:
         run = Run(options, client, silos)
         started = time.monotonic()
         with trio.move_on_after(options.timeout) as overall:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run.publish_all)
-                nursery.start_soon(run.follow, Progress(options.orders))
+            await run.run_phases(Progress(options.orders))
         if overall.cancelled_caught:
             print(
                 f"\nonly {run.processed:,} of {options.orders:,} orders were processed in "
@@ -317,6 +157,12 @@ async def run_demo(options: Options, servers: str, workdir: Path) -> int:
             await trio.sleep_forever()
         print("stopping the silos ...", flush=True)
     return report(problems, run)
+
+
+def _rate_text(rate: Rate) -> str:
+    if rate is None:
+        return "max (unpaced)"
+    return rate if rate == "auto" else f"{rate:,.0f} orders/s"
 
 
 def report(problems: list[str], run: Run) -> int:
@@ -342,7 +188,8 @@ def main(argv: Sequence[str] = ()) -> int:
             workdir = Path(tmp)
             print(
                 f"trio-grains orders demo: {options.orders:,} orders, {options.silos} silos, "
-                f"{options.partitions} partitions (temporary files in {workdir})"
+                f"{options.partitions} partitions, rate {_rate_text(options.rate)} "
+                f"(temporary files in {workdir})"
             )
             with run_nats_server(workdir / "nats") as servers:
                 print(f"embedded nats-server with JetStream at {servers}")
