@@ -1,12 +1,17 @@
 """The built-in ``sqlite`` providers: durable grain storage and a reminder table in one file.
 
-Each provider owns one ``sqlite3`` connection in one dedicated thread, started and joined
-inside the provider's ``async with``. Calls are queued to that thread; it runs everything
-queued since its last transaction as one transaction (group commit) and hands the results
-back through the Trio token. A call cannot be cancelled once queued: like
-``trio.to_thread.run_sync`` with ``abandon_on_cancel=False``, the caller waits for the
-outcome (milliseconds; up to ``busy_timeout`` while another process holds the write lock),
-so a cancelled write has either happened, and returned its ETag, or not started.
+Each provider owns one ``sqlite3`` connection and one dedicated thread, started and
+joined inside the provider's ``async with``. Short calls run on the Trio thread while the
+connection's thread is idle, when that cannot wait on a disk flush or a lock: WAL mode with
+``synchronous=NORMAL`` (commits write to the OS only), a busy timeout of 0, and checkpoints
+(which flush) left to the thread. Calls that arrive together share one transaction. A call
+that meets another connection's lock, a large write, a scan, every call with
+``synchronous=FULL``, and every call while the thread is busy go to the thread, which runs
+everything queued since its last transaction as one transaction (group commit) and hands
+the results back through the Trio token. A call is a cancel point before it starts, never
+after: like ``trio.to_thread.run_sync`` with ``abandon_on_cancel=False``, the caller waits
+for the outcome (milliseconds; up to ``busy_timeout`` while another process holds the write
+lock), so a cancelled write has either happened, and returned its ETag, or not started.
 ``sqlite3.Error`` becomes :class:`~trio_grains.StorageError` naming the file, and the
 thread keeps serving: after an error other than a busy lock it reopens the connection
 before the next transaction (the file may have been read-only, or replaced).
@@ -25,13 +30,8 @@ from typing import Any
 
 from ..._registry import ProviderContext, ProviderRegistry
 from ...hookspecs import hookimpl
-from ._connection import (
-    REMINDER_TABLE,
-    STATE_TABLE,
-    SqliteConnection,
-    SqliteStatistics,
-    parse_options,
-)
+from ._connection import SqliteConnection, SqliteStatistics
+from ._options import REMINDER_TABLE, STATE_TABLE, parse_options
 from ._reminders import SqliteReminderTable
 from ._storage import SqliteStorage
 

@@ -1,26 +1,38 @@
-# Threading design, chosen by measurement. Writes/s of 200-byte states, each a
-# compare-and-set write in its own transaction unless grouped; WAL; median of 3 runs on a
-# noisy 2-core VM (ext4, Python 3.11, SQLite 3.40; runs vary by about 30%):
+# How calls run, chosen by measurement. `benchmarks/run.py storage`: writes/s of 200-byte
+# states through grains, each a compare-and-set; "floor" is a raw sqlite3 loop on one
+# thread, one transaction per write (it blocks its thread: a baseline, not an option). WAL,
+# synchronous=NORMAL, 2-core VM, Python 3.11, SQLite 3.40; best of 5 rounds, median of 3
+# runs (the middle rows: the variants alternating in one process); quiet machine (under
+# load, runs vary by 30% and more):
 #
-#                                            synchronous=NORMAL      synchronous=FULL
-#                                           1 writer  100 writers  1 writer  100 writers
-#   raw sqlite3 loop on the Trio thread*      16,600     20,700      4,200      4,600
-#   (a) to_thread.run_sync + trio.Lock         3,100      2,900      2,200      2,000
-#   (b) own thread, one transaction per call   5,600      8,100      2,800      2,600
-#   (b) own thread, group commit  <- chosen    4,800     42,400      2,700     34,100
+#                                                   1 writer (ratio)   100 writers (ratio)
+#   floor: raw sqlite3 loop                           61,000-72,000       61,000-72,000
+#   own thread, group commit (the previous design)     6,500  (0.10)     60,000  (0.88)
+#   inline at once, schedule point after each call    38,000  (0.60)     43,000  (0.67)
+#   inline, gathered, schedule point before each       33,000  (0.54)     74,000  (1.11)
+#   inline, gathered; a lone caller yields per ms      42,000  (0.66)     73,000  (1.13) <-
 #
-#   * blocks the event loop the whole time: the baseline, not an option. "100 writers" is
-#     100 Trio tasks writing to distinct grains (raw: the same statements round-robin).
+# A thread hand-off each way (queue, wake the thread, wake Trio through its token) costs
+# several times a WAL commit that does not flush: a lone writer paid two per write. On the
+# Trio thread a short call costs what sqlite3 costs, plus the Trio checkpoint; so it runs
+# there whenever that cannot block: the commit must not flush (WAL with synchronous=NORMAL;
+# not FULL), nothing may wait for a lock (busy timeout 0; on SQLITE_BUSY the call runs again
+# in the thread, which waits), checkpoints (which flush) run in the thread (automatic ones
+# are off), and so does the first write after one (it restarts the WAL, flushing its
+# header). The leader of a call yields once before running so that calls of other tasks
+# join its transaction (group commit on the Trio thread; past INLINE_MAX_BATCH calls or
+# INLINE_MAX_BYTES, the thread takes over). A schedule point costs about a quarter of a
+# write: a task calling alone, again and again, makes one per SCHEDULE_QUANTUM (Trio's
+# issue python-trio/trio#1757 proposes the same for its checkpoints); every call is a
+# cancel point.
 #
-# A thread hand-off costs more than a WAL commit without fsync, so a long-lived thread fed
-# by a queue beats a to_thread hand-off plus a lock per call, and only a single owner of the
-# connection can fold the writes of concurrent grains into one transaction: with 100
-# writers, group commit beats the raw loop that commits each write (2x with NORMAL, 7x with
-# FULL). A lone sequential writer pays the hand-off: about 0.2 ms per call here.
-"""The connection thread of the sqlite providers: options, schema, group commit.
+# Verified with `strace -f -e fsync,fdatasync` on a lone writer: every flush is made by the
+# connection's thread, none by the Trio thread.
+"""The connection of the sqlite providers: short calls on the Trio thread, the rest in the
+connection's own thread with group commit.
 
-May import: layers 0-7 (the contracts of the providers it serves). Not the sqlite providers
-beside it, which build on it, nor the plugin manager or the silo.
+May import: layers 0-7 (the contracts of the providers it serves) and ``_options``. Not the
+sqlite providers beside it, which build on it, nor the plugin manager or the silo.
 """
 
 from __future__ import annotations
@@ -31,117 +43,56 @@ import os
 import queue
 import sqlite3
 import threading
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
 import outcome
 import trio
 
-from ..._exceptions import ConfigError, InternalError
+from ..._exceptions import InternalError
 from ..._storage import StorageError
+from ._options import MEMORY, SqliteOptions, connect, inline_ok
 
 log = logging.getLogger("trio_grains.sqlite")
 
 T = TypeVar("T")
 
-MEMORY: Final = ":memory:"
-SCHEMA_VERSION: Final = 1
 MAX_BATCH: Final = 512
-"""The most calls folded into one transaction (bounds the latency of the last one)."""
+"""The most calls folded into one transaction by the thread (bounds the last one's wait)."""
+INLINE_MAX_BATCH: Final = 128
+"""The most calls folded into one transaction on the Trio thread."""
+INLINE_MAX_BYTES: Final = 64 * 1024
+"""The most bytes a call, or the calls of one transaction, may write on the Trio thread."""
+CHECKPOINT_PAGES: Final = 1000
+"""Pages written to the WAL between checkpoints (SQLite's ``wal_autocheckpoint`` default)."""
+_PAGE: Final = 4096
+SCHEDULE_QUANTUM: Final = 0.001
+"""A lone task calling in a loop makes a schedule point at most this often (seconds)."""
 
 _BUSY_CODES: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-_SYNCHRONOUS: Final = ("NORMAL", "FULL")
-_OPTIONS: Final = ("busy_timeout", "path", "synchronous")
-
-_VERSION_TABLE = (
-    "CREATE TABLE IF NOT EXISTS trio_grains_schema ("
-    "component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-)
-STATE_TABLE = (
-    "CREATE TABLE IF NOT EXISTS grain_state ("
-    "state_name TEXT NOT NULL, grain_type TEXT NOT NULL, grain_key TEXT NOT NULL, "
-    "data BLOB NOT NULL, etag TEXT NOT NULL, "
-    "PRIMARY KEY (state_name, grain_type, grain_key))"
-)
-REMINDER_TABLE = (
-    "CREATE TABLE IF NOT EXISTS reminders ("
-    "grain_type TEXT NOT NULL, grain_key TEXT NOT NULL, name TEXT NOT NULL, "
-    "start_at REAL NOT NULL, period REAL NOT NULL, etag TEXT NOT NULL, "
-    "PRIMARY KEY (grain_type, grain_key, name))"
-)
-
-
-# --- options ---------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class SqliteOptions:
-    """The validated ``options`` table of a ``sqlite`` provider (``path`` made absolute)."""
-
-    path: str
-    synchronous: str = "NORMAL"
-    busy_timeout: float = 5.0
-
-
-def parse_options(where: str, options: Mapping[str, Any]) -> SqliteOptions:
-    """Validate *options* of the provider configured at *where*, or raise ConfigError."""
-    valid = ", ".join(_OPTIONS)
-    for key in options:
-        if key not in _OPTIONS:
-            raise ConfigError(f"{where}: unknown option {key!r}; valid options: {valid}")
-    if "path" not in options:
-        raise ConfigError(
-            f"{where}: option 'path' is required: the database file, e.g. "
-            f'path = "grains.db" (or ":memory:" for a database that is not durable)'
-        )
-    path = options["path"]
-    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-        raise ConfigError(f"{where}: option 'path' must be a non-empty file name, got {path!r}")
-    path = os.fspath(path)
-    if not isinstance(path, str):
-        raise ConfigError(f"{where}: option 'path' must be a text path, got {path!r}")
-    if path != MEMORY:
-        path = os.path.abspath(path)  # relative to the working directory at startup
-        folder = os.path.dirname(path)
-        if not os.path.isdir(folder):
-            raise ConfigError(
-                f"{where}: option 'path' is {path!r}, but the directory {folder!r} does not "
-                "exist; create it or fix the path"
-            )
-    sync = options.get("synchronous", "NORMAL")
-    if not isinstance(sync, str) or sync.upper() not in _SYNCHRONOUS:
-        raise ConfigError(
-            f"{where}: option 'synchronous' must be \"NORMAL\" (survives a process crash) or "
-            f'"FULL" (also survives power loss), got {sync!r}'
-        )
-    timeout = options.get("busy_timeout", 5.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise ConfigError(
-            f"{where}: option 'busy_timeout' must be a number of seconds >= 0 (how long to "
-            f"wait for another connection's lock), got {timeout!r}"
-        )
-    return SqliteOptions(path, sync.upper(), float(timeout))
-
-
-# --- the connection thread -------------------------------------------------------------------
 
 
 @attrs.frozen
 class SqliteStatistics:
-    """What a provider's connection thread has done.
+    """What a provider's connection has done.
 
-    ``calls``: calls answered; ``transactions``: transactions committed or rolled back (fewer
-    than ``calls`` when concurrent calls were grouped); ``largest_batch``: most calls in one
-    transaction; ``reconnects``: times the connection was reopened after an error (say, the
-    file was read-only); ``journal_mode``: ``"wal"`` (``"memory"`` for ``:memory:``).
+    ``calls``: calls answered; ``inline_calls``: those of them answered on the Trio thread;
+    ``transactions``: transactions committed or rolled back (fewer than ``calls`` when
+    concurrent calls were grouped; a transaction that met another connection's lock on the
+    Trio thread, and ran again in the thread, counts twice); ``largest_batch``: most calls
+    in one transaction; ``checkpoints``: WAL checkpoints run by the thread;
+    ``reconnects``: times the connection was reopened after an error (say, the file was
+    read-only); ``journal_mode``: ``"wal"`` (``"memory"`` for ``:memory:``).
     """
 
     path: str
     calls: int
+    inline_calls: int
     transactions: int
     largest_batch: int
+    checkpoints: int
     reconnects: int
     journal_mode: str
 
@@ -150,34 +101,19 @@ class SqliteStatistics:
 class _Request:
     fn: Callable[[sqlite3.Connection], Any]
     writes: bool
+    size: int
     task: trio.lowlevel.Task
     result: outcome.Outcome[Any] | None = None
 
 
 _STOP: Final = object()
-
-
-def _create_private(path: str) -> None:
-    """Create *path* empty, readable and writable by its owner only (0600), unless it exists.
-
-    Grain states and reminders are nobody else's business, but sqlite3 creates a database
-    0644 (less the umask). SQLite gives the ``-wal``, ``-shm`` and ``-journal`` files the
-    mode of the database file, so creating it first is enough, without touching the
-    process-wide umask while other threads create files. An empty file is a new database
-    to SQLite. An existing file keeps its mode (an operator may have chosen it); any other
-    failure is left for sqlite3 to report, naming the file.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError:
-        return
-    os.close(fd)
+_CHECKPOINT: Final = object()
 
 
 @attrs.define(eq=False)
 class SqliteConnection:
-    """One sqlite3 connection owned by one thread, serving queued calls in transactions."""
+    """One sqlite3 connection, used by the Trio thread for short calls while its own thread
+    is idle, and by its own thread for everything else, in transactions."""
 
     options: SqliteOptions
     schema: Sequence[str]
@@ -186,36 +122,52 @@ class SqliteConnection:
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _token: trio.lowlevel.TrioToken | None = attrs.field(default=None, init=False)
     _open: bool = attrs.field(default=False, init=False)
-    _calls: int = attrs.field(default=0, init=False)
-    _transactions: int = attrs.field(default=0, init=False)
-    _largest_batch: int = attrs.field(default=0, init=False)
-    _journal_mode: str = attrs.field(default="", init=False)
-    _reconnects: int = attrs.field(default=0, init=False)
-    # Owned by the thread:
+    # Trio side:
+    _in_thread: int = attrs.field(default=0, init=False)
+    _gathering: list[_Request] = attrs.field(factory=list, init=False)
+    _gathered_bytes: int = attrs.field(default=0, init=False)
+    _wal_pages: int = attrs.field(default=0, init=False)
+    _checkpoint_queued: bool = attrs.field(default=False, init=False)
+    _restart_due: bool = attrs.field(default=True, init=False)
+    _lone: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
+    _yielded_at: float = attrs.field(default=0.0, init=False)
+    # Whoever holds the connection (the thread while _in_thread > 0, else the Trio thread):
     _sql: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _reconnect: bool = attrs.field(default=False, init=False)
+    _inline_ok: bool = attrs.field(default=False, init=False)
+    _busy_ms: int = attrs.field(default=0, init=False)
+    _calls: int = attrs.field(default=0, init=False)
+    _inline_calls: int = attrs.field(default=0, init=False)
+    _transactions: int = attrs.field(default=0, init=False)
+    _largest_batch: int = attrs.field(default=0, init=False)
+    _checkpoints: int = attrs.field(default=0, init=False)
+    _journal_mode: str = attrs.field(default="", init=False)
+    _reconnects: int = attrs.field(default=0, init=False)
 
     def statistics(self) -> SqliteStatistics:
         return SqliteStatistics(
-            self.options.path,
-            self._calls,
-            self._transactions,
-            self._largest_batch,
-            self._reconnects,
-            self._journal_mode,
+            path=self.options.path,
+            calls=self._calls,
+            inline_calls=self._inline_calls,
+            transactions=self._transactions,
+            largest_batch=self._largest_batch,
+            checkpoints=self._checkpoints,
+            reconnects=self._reconnects,
+            journal_mode=self._journal_mode,
         )
 
     # -- Trio side ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        opened = _Request(lambda conn: None, True, trio.lowlevel.current_task())
+        opened = _Request(lambda conn: None, False, 0, trio.lowlevel.current_task())
         self._thread = threading.Thread(
             target=self._serve,
             args=(opened,),
             name=f"trio-grains sqlite {self.options.path}",
             daemon=True,
         )
+        self._in_thread = 1
         self._thread.start()
         self._open = True
         try:
@@ -229,19 +181,101 @@ class SqliteConnection:
         if self._thread is None:
             return
         self._open = False
-        self._queue.put(_STOP)
         with trio.CancelScope(shield=True):
+            while self._gathering:  # its leader runs it at its next step, inline or not
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            self._queue.put(_STOP)
             await trio.to_thread.run_sync(self._thread.join)
         self._thread = None
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T], *, writes: bool) -> T:
-        """Run ``fn(connection)`` in the thread, inside a transaction; its result or error."""
+    # KI-protected: Ctrl-C must not land between a commit and the rescheduling of the calls
+    # that joined it (they wait uncancellably); Trio delivers it at the next checkpoint.
+    @trio.lowlevel.enable_ki_protection
+    async def call(
+        self, fn: Callable[[sqlite3.Connection], T], *, writes: bool, size: int | None = 0
+    ) -> T:
+        """Run ``fn(connection)`` inside a transaction; its result or error.
+
+        *size*: about how many bytes the call writes (or reads, beyond a few rows); ``None``
+        if it has no bound, like a scan of a table: such a call always runs in the thread.
+        The call is a cancel point before it starts, never after.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._open:
             raise StorageError(f"sqlite database {self.options.path!r}: the provider is closed")
-        self._queue.put(_Request(fn, writes, trio.lowlevel.current_task()))
-        result: T = await self._wait()
-        return result
+        task = trio.lowlevel.current_task()
+        request = _Request(fn, writes, size or 0, task)
+        if size is None or not self._may_inline(request):
+            self._lone = None
+            self._send([request])
+            return await self._wait()  # type: ignore[no-any-return]
+        if self._gathering:  # a leader runs these at its next step: join it
+            self._gathering.append(request)
+            self._gathered_bytes += request.size
+            return await self._wait()  # type: ignore[no-any-return]
+        # Lead: run this call, and those that join it before our next step, in one
+        # transaction here (unless the connection is busy by then).
+        if self._lone is task and time.perf_counter() - self._yielded_at < SCHEDULE_QUANTUM:
+            batch = [request]  # see SCHEDULE_QUANTUM
+        else:
+            self._gathering = [request]
+            self._gathered_bytes = request.size
+            await trio.lowlevel.cancel_shielded_checkpoint()  # others' calls join meanwhile
+            self._yielded_at = time.perf_counter()
+            batch, self._gathering = self._gathering, []
+            writes = any(r.writes for r in batch)
+        if not self._free(writes) or not self._run_inline(batch, writes):
+            self._lone = None
+            self._send(batch)
+            return await self._wait()  # type: ignore[no-any-return]
+        self._lone = task if len(batch) == 1 else None
+        for other in batch[1:]:
+            assert other.result is not None
+            trio.lowlevel.reschedule(other.task, other.result)
+        assert request.result is not None
+        return request.result.unwrap()  # type: ignore[no-any-return]
+
+    def _free(self, writes: bool) -> bool:
+        """Whether the Trio thread may use the connection now: it is in WAL mode with
+        ``synchronous=NORMAL`` (or in memory), so a commit writes to the OS and never waits
+        for the disk, and the thread has nothing to do with it (it owns it while it has)."""
+        if not self._inline_ok or self._in_thread or self._reconnect or self._sql is None:
+            return False
+        # The first write after a checkpoint restarts the WAL, which flushes its header.
+        return not (writes and self._restart_due)
+
+    def _may_inline(self, request: _Request) -> bool:
+        if not self._free(request.writes):
+            return False
+        if self._gathering:
+            return (
+                len(self._gathering) < INLINE_MAX_BATCH
+                and self._gathered_bytes + request.size <= INLINE_MAX_BYTES
+            )
+        return request.size <= INLINE_MAX_BYTES
+
+    def _run_inline(self, batch: list[_Request], writes: bool) -> bool:
+        """Run *batch* in one transaction here; False if it did not commit: the thread runs
+        it again, waiting for another connection's lock, and reports any other error."""
+        conn = self._sql
+        assert conn is not None
+        try:
+            if self._busy_ms:
+                conn.execute("PRAGMA busy_timeout = 0")
+                self._busy_ms = 0
+            self._transaction(batch, writes)
+        except sqlite3.Error:
+            return False
+        except BaseException as exc:  # a bug here must not strand the callers
+            self._internal_error(batch, exc)
+        self._inline_calls += len(batch)
+        self._answered(batch, by_thread=False)
+        return True
+
+    def _send(self, batch: list[_Request]) -> None:
+        self._in_thread += len(batch)
+        for request in batch:
+            self._queue.put(request)
 
     async def _wait(self) -> Any:
         # Not cancellable: the thread cannot be interrupted, so the caller waits for the
@@ -249,11 +283,44 @@ class SqliteConnection:
         # cancellation at its next checkpoint.
         return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
-    @staticmethod
-    def _deliver(batch: list[_Request]) -> None:
+    def _started(self, opened: _Request) -> None:
+        self._in_thread -= 1
+        assert opened.result is not None
+        trio.lowlevel.reschedule(opened.task, opened.result)
+
+    def _deliver(self, batch: list[_Request]) -> None:
+        self._in_thread -= len(batch)
+        self._answered(batch, by_thread=True)
         for request in batch:
             assert request.result is not None
             trio.lowlevel.reschedule(request.task, request.result)
+
+    def _answered(self, batch: list[_Request], *, by_thread: bool) -> None:
+        """Count what *batch* wrote to the WAL, and ask the thread for a checkpoint when it
+        is due (automatic checkpoints are off when calls may run on the Trio thread)."""
+        self._calls += len(batch)
+        self._largest_batch = max(self._largest_batch, len(batch))
+        for request in batch:
+            if request.writes and isinstance(request.result, outcome.Value):
+                self._wal_pages += 1 + request.size // _PAGE
+                if by_thread:
+                    self._restart_due = False  # the thread wrote, and restarted the WAL
+        if (
+            self._inline_ok
+            and self.options.path != MEMORY
+            and self._wal_pages >= CHECKPOINT_PAGES
+            and not self._checkpoint_queued
+        ):
+            self._wal_pages = 0
+            self._checkpoint_queued = True
+            self._in_thread += 1
+            self._queue.put(_CHECKPOINT)
+
+    def _checkpointed(self, complete: bool) -> None:
+        self._in_thread -= 1
+        self._checkpoint_queued = False
+        if complete:
+            self._restart_due = True
 
     # -- thread side -------------------------------------------------------------------------
 
@@ -263,32 +330,32 @@ class SqliteConnection:
             self._sql = self._connect()
         except BaseException as exc:
             opened.result = outcome.Error(self._storage_error(exc))
-            self._token.run_sync_soon(self._deliver, [opened])
+            self._token.run_sync_soon(self._started, opened)
             return
         opened.result = outcome.Value(None)
-        self._token.run_sync_soon(self._deliver, [opened])
+        self._token.run_sync_soon(self._started, opened)
         try:
-            stop = False
-            while not stop:
+            after: object = None
+            while after is not _STOP:
                 first = self._queue.get()
-                if first is _STOP:
-                    break
-                assert isinstance(first, _Request)
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is _STOP:
-                        stop = True
-                        break
-                    assert isinstance(more, _Request)
-                    batch.append(more)
-                self._run_batch(batch)
-                self._calls += len(batch)
-                self._largest_batch = max(self._largest_batch, len(batch))
-                self._token.run_sync_soon(self._deliver, batch)
+                if not isinstance(first, _Request):
+                    after = first
+                else:
+                    batch = [first]
+                    after = None
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            more = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if not isinstance(more, _Request):
+                            after = more
+                            break
+                        batch.append(more)
+                    self._run_batch(batch)
+                    self._token.run_sync_soon(self._deliver, batch)
+                if after is _CHECKPOINT:
+                    self._token.run_sync_soon(self._checkpointed, self._checkpoint())
         finally:
             if self._sql is not None:
                 with contextlib.suppress(sqlite3.Error):
@@ -315,64 +382,27 @@ class SqliteConnection:
             self._token.run_sync_soon(self._deliver, leftovers)
 
     def _connect(self) -> sqlite3.Connection:
-        if self.options.path != MEMORY:
-            _create_private(self.options.path)
-        conn = sqlite3.connect(
-            self.options.path, timeout=self.options.busy_timeout, isolation_level=None
-        )
-        try:
-            self._journal_mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-            if self.options.path != MEMORY and self._journal_mode.lower() != "wal":
-                log.warning(
-                    "sqlite database %r runs in journal mode %r, not WAL",
-                    self.options.path,
-                    self._journal_mode,
-                )
-            conn.execute(f"PRAGMA synchronous={self.options.synchronous}")
-            version = self._schema_version(conn)
-            if version is None:  # a new file, or a new component in it: create the tables
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in (_VERSION_TABLE, *self.schema):
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT OR IGNORE INTO trio_grains_schema (component, version) "
-                        "VALUES (?, ?)",
-                        (self.component, SCHEMA_VERSION),
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
-                version = self._schema_version(conn)
-            if version != SCHEMA_VERSION:
-                raise StorageError(
-                    f"sqlite database {self.options.path!r} holds {self.component} "
-                    f"schema version {version}, but this trio-grains knows version "
-                    f"{SCHEMA_VERSION}; upgrade trio-grains or use another file"
-                )
-        except BaseException:
-            conn.close()
-            raise
+        conn, self._journal_mode = connect(self.options, self.schema, self.component)
+        self._busy_ms = round(self.options.busy_timeout * 1000)
+        self._inline_ok = inline_ok(self.options, self._journal_mode)
         return conn
 
-    def _schema_version(self, conn: sqlite3.Connection) -> int | None:
-        """The component's schema version (None: no tables yet). Only reads, so a file
-        that is read-only for now still opens, and fails on writes only."""
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database (PASSIVE: waits for no one); True if all of it
+        was, so that the next write restarts the WAL."""
+        if self._sql is None or self._reconnect:
+            return False
         try:
-            row = conn.execute(
-                "SELECT version FROM trio_grains_schema WHERE component = ?", (self.component,)
-            ).fetchone()
-        except sqlite3.OperationalError as exc:
-            if "no such table" not in str(exc):
-                raise
-            return None
-        return None if row is None else int(row[0])
+            busy, frames, copied = self._sql.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except Exception as exc:  # the next one may succeed; this thread must go on serving
+            log.warning("sqlite database %r: checkpoint failed: %s", self.options.path, exc)
+            return False
+        self._checkpoints += 1
+        return bool(busy == 0 and frames == copied)
 
     def _run_batch(self, batch: list[_Request]) -> None:
         try:
-            self._transaction(batch)
+            self._thread_transaction(batch)
         except (sqlite3.Error, StorageError) as exc:
             if len(batch) == 1:
                 batch[0].result = outcome.Error(self._failed(exc))
@@ -380,14 +410,18 @@ class SqliteConnection:
             # One call's failure must not fail its neighbours: retry each on its own.
             for request in batch:
                 try:
-                    self._transaction([request])
+                    self._thread_transaction([request])
                 except (sqlite3.Error, StorageError) as each:
                     request.result = outcome.Error(self._failed(each))
         except BaseException as exc:  # a bug here must not kill the thread or strand callers
-            for request in batch:
-                error = InternalError(f"sqlite provider failed: {exc!r}; please report it")
-                error.__cause__ = exc
-                request.result = outcome.Error(error)
+            self._internal_error(batch, exc)
+
+    @staticmethod
+    def _internal_error(batch: list[_Request], exc: BaseException) -> None:
+        for request in batch:
+            error = InternalError(f"sqlite provider failed: {exc!r}; please report it")
+            error.__cause__ = exc
+            request.result = outcome.Error(error)
 
     def _failed(self, exc: sqlite3.Error | StorageError) -> BaseException:
         """Translate a failed transaction's error; reconnect before the next one unless
@@ -404,8 +438,9 @@ class SqliteConnection:
         error.__cause__ = exc
         return error
 
-    def _transaction(self, batch: list[_Request]) -> None:
-        """Run *batch* in one transaction; raise if it did not commit."""
+    def _thread_transaction(self, batch: list[_Request]) -> None:
+        """Run *batch* in one transaction in the thread, waiting up to ``busy_timeout`` for
+        another connection's lock; raise if it did not commit."""
         if self._reconnect or self._sql is None:
             # The file may have been read-only, replaced or unreachable: start afresh.
             if self._sql is not None:
@@ -415,9 +450,19 @@ class SqliteConnection:
             self._sql = self._connect()
             self._reconnect = False
             self._reconnects += 1
+        wait_ms = round(self.options.busy_timeout * 1000)
+        if self._busy_ms != wait_ms:
+            self._sql.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            self._busy_ms = wait_ms
+        self._transaction(batch, any(r.writes for r in batch))
+
+    def _transaction(self, batch: list[_Request], writes: bool) -> None:
+        """Run *batch* in one transaction (*writes*: if any call in it does); raise if it
+        did not commit."""
         conn = self._sql
+        assert conn is not None
         self._transactions += 1
-        conn.execute("BEGIN IMMEDIATE" if any(r.writes for r in batch) else "BEGIN")
+        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         try:
             results: list[outcome.Outcome[Any]] = []
             for request in batch:
@@ -438,4 +483,5 @@ class SqliteConnection:
 
 
 def new_etag() -> str:
-    return uuid.uuid4().hex
+    """A fresh ETag: 128 random bits as 32 hex digits (``uuid4().hex`` costs 5 times more)."""
+    return os.urandom(16).hex()

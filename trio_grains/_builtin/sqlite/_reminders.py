@@ -82,7 +82,7 @@ class SqliteReminderTable(ReminderTable):
         def read_all(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(f"SELECT {_REMINDER_COLUMNS} FROM reminders").fetchall()
 
-        return self._rows(await self._conn.call(read_all, writes=False))
+        return self._rows(await self._conn.call(read_all, writes=False, size=None))
 
     async def read_grain(self, grain_id: GrainId) -> list[ReminderEntry]:
         key = (str(grain_id.type), grain_id.key)

@@ -91,7 +91,7 @@ class SqliteStorage(GrainStorage):
                     raise _mismatch(conn, state_name, grain_id, etag)
             return new
 
-        return await self._conn.call(write, writes=True)
+        return await self._conn.call(write, writes=True, size=len(blob))
 
     async def clear(self, state_name: str, grain_id: GrainId, etag: str | None) -> None:
         key = (state_name, str(grain_id.type), grain_id.key)
