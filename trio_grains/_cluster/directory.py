@@ -392,12 +392,12 @@ class CachedDirectory(GrainDirectory):
         return entry
 
     async def unregister(self, entry: DirectoryEntry) -> bool:
-        self._forget(entry)
+        self.forget(entry)
         try:
             return await self.directory.unregister(entry)
         finally:
             # Again: a lookup that ran meanwhile may have cached the entry being removed.
-            self._forget(entry)
+            self.forget(entry)
 
     async def remove_silo(self, silo_id: str) -> int:
         self.cache.invalidate_silo(silo_id)
@@ -413,7 +413,8 @@ class CachedDirectory(GrainDirectory):
         finally:
             self.cache.invalidate_silos_not_in(live)
 
-    def _forget(self, entry: DirectoryEntry) -> None:
+    def forget(self, entry: DirectoryEntry) -> None:
+        """Drop *entry* from the cache if the cache holds that very activation."""
         cached = self.cache.peek(entry.grain_id)
         if cached is not None and cached.activation_id == entry.activation_id:
             self.cache.invalidate(entry.grain_id)

@@ -103,8 +103,8 @@ class DirectoryRing:
 
     def owner_of(self, grain_id: GrainId) -> str | None:
         """The silo that owns *grain_id*'s entry; ``None`` if the ring has no owner."""
-        if not self._points:
-            return None
+        if len(self.owners) <= 1:
+            return self.owners[0] if self.owners else None  # (a lone silo: no hashing)
         i = bisect.bisect_left(self._points, grain_hash(grain_id))
         return self._silos[i if i < len(self._silos) else 0]
 

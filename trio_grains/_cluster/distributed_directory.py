@@ -27,6 +27,7 @@ routing (``directory``, ``directory_ring``, ``messenger``, ``envelope``, ``silo_
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterable, Set
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +152,7 @@ class DistributedGrainDirectory(GrainDirectory):
         self._nursery: trio.Nursery | None = None
         self._refreshing: trio.Event | None = None
         self._deferred = 0
+        self._one_way_ids = random.Random()  # (one-way: nobody answers or cancels them)
         self.stale_answers = 0
         self.pushes_sent = 0
 
@@ -238,9 +240,10 @@ class DistributedGrainDirectory(GrainDirectory):
             ring = self.ring
             owner = ring.owner_of(entry.grain_id)
             if owner == self.self_id:
-                await self.partition.wait_recovered()
-                if self.ring is not ring:
-                    continue
+                if not self.partition.recovered:  # (else no checkpoint: a dict operation)
+                    await self.partition.wait_recovered()
+                    if self.ring is not ring:
+                        continue
                 winner = self.partition.register(entry)
             else:
                 answer = await self._ask(owner, REGISTER, ring, {"entry": WireEntry.of(entry)})
@@ -258,10 +261,11 @@ class DistributedGrainDirectory(GrainDirectory):
             ring = self.ring
             owner = ring.owner_of(grain_id)
             if owner == self.self_id:
-                await self.partition.wait_recovered()
-                if self.ring is ring:
-                    return self.partition.lookup(grain_id)
-                continue
+                if not self.partition.recovered:
+                    await self.partition.wait_recovered()
+                    if self.ring is not ring:
+                        continue
+                return self.partition.lookup(grain_id)
             answer = await self._ask(owner, LOOKUP, ring, {"grain": str(grain_id)})
             if answer is None:
                 attempt = await self._after_stale(attempt)
@@ -269,19 +273,27 @@ class DistributedGrainDirectory(GrainDirectory):
             return None if answer.entry is None else self._decode_entry(answer.entry)
 
     async def unregister(self, entry: DirectoryEntry) -> bool:
-        """Remove *entry* at its owner (one message, no answer waited for); True if it was
-        removed here (the owner being this silo)."""
         await trio.lowlevel.checkpoint()
+        return self.unregister_nowait(entry)
+
+    def unregister_nowait(self, entry: DirectoryEntry) -> bool:
+        """Remove *entry* at its owner: here, or one message that gets no answer (an entry
+        left behind, should it be lost, is found stale and mended by the grain's next
+        activation). True if it was removed here."""
         owner = self.ring.owner_of(entry.grain_id)
         if owner is None:
             return False
         if owner == self.self_id:
             return self.partition.unregister(entry)
+        address = self.messenger.address_of(owner)
+        if address is None:
+            return False
         args = {"ring": self.ring.key, "version": self.view_version, "entry": WireEntry.of(entry)}
-        try:
-            await self.messenger.call(owner, DIRECTORY_TARGET, UNREGISTER, (), args)
-        except (GrainsError, RerouteError):
-            pass  # an entry left behind is found stale and mended by the next activation
+        payload = self.codec.encode_call(UNREGISTER, (), args)
+        target = str(DIRECTORY_TARGET)
+        call_id = self._one_way_ids.randrange(1, env.MAX_CALL_ID)
+        data = env.encode_request(call_id, "", target, UNREGISTER.name, payload, None, 0, 0, None)
+        self.messenger.send_nowait(address, data)
         return False
 
     async def remove_silo(self, silo_id: str) -> int:

@@ -402,6 +402,10 @@ class SiloCluster:
         entry, act.directory_entry = act.directory_entry, None
         if not isinstance(entry, DirectoryEntry):
             return
+        if self.distributed is not None:  # one message at most, never waited for
+            self.locator.directory.forget(entry)
+            self.distributed.unregister_nowait(entry)
+            return
         with trio.move_on_after(5.0):
             try:
                 await self.locator.directory.unregister(entry)
