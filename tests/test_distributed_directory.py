@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import trio
 
-from trio_grains import Grain, GrainId, SiloConfig
+from trio_grains import Grain, GrainId, RandomPlacement, SiloConfig, placement
 from trio_grains._cluster import envelope as env
 from trio_grains._cluster.directory import DirectoryEntry
 from trio_grains._cluster.directory_ring import DirectoryPartition, DirectoryRing
@@ -292,3 +292,34 @@ async def test_bad_directory_requests_are_answered_with_errors_and_change_nothin
             assert cluster.directory_size() == 0
             # the silo still works
             assert await silo.get_grain(StormGrain, "after").hit() == silo.silo_id
+
+
+# --- placement that follows the data ------------------------------------------------------------
+
+
+@placement(RandomPlacement())
+class SpreadGrain(StormGrain):
+    pass
+
+
+async def test_grains_first_called_by_a_delivery_are_activated_where_it_runs() -> None:
+    async with open_test_cluster(2, grains=[StormGrain, SpreadGrain]) as cluster:
+        here = cluster.silos[1]
+        for i in range(30):
+            # what a stream agent or a reminder tick does
+            where = await here.dispatcher.invoke_by_id(GrainId.create("storm", f"d{i}"), "hit", ())
+            assert where == here.silo_id
+        # a class that chose its placement keeps it
+        spread = {
+            await here.dispatcher.invoke_by_id(GrainId.create("spread", f"s{i}"), "hit", ())
+            for i in range(30)
+        }
+        assert spread == {s.silo_id for s in cluster.silos}
+        # a grain already active elsewhere is called there, not activated twice
+        other = cluster.silos[0]
+        for i in range(100):  # (random placement: find a key it put on the other silo)
+            if await other.get_grain(StormGrain, f"e{i}").hit() == other.silo_id:
+                break
+        gid = GrainId.create("storm", f"e{i}")
+        assert await here.dispatcher.invoke_by_id(gid, "hit", ()) == other.silo_id
+        assert not DOUBLE

@@ -60,9 +60,12 @@ class RemoteCalls(Protocol):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         local: LocalCall,
+        *,
+        prefer_local: bool = False,
     ) -> Any:
         """Call *method* on *grain_id* wherever it is or is placed (through *local* if
-        that is this silo)."""
+        that is this silo); *prefer_local*: a new activation of a class without a
+        placement strategy of its own goes to this silo."""
 
 
 class Dispatcher:
@@ -104,9 +107,28 @@ class Dispatcher:
 
     async def invoke_by_id(self, grain_id: GrainId, name: str, args: tuple[Any, ...]) -> Any:
         """Call *name* on the grain *grain_id* (its hosted class), as a reference would:
-        reminders' ticks and stream agents' deliveries."""
+        reminders' ticks and stream agents' deliveries.
+
+        In a cluster, a grain that is not active anywhere yet is activated on this silo
+        (unless its class declares a placement strategy): the item or tick is here, and
+        so is, likely, the next one (placement that follows the data; Orleans users get
+        it with ``PreferLocalPlacement``).
+        """
         info = self.catalog.implementation(grain_id, None)
-        return await self.invoke(reference_class(info.cls)(self, grain_id), name, args, {})
+        ref = reference_class(info.cls)(self, grain_id)
+        remote = self.remote
+        if (
+            remote is not None
+            and info.placement is None
+            and info.max_local_workers is None
+            and self.catalog.lookup(grain_id) is None
+        ):
+            method = ref._info.methods.get(name)
+            if method is not None:
+                return await remote.call(
+                    grain_id, method, args, {}, self.call_here, prefer_local=True
+                )
+        return await self.invoke(ref, name, args, {})
 
     # -- the call path ------------------------------------------------------------------------
 

@@ -112,17 +112,23 @@ class Locator:
             return silo_id, 0
         return await self.locate_uncached(grain_id)
 
-    async def locate_uncached(self, grain_id: GrainId) -> tuple[str, int]:
+    async def locate_uncached(
+        self, grain_id: GrainId, *, prefer_local: bool = False
+    ) -> tuple[str, int]:
         """:meth:`locate` past a cache miss: the directory, else placement.
 
         When placement would put a new activation on this very silo, the directory lookup
         is skipped: the local activation registers (create-if-absent) before it runs, and
         if the grain is active elsewhere it loses that race and hands its calls to the
         winner. A new grain then costs one directory round trip instead of two.
+        *prefer_local* places it here whatever the default strategy says (the caller
+        checked that the class declares none of its own).
         """
         placed = None
         hosted_here = self.hosted is not None and self.hosted.get(grain_id.type) is not None
         if self.self_id is not None and hosted_here:
+            if prefer_local:
+                return self.self_id, 0
             try:
                 placed = self.place(grain_id)
             except SiloUnavailableError:

@@ -88,9 +88,11 @@ async def call_anywhere(
     kwargs: dict[str, Any],
     *,
     local: Callable[..., Awaitable[Any]] | None = None,
+    prefer_local: bool = False,
 ) -> Any:
     """Locate *grain_id* and call it there (through *local* if that is this silo); on a
-    "not here" answer, or a lost activation race, locate it again."""
+    "not here" answer, or a lost activation race, locate it again. *prefer_local*: place
+    a new activation here (see :meth:`Locator.locate_uncached`)."""
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
             await trio.sleep(backoff(attempt))
@@ -98,7 +100,7 @@ async def call_anywhere(
         if cached is not None:
             silo_id, flags = cached, 0
         else:
-            silo_id, flags = await locator.locate_uncached(grain_id)  # (a miss counted once)
+            silo_id, flags = await locator.locate_uncached(grain_id, prefer_local=prefer_local)
         try:
             if local is not None and silo_id == locator.self_id:
                 return await local(grain_id, method, args, kwargs)
@@ -344,11 +346,20 @@ class SiloCluster:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         local: LocalCall,
+        *,
+        prefer_local: bool = False,
     ) -> Any:
         """Call *method* on *grain_id* wherever it is (or is placed): through *local* if
         that is this silo."""
         return await call_anywhere(
-            self.locator, self.messenger, grain_id, method, args, kwargs, local=local
+            self.locator,
+            self.messenger,
+            grain_id,
+            method,
+            args,
+            kwargs,
+            local=local,
+            prefer_local=prefer_local,
         )
 
     def reroute(self, call: Call, local: LocalCall) -> None:
