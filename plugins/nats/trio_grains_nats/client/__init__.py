@@ -51,6 +51,7 @@ from ._kv import KvWatcher as KvWatcher
 from ._kv import create_key_value as create_key_value
 from ._kv import key_value as key_value
 from ._msg import Msg as Msg
+from ._subscription import PayloadSubscription as PayloadSubscription
 from ._subscription import Subscription as Subscription
 from ._subscription import SubscriptionStatistics as SubscriptionStatistics
 
@@ -82,6 +83,7 @@ __all__ = [
     "NatsError",
     "NoRespondersError",
     "NotFoundError",
+    "PayloadSubscription",
     "ProtocolViolationError",
     "PublishItem",
     "PullSubscription",

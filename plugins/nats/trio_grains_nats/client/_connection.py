@@ -18,7 +18,7 @@ from trio.lowlevel import Abort, checkpoint_if_cancelled, current_task, wait_tas
 from ._exceptions import NatsError, NoRespondersError
 from ._handshake import Credentials, parse_servers
 from ._msg import Msg
-from ._subscription import SlowConsumerPolicy, Subscription
+from ._subscription import PayloadSubscription, SlowConsumerPolicy, Subscription, _Interest
 from ._wire import _BAD_SUBJECT, Wire, _Pong
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class LateReply:
         if self._requests.get(self._token) == (self, 0):
             del self._requests[self._token]
 
-    # the connection's waiter protocol (see _wire.Wire._process_msg)
+    # the connection's waiter protocol (see _wire.Wire._parse)
     def _on_reply(self, _index: int, msg: Msg) -> None:
         self.result = msg
         self._event.set()
@@ -156,14 +156,41 @@ class Connection(Wire):
         when the buffer is full (see :class:`Subscription`).
         """
         await checkpoint_if_cancelled()
+        subj = self._check_subscription(subject, queue)
+        sub = Subscription(self, self._next_sid(), subject, queue, max_pending, slow_consumer)
+        self._add_subscription(sub, subj)
+        return sub
+
+    async def subscribe_payloads(
+        self,
+        subject: str,
+        *,
+        queue: str | None = None,
+        max_pending: int = 65536,
+        slow_consumer: SlowConsumerPolicy = "block",
+    ) -> PayloadSubscription:
+        """Subscribe to *subject* as :meth:`subscribe` does, for a consumer that takes
+        only the payloads, in batches (:meth:`PayloadSubscription.next_batch`): no
+        :class:`Msg` per message, one wake-up of the consumer per read from the socket."""
+        await checkpoint_if_cancelled()
+        subj = self._check_subscription(subject, queue)
+        sub = PayloadSubscription(
+            self, self._next_sid(), subject, queue, max_pending, slow_consumer
+        )
+        self._add_subscription(sub, subj)
+        return sub
+
+    def _check_subscription(self, subject: str, queue: str | None) -> bytes:
+        """The encoded *subject*, once the connection, it and *queue* are fine."""
         self._check_open()
         subj = self._encode_subject(subject)
         if queue is not None and (not queue or _BAD_SUBJECT.search(queue)):
             raise ValueError(f"bad queue group name {queue!r}")
-        sub = Subscription(self, self._next_sid(), subject, queue, max_pending, slow_consumer)
+        return subj
+
+    def _add_subscription(self, sub: _Interest, subj: bytes) -> None:
         self._subs[sub.sid] = sub
-        self._write(self._sub_command(subj, queue, sub.sid))
-        return sub
+        self._write(self._sub_command(subj, sub.queue, sub.sid))
 
     async def request(
         self,
@@ -270,13 +297,13 @@ class Connection(Wire):
         else:
             await checkpoint_if_cancelled()
 
-    async def _unsubscribe(self, sub: Subscription) -> None:
+    async def _unsubscribe(self, sub: _Interest) -> None:
         await checkpoint_if_cancelled()
         if self._subs.pop(sub.sid, None) is not None and not self._closed:
             self._write(b"UNSUB %d\r\n" % sub.sid)
         sub._close()
 
-    async def _drain_subscription(self, sub: Subscription) -> None:
+    async def _drain_subscription(self, sub: _Interest) -> None:
         if self._subs.get(sub.sid) is sub and not self._closed:
             self._write(b"UNSUB %d\r\n" % sub.sid)
             await self.flush()  # every message sent before the UNSUB has now arrived

@@ -1,12 +1,12 @@
 """The engine under :class:`~trio_grains_nats.client.Connection`: buffers, tasks, reconnection.
 
 A supervisor task owns the live server stream; for each stream it runs a *reader*
-(``receive_some`` fed to nats-py's ``Parser``, which awaits our ``_process_*``
-callbacks), a *writer* (publishers append to one ``bytearray``; the writer swaps it out
-and sends it with one ``send_all``, so a burst of publishes costs one syscall) and a
-*pinger* (keep-alive PINGs; too many unanswered ones mean a stale connection). When the
-stream breaks, the supervisor reconnects across the server list, resubscribes, and the
-writer then sends what was buffered meanwhile.
+(``receive_some`` fed to :meth:`Wire._parse`, which hands each message to its request or
+subscription as it parses it), a *writer* (publishers append to one ``bytearray``; the
+writer swaps it out and sends it with one ``send_all``, so a burst of publishes costs one
+syscall) and a *pinger* (keep-alive PINGs; too many unanswered ones mean a stale
+connection). When the stream breaks, the supervisor reconnects across the server list,
+resubscribes, and the writer then sends what was buffered meanwhile.
 
 Replies to requests share one wildcard subscription ``_INBOX.<nuid>.*``: a request
 registers its token in ``_requests`` and parks its task; the reader reschedules it.
@@ -15,6 +15,7 @@ registers its token in ``_requests`` and parks its task; the reader reschedules 
 from __future__ import annotations
 
 import collections
+import json
 import re
 import ssl
 from collections.abc import Mapping
@@ -24,7 +25,6 @@ import outcome
 import trio
 from nats.errors import ProtocolError
 from nats.nuid import NUID
-from nats.protocol.parser import Parser
 from trio.lowlevel import ParkingLot, Task, reschedule
 
 from ._exceptions import (
@@ -36,7 +36,7 @@ from ._exceptions import (
 )
 from ._handshake import Credentials, ServerAddress, handshake
 from ._msg import Msg, decode_headers, encode_headers
-from ._subscription import Subscription
+from ._subscription import _Interest
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -45,6 +45,8 @@ __all__ = ["Wire"]
 
 _BAD_SUBJECT = re.compile(r"[\s]")
 _INBOX_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_MAX_CONTROL_LINE = 4096  # the server's default max_control_line
+_READ_SIZE = 256 * 1024
 MAX_SUBJECT_BYTES = 2048
 """The longest subject published or subscribed to (the server\'s control line is 4 KiB)."""
 _CONN_ERRORS = (
@@ -124,7 +126,7 @@ class Wire:
         # subscriptions and the request inbox
         self._nuid = NUID()
         self._sid = 0
-        self._subs: dict[int, Subscription] = {}
+        self._subs: dict[int, _Interest] = {}
         #: where replies to this connection's requests and JetStream pulls arrive: under
         #: ``<inbox_prefix>.``, so a server can let each user subscribe to its own only
         self.inbox_root = inbox_prefix
@@ -242,26 +244,112 @@ class Wire:
             return b"SUB %s %s %d\r\n" % (subj, queue.encode(), sid)
         return b"SUB %s %d\r\n" % (subj, sid)
 
-    # --- the parser's callbacks (awaited by nats.protocol.parser.Parser) -------------
+    # --- parsing what the server sends -------------------------------------------------
 
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        self._in_msgs += 1
-        self._in_bytes += len(data)
-        if sid == self._inbox_sid:
-            waiter = self._requests.pop(subject[self._inbox_prefix_len :], None)
-            if waiter is None:
-                return
-            msg = self._make_msg(subject, reply, data, headers)
-            if type(waiter) is Task:
-                reschedule(waiter, outcome.Value(msg))
+    async def _parse(self, buf: bytes) -> tuple[bytes, int]:
+        """Handle every complete protocol message at the start of *buf*; return the rest
+        (an incomplete message) and how many bytes that message needs in all (0 when its
+        control line is incomplete).
+
+        Messages are dispatched as they are parsed, without an ``await`` unless a
+        subscription's buffer is full (nats-py's ``Parser`` awaits a callback per message
+        and deletes each from the front of a ``bytearray``: twice the cost per message).
+        """
+        end = len(buf)
+        pos = 0
+        find = buf.find
+        while pos < end:
+            eol = find(b"\r\n", pos, pos + _MAX_CONTROL_LINE)
+            if eol < 0:
+                if end - pos >= _MAX_CONTROL_LINE:
+                    raise ProtocolError("nats: a control line longer than 4 KiB")
+                return buf[pos:], 0
+            if buf.startswith(b"MSG ", pos):
+                args = buf[pos + 4 : eol].split()
+                if len(args) == 3:
+                    subject, sid_text, size_text = args
+                    reply = b""
+                elif len(args) == 4:
+                    subject, sid_text, reply, size_text = args
+                else:
+                    raise ProtocolError("nats: malformed MSG")
+                header_text = b"0"
+            elif buf.startswith(b"HMSG ", pos):
+                args = buf[pos + 5 : eol].split()
+                if len(args) == 4:
+                    subject, sid_text, header_text, size_text = args
+                    reply = b""
+                elif len(args) == 5:
+                    subject, sid_text, reply, header_text, size_text = args
+                else:
+                    raise ProtocolError("nats: malformed HMSG")
             else:
-                waiter[0]._on_reply(waiter[1], msg)
-            return
-        sub = self._subs.get(sid)
-        if sub is not None:
-            await sub._deliver(self._make_msg(subject, reply, data, headers))
+                line = buf[pos:eol]
+                pos = eol + 2
+                self._control_line(line)
+                continue
+            try:
+                sid = int(sid_text)
+                size = int(size_text)
+                header_size = int(header_text)
+            except ValueError:
+                raise ProtocolError("nats: malformed MSG (a number is not one)") from None
+            if not 0 <= header_size <= size:
+                raise ProtocolError("nats: malformed MSG (sizes)")
+            start = eol + 2
+            stop = start + size
+            if stop + 2 > end:
+                return buf[pos:], stop + 2 - pos
+            pos = stop + 2
+            if header_size:
+                headers: bytes | None = buf[start : start + header_size]
+                data = buf[start + header_size : stop]
+            else:
+                headers = None
+                data = buf[start:stop]
+            self._in_msgs += 1
+            self._in_bytes += len(data)
+            if sid == self._inbox_sid:
+                waiter = self._requests.pop(subject[self._inbox_prefix_len :], None)
+                if waiter is None:
+                    continue
+                msg = self._make_msg(subject, reply, data, headers)
+                if type(waiter) is Task:
+                    reschedule(waiter, outcome.Value(msg))
+                else:
+                    waiter[0]._on_reply(waiter[1], msg)
+                continue
+            sub = self._subs.get(sid)
+            if sub is not None and not sub._deliver_nowait(subject, reply, data, headers):
+                await sub._deliver(subject, reply, data, headers)  # its buffer is full
+        return b"", 0
+
+    def _control_line(self, line: bytes) -> None:
+        """PING, PONG, +OK, -ERR or INFO (anything else is a protocol error)."""
+        op = line[:5].rstrip().upper()
+        if op == b"PING":
+            self._write(b"PONG\r\n")
+        elif op == b"PONG":
+            self._pings_outstanding = 0
+            if self._pongs:
+                pong = self._pongs.popleft()
+                if pong is not None:
+                    pong.ok = True
+                    pong.event.set()
+        elif op == b"+OK":
+            pass
+        elif op == b"-ERR":
+            self._process_err(line[4:].strip().decode("utf-8", "replace").lower())
+        elif op == b"INFO":
+            try:
+                info = json.loads(line[5:])
+            except ValueError:
+                raise ProtocolError("nats: an INFO that is not JSON") from None
+            if not isinstance(info, dict):
+                raise ProtocolError("nats: an INFO that is not a JSON object")
+            self._update_info(info)
+        else:
+            raise ProtocolError(f"nats: unknown protocol line {line[:20]!r}")
 
     def _make_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Msg:
         # Subjects are bytes on the wire: anyone may publish one that is not UTF-8 (say to
@@ -274,21 +362,7 @@ class Wire:
             return Msg(subj, rep, data, hdrs, status, description, self._public)
         return Msg(subj, rep, data, None, None, "", self._public)
 
-    async def _process_ping(self) -> None:
-        self._write(b"PONG\r\n")
-
-    async def _process_pong(self) -> None:
-        self._pings_outstanding = 0
-        if self._pongs:
-            pong = self._pongs.popleft()
-            if pong is not None:
-                pong.ok = True
-                pong.event.set()
-
-    async def _process_info(self, info: dict[str, Any]) -> None:
-        self._update_info(info)
-
-    async def _process_err(self, err: str) -> None:
+    def _process_err(self, err: str) -> None:
         text = err.strip().strip("'")
         if "stale connection" in text:
             raise StaleConnectionError("the server says the connection is stale")
@@ -305,15 +379,24 @@ class Wire:
     async def _reader(
         self, stream: trio.abc.Stream, leftover: bytes, scope: trio.CancelScope
     ) -> None:
-        parser = Parser(self)
+        # What arrived of an incomplete message, joined once it is complete (a large
+        # message arrives in many reads: joining each read to the rest would be quadratic).
+        parts: list[bytes] = []
+        have = need = 0
         try:
-            if leftover:
-                await parser.parse(leftover)
+            data = leftover
             while True:
-                data = await stream.receive_some(256 * 1024)
+                if data:
+                    parts.append(data)
+                    have += len(data)
+                    if have >= need:
+                        buf = parts[0] if len(parts) == 1 else b"".join(parts)
+                        rest, need = await self._parse(buf)
+                        parts = [rest] if rest else []
+                        have = len(rest)
+                data = bytes(await stream.receive_some(_READ_SIZE))
                 if not data:
                     raise NatsConnectionError("the server closed the connection")
-                await parser.parse(data)  # type: ignore[arg-type]  # bytes-like is fine
         except _CONN_ERRORS as exc:
             self._lost(exc, scope)
 
