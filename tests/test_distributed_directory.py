@@ -270,15 +270,18 @@ async def test_bad_directory_requests_are_answered_with_errors_and_change_nothin
             assert await ask("drop_all", {"ring": ring, "version": 0}) == env.ERROR
             # wrong types (no coercion), a malformed grain id, an oversized activation id
             assert (
-                await ask("register", {"ring": str(ring), "version": 0, "entry": good}) == env.ERROR
+                await ask("register", {"ring": str(ring), "version": 0, "entries": [good]})
+                == env.ERROR
             )
             bad_grain = {**good, "grain": "no slash here"}
             assert (
-                await ask("register", {"ring": ring, "version": 0, "entry": bad_grain}) == env.ERROR
+                await ask("register", {"ring": ring, "version": 0, "entries": [bad_grain]})
+                == env.ERROR
             )
             long_id = {**good, "activation": "a" * 1000}
             assert (
-                await ask("register", {"ring": ring, "version": 0, "entry": long_id}) == env.ERROR
+                await ask("register", {"ring": ring, "version": 0, "entries": [long_id]})
+                == env.ERROR
             )
             # a push naming another silo's activations
             push = {
@@ -323,3 +326,32 @@ async def test_grains_first_called_by_a_delivery_are_activated_where_it_runs() -
         gid = GrainId.create("storm", f"e{i}")
         assert await here.dispatcher.invoke_by_id(gid, "hit", ()) == other.silo_id
         assert not DOUBLE
+
+
+async def test_concurrent_registrations_and_unregistrations_to_one_owner_share_messages() -> None:
+    async with open_test_cluster(2, grains=[StormGrain]) as cluster:
+        here, other = cluster.silos[1], cluster.silos[0]
+        assert here.cluster is not None
+        distributed = here.cluster.distributed
+        assert distributed is not None
+        ring = distributed.ring
+        keys = [f"b{i}" for i in range(200)]
+        remote = [k for k in keys if ring.owner_of(GrainId.create("storm", k)) == other.silo_id]
+        assert len(remote) > 50
+        sent = distributed.messenger.sent
+        async with trio.open_nursery() as nursery:
+            for key in keys:  # 200 activations here at once (placed here: deliveries)
+                gid = GrainId.create("storm", key)
+                nursery.start_soon(here.dispatcher.invoke_by_id, gid, "hit", ())
+        registered = distributed.messenger.sent - sent
+        assert 1 <= registered <= 3  # one batch per owner (and tick), not one per grain
+        assert cluster.directory_size() == 200
+        sent = distributed.messenger.sent
+        for key in keys:
+            act = here.catalog.lookup(GrainId.create("storm", key))
+            assert act is not None
+            here.catalog.deactivate_soon(act, "test")
+        with trio.fail_after(10):
+            while cluster.directory_size():  # noqa: ASYNC110 - polling a count
+                await trio.sleep(0.01)
+        assert 1 <= distributed.messenger.sent - sent <= 3

@@ -58,6 +58,7 @@ log = logging.getLogger("trio_grains.directory")
 DIRECTORY_TARGET = GrainId.create("sys.directory", "0")
 """The target named in directory requests (not a grain: peer endpoints serve only these)."""
 MAX_PUSH_ENTRIES = 2_000  # entries per push message
+MAX_BATCH = 500  # registrations or unregistrations per request
 MAX_ACTIVATION_ID_LENGTH = 64
 MAX_DEFERRED = 10_000  # requests waiting for this silo's share to be recovered
 OK, STALE = 0, 1
@@ -85,11 +86,28 @@ class DirectoryAnswer:
     ring: int
     entry: WireEntry | None = None
     refused: list[WireEntry] = attrs.Factory(list)
+    #: a batch of registrations' stored entries, in the order asked
+    entries: list[WireEntry] = attrs.Factory(list)
+
+
+@attrs.define(eq=False)
+class _Batch:
+    """Registrations on their way to one owner, sent as one request when the tasks that
+    made them have run (so many concurrent activations cost one message, not one each)."""
+
+    ring: DirectoryRing
+    entries: list[WireEntry] = attrs.Factory(list)
+    done: trio.Event = attrs.Factory(trio.Event)
+    #: the stored entries, in order; ``None``: ask again (another ring, owner gone)
+    answers: list[WireEntry] | None = None
+    error: BaseException | None = None
 
 
 # The directory's operations, as methods of the peer endpoints (their annotations are
 # what the codec decodes requests and answers by; they are never called).
-async def _register(_self: object, ring: int, version: int, entry: WireEntry) -> DirectoryAnswer:
+async def _register(
+    _self: object, ring: int, version: int, entries: list[WireEntry]
+) -> DirectoryAnswer:
     raise NotImplementedError
 
 
@@ -97,7 +115,9 @@ async def _lookup(_self: object, ring: int, version: int, grain: str) -> Directo
     raise NotImplementedError
 
 
-async def _unregister(_self: object, ring: int, version: int, entry: WireEntry) -> DirectoryAnswer:
+async def _unregister(
+    _self: object, ring: int, version: int, entries: list[WireEntry]
+) -> DirectoryAnswer:
     raise NotImplementedError
 
 
@@ -152,6 +172,9 @@ class DistributedGrainDirectory(GrainDirectory):
         self._nursery: trio.Nursery | None = None
         self._refreshing: trio.Event | None = None
         self._deferred = 0
+        #: registrations waiting to be sent, and unregistrations, by owner
+        self._batches: dict[str, _Batch] = {}
+        self._unregisters: dict[str, list[WireEntry]] = {}
         self._one_way_ids = random.Random()  # (one-way: nobody answers or cancels them)
         self.stale_answers = 0
         self.pushes_sent = 0
@@ -245,15 +268,48 @@ class DistributedGrainDirectory(GrainDirectory):
                     if self.ring is not ring:
                         continue
                 winner = self.partition.register(entry)
+            elif owner is None:
+                attempt = await self._after_stale(attempt)
+                continue
             else:
-                answer = await self._ask(owner, REGISTER, ring, {"entry": WireEntry.of(entry)})
-                if answer is None or answer.entry is None:
+                batch = self._batches.get(owner)
+                if batch is None or batch.ring is not ring or len(batch.entries) >= MAX_BATCH:
+                    batch = _Batch(ring)
+                    if self._nursery is None:  # (not serving yet: no batching)
+                        await self._send_batch(owner, batch, [WireEntry.of(entry)])
+                    else:
+                        self._batches[owner] = batch
+                        self._nursery.start_soon(self._send_batch, owner, batch)
+                index = len(batch.entries)
+                batch.entries.append(WireEntry.of(entry))
+                await batch.done.wait()
+                if batch.error is not None:
+                    raise batch.error
+                if batch.answers is None:
                     attempt = await self._after_stale(attempt)
                     continue
-                winner = self._decode_entry(answer.entry)
+                winner = self._decode_entry(batch.answers[index])
             if self.ring is ring:
                 return winner
             # The ring changed while we asked: register again under the new one.
+
+    async def _send_batch(
+        self, owner: str, batch: _Batch, entries: list[WireEntry] | None = None
+    ) -> None:
+        """Send *batch* (started in the nursery: it runs once the tasks that are runnable
+        now have added their registrations)."""
+        if self._batches.get(owner) is batch:
+            del self._batches[owner]  # sealed: later registrations make a new batch
+        if entries is not None:
+            batch.entries.extend(entries)
+        try:
+            answer = await self._ask(owner, REGISTER, batch.ring, {"entries": batch.entries})
+            if answer is not None and len(answer.entries) == len(batch.entries):
+                batch.answers = answer.entries
+        except DirectoryError as exc:
+            batch.error = exc
+        finally:
+            batch.done.set()
 
     async def lookup(self, grain_id: GrainId) -> DirectoryEntry | None:
         attempt = 0
@@ -285,16 +341,35 @@ class DistributedGrainDirectory(GrainDirectory):
             return False
         if owner == self.self_id:
             return self.partition.unregister(entry)
+        pending = self._unregisters.setdefault(owner, [])
+        pending.append(WireEntry.of(entry))
+        if self._nursery is None:
+            self._send_unregisters(owner)
+        elif len(pending) == 1:  # the first since the last flush: flush after this tick
+            self._nursery.start_soon(self._flush_unregisters, owner)
+        return False
+
+    async def _flush_unregisters(self, owner: str) -> None:
+        self._send_unregisters(owner)
+
+    def _send_unregisters(self, owner: str) -> None:
+        entries = self._unregisters.pop(owner, [])
         address = self.messenger.address_of(owner)
         if address is None:
-            return False
-        args = {"ring": self.ring.key, "version": self.view_version, "entry": WireEntry.of(entry)}
-        payload = self.codec.encode_call(UNREGISTER, (), args)
+            return
         target = str(DIRECTORY_TARGET)
-        call_id = self._one_way_ids.randrange(1, env.MAX_CALL_ID)
-        data = env.encode_request(call_id, "", target, UNREGISTER.name, payload, None, 0, 0, None)
-        self.messenger.send_nowait(address, data)
-        return False
+        for i in range(0, len(entries), MAX_BATCH):
+            args = {
+                "ring": self.ring.key,
+                "version": self.view_version,
+                "entries": entries[i : i + MAX_BATCH],
+            }
+            payload = self.codec.encode_call(UNREGISTER, (), args)
+            call_id = self._one_way_ids.randrange(1, env.MAX_CALL_ID)
+            data = env.encode_request(
+                call_id, "", target, UNREGISTER.name, payload, None, 0, 0, None
+            )
+            self.messenger.send_nowait(address, data)
 
     async def remove_silo(self, silo_id: str) -> int:
         await trio.lowlevel.checkpoint()
@@ -355,16 +430,14 @@ class DistributedGrainDirectory(GrainDirectory):
             return
         try:
             kwargs = self.codec.decode_call(op, req.args)
-            entry = kwargs.get("entry")
-            if entry is not None:
-                kwargs["entry"] = self._decode_entry(entry)
-            if op is PUSH:
-                entries = kwargs["entries"]
-                if len(entries) > MAX_PUSH_ENTRIES:
-                    raise DirectoryError(f"a push of more than {MAX_PUSH_ENTRIES} entries")
+            entries = kwargs.get("entries")
+            if entries is not None:
+                limit = MAX_PUSH_ENTRIES if op is PUSH else MAX_BATCH
+                if len(entries) > limit:
+                    raise DirectoryError(f"a {op.name} of more than {limit} entries")
                 kwargs["entries"] = [self._decode_entry(e) for e in entries]
-                if any(e.silo_id != kwargs["sender"] for e in kwargs["entries"]):
-                    raise DirectoryError("a push names activations of another silo")
+            if op is PUSH and any(e.silo_id != kwargs["sender"] for e in kwargs["entries"]):
+                raise DirectoryError("a push names activations of another silo")
             if op is LOOKUP:
                 kwargs["grain"] = self._grain_id(kwargs["grain"])
         except (GrainsError, ValueError) as exc:
@@ -386,7 +459,8 @@ class DistributedGrainDirectory(GrainDirectory):
             self._maybe_stale(kwargs["version"])
             self._answer(req, op, DirectoryAnswer(STALE, self.ring.key))
         elif op is UNREGISTER:
-            self.partition.unregister(kwargs["entry"])
+            for entry in kwargs["entries"]:
+                self.partition.unregister(entry)
         elif self.partition.recovered:
             self._serve(req, op, kwargs)
         elif self._nursery is not None and self._deferred < MAX_DEFERRED:
@@ -415,9 +489,11 @@ class DistributedGrainDirectory(GrainDirectory):
 
     def _serve(self, req: env.Request, op: MethodInfo, kwargs: dict[str, Any]) -> None:
         if op is REGISTER:
-            found: DirectoryEntry | None = self.partition.register(kwargs["entry"])
-        else:
-            found = self.partition.lookup(kwargs["grain"])
+            register = self.partition.register
+            stored = [WireEntry.of(register(entry)) for entry in kwargs["entries"]]
+            self._answer(req, op, DirectoryAnswer(OK, self.ring.key, entries=stored))
+            return
+        found = self.partition.lookup(kwargs["grain"])
         wire = None if found is None else WireEntry.of(found)
         self._answer(req, op, DirectoryAnswer(OK, self.ring.key, entry=wire))
 
