@@ -355,3 +355,30 @@ async def test_concurrent_registrations_and_unregistrations_to_one_owner_share_m
             while cluster.directory_size():  # noqa: ASYNC110 - polling a count
                 await trio.sleep(0.01)
         assert 1 <= distributed.messenger.sent - sent <= 3
+
+
+async def test_a_push_that_failed_is_sent_again_while_heartbeats_renew_the_view(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_cluster(1, grains=[StormGrain]) as cluster:
+        assert cluster.memory is not None
+        first = cluster.silos[0]
+        assert first.cluster is not None
+        assert first.cluster.distributed is not None
+        peer = first.cluster.distributed.messenger.transport.address
+        cluster.memory.cut_off.add(peer)  # pushes to the first silo are lost for a while
+        second = await cluster.start_silo()
+        await cluster.wait_for_active(2)
+        await trio.sleep(12)  # many heartbeats (views with the same ring) meanwhile
+        cluster.memory.cut_off.discard(peer)
+        with trio.fail_after(30):
+            while not all(  # noqa: ASYNC110 - polling the shares' state
+                s.cluster is not None
+                and s.cluster.distributed is not None
+                and s.cluster.distributed.partition.recovered
+                for s in (first, second)
+            ):
+                await trio.sleep(0.1)
+        for i in range(20):
+            await first.get_grain(StormGrain, f"after{i}").hit()
+        assert not DOUBLE

@@ -59,6 +59,7 @@ DIRECTORY_TARGET = GrainId.create("sys.directory", "0")
 """The target named in directory requests (not a grain: peer endpoints serve only these)."""
 MAX_PUSH_ENTRIES = 2_000  # entries per push message
 MAX_BATCH = 500  # registrations or unregistrations per request
+SLOW_RECOVERY = 5.0  # seconds a request waits for this silo's share before it is logged
 MAX_ACTIVATION_ID_LENGTH = 64
 MAX_DEFERRED = 10_000  # requests waiting for this silo's share to be recovered
 OK, STALE = 0, 1
@@ -222,7 +223,7 @@ class DistributedGrainDirectory(GrainDirectory):
         chunks = [entries[i : i + step] for i in range(0, len(entries), step)] or [[]]
         for i, chunk in enumerate(chunks):
             attempt = 0
-            while self.ring is ring:
+            while self.ring.key == ring.key:
                 args = {
                     "ring": ring.key,
                     "version": version,
@@ -264,8 +265,8 @@ class DistributedGrainDirectory(GrainDirectory):
             owner = ring.owner_of(entry.grain_id)
             if owner == self.self_id:
                 if not self.partition.recovered:  # (else no checkpoint: a dict operation)
-                    await self.partition.wait_recovered()
-                    if self.ring is not ring:
+                    await self._wait_recovered()
+                    if self.ring.key != ring.key:
                         continue
                 winner = self.partition.register(entry)
             elif owner is None:
@@ -273,7 +274,7 @@ class DistributedGrainDirectory(GrainDirectory):
                 continue
             else:
                 batch = self._batches.get(owner)
-                if batch is None or batch.ring is not ring or len(batch.entries) >= MAX_BATCH:
+                if batch is None or batch.ring.key != ring.key or len(batch.entries) >= MAX_BATCH:
                     batch = _Batch(ring)
                     if self._nursery is None:  # (not serving yet: no batching)
                         await self._send_batch(owner, batch, [WireEntry.of(entry)])
@@ -289,9 +290,25 @@ class DistributedGrainDirectory(GrainDirectory):
                     attempt = await self._after_stale(attempt)
                     continue
                 winner = self._decode_entry(batch.answers[index])
-            if self.ring is ring:
+            if self.ring.key == ring.key:
                 return winner
             # The ring changed while we asked: register again under the new one.
+
+    async def _wait_recovered(self) -> None:
+        """Wait until this silo's share serves; say so if that takes long."""
+        with trio.move_on_after(SLOW_RECOVERY):
+            await self.partition.wait_recovered()
+            return
+        stats = self.partition.statistics()
+        log.warning(
+            "silo %s: its share of the grain directory has waited %.0f s for the entries "
+            "of silos %s (ring of %s)",
+            self.self_id,
+            SLOW_RECOVERY,
+            ", ".join(sorted(stats.waiting_for)) or "(none)",
+            ", ".join(self.ring.owners),
+        )
+        await self.partition.wait_recovered()
 
     async def _send_batch(
         self, owner: str, batch: _Batch, entries: list[WireEntry] | None = None
@@ -318,8 +335,8 @@ class DistributedGrainDirectory(GrainDirectory):
             owner = ring.owner_of(grain_id)
             if owner == self.self_id:
                 if not self.partition.recovered:
-                    await self.partition.wait_recovered()
-                    if self.ring is not ring:
+                    await self._wait_recovered()
+                    if self.ring.key != ring.key:
                         continue
                 return self.partition.lookup(grain_id)
             answer = await self._ask(owner, LOOKUP, ring, {"grain": str(grain_id)})
@@ -479,7 +496,7 @@ class DistributedGrainDirectory(GrainDirectory):
     ) -> None:
         try:
             with trio.move_on_after(req.timeout if req.timeout is not None else 30.0):
-                await self.partition.wait_recovered()
+                await self._wait_recovered()
         finally:
             self._deferred -= 1
         if self.partition.recovered and self.ring.key == kwargs["ring"]:
