@@ -6,7 +6,7 @@ turn reschedules it with the outcome. Cancelling the caller abandons the call: a
 call is skipped, a running turn is cancelled.
 
 Response timeouts do not cost a cancel scope per call: :class:`TimeoutWheel` keeps waiting
-calls in buckets by deadline and one task expires whole buckets.
+calls in the order they will expire and one task expires them.
 
 May import: values, ids, config, registries and placement. Not timers, which post calls.
 """
@@ -36,7 +36,6 @@ class Call:
     __slots__ = (
         "__weakref__",  # a silo finds the inbound call a CANCEL message names
         "args",
-        "bucket",
         "deadline",
         "fn",
         "kind",
@@ -74,7 +73,6 @@ class Call:
         self.on_done: Callable[[outcome.Outcome[Any]], None] | None = None
         self.result: outcome.Outcome[Any] | None = None  # finished before anyone waited
         self.wheel: TimeoutWheel | None = None
-        self.bucket = 0
         self.label = label
         self.target = target
         self.deadline = math.inf  # a remote caller's deadline, on this silo's clock
@@ -152,76 +150,92 @@ def log_one_way_outcome(label: str) -> Callable[[outcome.Outcome[Any]], None]:
     return done
 
 
-_NEVER = -(2**62)  # the bucket of calls that never expire (timeout=inf)
-
-
 class TimeoutWheel:
     """Expires calls whose reply did not come within *timeout* seconds.
 
-    Deadlines are rounded up to buckets of ``timeout / 16`` (at most 1 s), so a timeout
-    fires at most one bucket late; adding and removing a call is a set operation.
+    Every call waits for the same *timeout*, so the order calls are added in is the order
+    they expire in: the wheel keeps them in one insertion-ordered dict, each with the
+    *epoch* it was added in (no clock read per call: the epoch is the clock). While calls
+    wait, :meth:`run` ticks on the multiples of ``timeout / 16`` (at most 1 s), starting
+    a new epoch each time, and fails the calls at the front once *timeout* has passed
+    since the epoch after theirs began (they came before it). So a call fails no earlier
+    than *timeout* after it was added and, its deadline rounded up to a tick, at most one
+    tick later (when the wheel runs on time).
     """
 
     def __init__(self, timeout: float, make_error: Callable[[Call, float], Exception]) -> None:
         self._timeout = timeout
         self._granularity = min(1.0, max(timeout / 16, 1e-3))
-        self._buckets: dict[int, set[Call]] = {}
-        #: with ``timeout=inf``: calls that never expire (still failed by fail_all)
-        self._unbounded: set[Call] | None = None if math.isfinite(timeout) else set()
+        self._calls: dict[Call, int] = {}  # waiting calls, oldest first -> their epoch
+        self._epoch = 0
+        #: when each epoch the waiting calls need began (from the oldest call's on)
+        self._began: dict[int, float] = {}
+        #: run() waits for a call (add() wakes it); never with ``timeout=inf``
+        self._idle = math.isfinite(timeout)
         self._make_error = make_error
         self._lot = trio.lowlevel.ParkingLot()
 
     def add(self, call: Call) -> None:
-        if self._unbounded is not None:
-            self._unbounded.add(call)
-            call.bucket = _NEVER
-            call.wheel = self
-            return
-        key = math.ceil((trio.current_time() + self._timeout) / self._granularity)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = set()
-            self._lot.unpark_all()
-        bucket.add(call)
-        call.bucket = key
+        if call.wheel is self:  # (again: it moves to the back, with the current epoch)
+            del self._calls[call]
+        self._calls[call] = self._epoch
         call.wheel = self
+        if self._idle:
+            self._idle = False
+            self._lot.unpark_all()
 
     def discard(self, call: Call) -> None:
         call.wheel = None
-        if call.bucket == _NEVER and self._unbounded is not None:
-            self._unbounded.discard(call)
-            return
-        bucket = self._buckets.get(call.bucket)
-        if bucket is not None:
-            bucket.discard(call)
-            if not bucket:
-                del self._buckets[call.bucket]
+        self._calls.pop(call, None)
 
     def pending(self) -> int:
-        unbounded = 0 if self._unbounded is None else len(self._unbounded)
-        return unbounded + sum(len(b) for b in self._buckets.values())
+        return len(self._calls)
 
     def fail_all(self, exc_factory: Callable[[Call], Exception]) -> None:
         """Wake every waiting caller with an error (used when the silo stops)."""
-        buckets, self._buckets = list(self._buckets.values()), {}
-        if self._unbounded:
-            buckets.append(self._unbounded)
-            self._unbounded = set()
-        for bucket in buckets:
-            for call in list(bucket):
-                call.wheel = None
-                call.fail(exc_factory(call))
+        calls, self._calls = list(self._calls), {}
+        for call in calls:
+            call.wheel = None
+            call.fail(exc_factory(call))
 
     async def run(self) -> None:
+        if not math.isfinite(self._timeout):
+            await trio.sleep_forever()
+        granularity = self._granularity
         while True:
-            if not self._buckets:
+            if not self._calls:
+                self._idle = True
+                self._began.clear()
                 await self._lot.park()
                 continue
-            first = min(self._buckets)
-            deadline = first * self._granularity
-            if trio.current_time() < deadline:
-                await trio.sleep_until(deadline)
-                continue
-            for call in list(self._buckets.pop(first, ())):
-                call.wheel = None
-                call.fail(self._make_error(call, self._timeout))
+            # The calls waiting now came before this epoch began.
+            self._new_epoch(trio.current_time())
+            while self._calls:
+                await trio.sleep_until(
+                    (math.floor(trio.current_time() / granularity) + 1) * granularity
+                )
+                now = trio.current_time()
+                self._new_epoch(now)
+                self._expire(now)
+
+    def _new_epoch(self, now: float) -> None:
+        self._epoch += 1
+        self._began[self._epoch] = now
+
+    def _expire(self, now: float) -> None:
+        """Fail the calls at the front whose *timeout* has passed, and forget the start
+        times of epochs no call needs any more."""
+        began = self._began
+        deadline = now - self._timeout
+        expired = []
+        for call, epoch in self._calls.items():
+            if began[epoch + 1] > deadline:
+                break
+            expired.append(call)
+        for call in expired:
+            del self._calls[call]
+            call.wheel = None
+            call.fail(self._make_error(call, self._timeout))
+        oldest = next(iter(self._calls.values()), self._epoch)
+        for epoch in [e for e in began if e <= oldest]:
+            del began[epoch]

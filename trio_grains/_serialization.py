@@ -45,6 +45,7 @@ May import: values, ids, config, registries, placement, grains and references.
 from __future__ import annotations
 
 import builtins
+import functools
 import inspect
 import sys
 import traceback
@@ -57,6 +58,7 @@ from typing import Any, NoReturn
 import attrs
 import cattrs
 import msgpack
+from cattrs.fns import identity
 from cattrs.preconf.msgpack import make_converter as _make_msgpack_converter
 
 from ._exceptions import RemoteGrainError, SerializationError
@@ -72,6 +74,9 @@ ReferenceFactory = Callable[[type, GrainId], GrainReference]
 
 #: what a decode refuses before parsing, unless the codec is given another limit
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+#: a message larger than this leaves the codec's packer with a buffer as large: a new
+#: packer replaces it
+_PACKER_KEEPS = 1024 * 1024
 
 
 def _is_interface(t: Any) -> bool:
@@ -124,11 +129,27 @@ _UNKNOWN = object()
 
 
 class _Plan:
-    """What encoding one grain method's calls needs, worked out once per method."""
+    """What encoding one grain method's calls needs, worked out once per method and codec.
 
-    __slots__ = ("extra", "hints", "named", "params", "required", "result_hint", "sig")
+    The converter's hooks for the method's annotations are looked up here, once: a
+    converter is configured (``grains_configure_converter``) before its codec's first call.
+    """
 
-    def __init__(self, func: Callable[..., Any]) -> None:
+    __slots__ = (
+        "decoders",
+        "encoders",
+        "extra",
+        "hints",
+        "named",
+        "params",
+        "required",
+        "result_decoder",
+        "result_encoder",
+        "result_hint",
+        "sig",
+    )
+
+    def __init__(self, func: Callable[..., Any], converter: cattrs.Converter) -> None:
         func = inspect.unwrap(func)  # a silo's metrics wrapper: the grain's own annotations
         try:
             hints = typing.get_type_hints(func)
@@ -156,6 +177,38 @@ class _Plan:
             (_hint(hints, p.name) for p in params if p.kind is inspect.Parameter.VAR_KEYWORD),
             None,
         )
+        # The converter's hooks, looked up once (the converter's dispatch costs as much as
+        # a hook per value); ``None`` for an unstructure hook that returns its argument.
+        self.encoders: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = (
+            None
+            if self.params is None
+            else tuple((name, _unstructurer(converter, hint)) for name, hint in self.params)
+        )
+        self.decoders: dict[str, tuple[Callable[[Any, Any], Any], Any]] = {
+            name: (_structurer(converter, hint), hint) for name, hint in self.named.items()
+        }
+        self.result_encoder = _unstructurer(converter, self.result_hint)
+        self.result_decoder = _structurer(converter, self.result_hint)
+
+
+def _unstructurer(converter: cattrs.Converter, hint: Any) -> Callable[[Any], Any] | None:
+    """The unstructure hook for *hint*: ``None`` if it returns its argument; the
+    converter itself if the hook cannot be made (the call that needs it then fails and
+    says why, as a call without this plan would)."""
+    try:
+        hook: Callable[[Any], Any] = converter.get_unstructure_hook(hint)
+    except Exception:
+        return functools.partial(converter.unstructure, unstructure_as=hint)
+    return None if hook is identity else hook
+
+
+def _structurer(converter: cattrs.Converter, hint: Any) -> Callable[[Any, Any], Any]:
+    """The structure hook for *hint* (or, as above, the converter)."""
+    try:
+        hook: Callable[[Any, Any], Any] = converter.get_structure_hook(hint)
+    except Exception:
+        return converter.structure
+    return hook
 
 
 @attrs.define(eq=False)
@@ -174,6 +227,8 @@ class Codec:
     #: decodes that failed (each raised SerializationError), for the silo's statistics
     decode_failures: int = attrs.field(default=0, init=False)
     _plans: dict[Callable[..., Any], _Plan] = attrs.field(factory=dict, init=False)
+    #: one packer, reused (``msgpack.packb`` makes one per call); the call path's only
+    _packer: msgpack.Packer = attrs.field(factory=msgpack.Packer, init=False)
 
     def dumps(self, value: Any, type_: Any = Any) -> bytes:
         try:
@@ -208,8 +263,14 @@ class Codec:
     def _plan(self, func: Callable[..., Any]) -> _Plan:
         plan = self._plans.get(func)
         if plan is None:
-            plan = self._plans[func] = _Plan(func)
+            plan = self._plans[func] = _Plan(func, self.converter)
         return plan
+
+    def _pack(self, value: Any) -> bytes:
+        data: bytes = self._packer.pack(value)
+        if len(data) > _PACKER_KEEPS:
+            self._packer = msgpack.Packer()
+        return data
 
     # The four methods below are on every remote call's path: they translate errors with
     # plain try/except, not a context manager, and build no message text unless something
@@ -219,55 +280,56 @@ class Codec:
         self, method: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> bytes:
         """Encode arguments by the method's parameter annotations (unannotated: as they are)."""
-        plan = self._plan(method.func)
-        params = plan.params
-        unstructure = self.converter.unstructure
+        plan = self._plans.get(method.func) or self._plan(method.func)
+        encoders = plan.encoders
         payload = {}
-        if params is not None and not kwargs and len(args) == len(params):
+        if encoders is not None and not kwargs and len(args) == len(encoders):
             # All arguments positional, one per parameter: what sig.bind would give.
-            for (name, hint), value in zip(params, args, strict=True):
-                try:
-                    payload[name] = unstructure(value, hint)
-                except Exception as exc:
-                    _reraise(exc, f"cannot encode argument {name!r} of {method.name}()")
+            name = ""
+            try:
+                for (name, encode), value in zip(encoders, args, strict=True):
+                    payload[name] = value if encode is None else encode(value)
+            except Exception as exc:
+                _reraise(exc, f"cannot encode argument {name!r} of {method.name}()")
         else:
             try:
                 bound = plan.sig.bind(None, *args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{method.name}(): {exc}") from None
             hints = plan.hints
+            unstructure = self.converter.unstructure
             for name, value in list(bound.arguments.items())[1:]:
                 try:
                     payload[name] = unstructure(value, _hint(hints, name))
                 except Exception as exc:
                     _reraise(exc, f"cannot encode argument {name!r} of {method.name}()")
         try:
-            return msgpack.packb(payload)  # type: ignore[no-any-return]
+            return self._pack(payload)
         except Exception as exc:
             _reraise(exc, f"cannot encode the arguments of {method.name}()")
 
     def decode_call(self, method: MethodInfo, data: bytes) -> dict[str, Any]:
         """The keyword arguments in *data*, each structured by its parameter's annotation.
         Every name must be a parameter of *method* and every required one must be there."""
-        plan = self._plan(method.func)
+        plan = self._plans.get(method.func) or self._plan(method.func)
         try:
             raw = self._unpack(data)
             if raw.__class__ is not dict:
                 raise wrong_value("a map of arguments", raw)
         except Exception as exc:
             self._failed(exc, f"cannot decode the arguments of {method.name}()")
-        named = plan.named
-        structure = self.converter.structure
+        decoders = plan.decoders
         decoded = {}
         for name, value in raw.items():
-            hint = named.get(name, _UNKNOWN)
-            if hint is _UNKNOWN:
+            decoder = decoders.get(name)
+            if decoder is None:
                 if plan.extra is None or name.__class__ is not str:
                     self._failed(
                         WrongValue(f"{method.name}() has no parameter {name!r:.60}"),
                         f"cannot decode the arguments of {method.name}()",
                     )
-                hint = plan.extra
+                decoder = (self.converter.structure, plan.extra)
+            structure, hint = decoder
             try:
                 decoded[name] = structure(value, hint)
             except Exception as exc:
@@ -281,16 +343,17 @@ class Codec:
         return decoded
 
     def encode_result(self, method: MethodInfo, value: Any) -> bytes:
-        hint = self._plan(method.func).result_hint
+        plan = self._plans.get(method.func) or self._plan(method.func)
+        encode = plan.result_encoder
         try:
-            return msgpack.packb(self.converter.unstructure(value, hint))  # type: ignore[no-any-return]
+            return self._pack(value if encode is None else encode(value))
         except Exception as exc:
             _reraise(exc, f"cannot encode the result of {method.name}()")
 
     def decode_result(self, method: MethodInfo, data: bytes) -> Any:
-        hint = self._plan(method.func).result_hint
+        plan = self._plans.get(method.func) or self._plan(method.func)
         try:
-            return self.converter.structure(self._unpack(data), hint)
+            return plan.result_decoder(self._unpack(data), plan.result_hint)
         except Exception as exc:
             self._failed(exc, f"cannot decode the result of {method.name}()", "result")
 
