@@ -4,14 +4,20 @@ Run by ``cluster_bench.py``, one process per role::
 
     python benchmarks/_cluster_proc.py ROLE NATS_URL [CLUSTER_ID NAME]
 
-Roles: ``host`` (a silo hosting :class:`EchoGrain`), ``caller`` (a silo that does not host
-it, so every call to an echo grain crosses to a hosting silo), ``responder`` and
-``requester`` (the floor: our NATS connection doing raw request/reply), ``local`` (a silo
-of its own, no clustering: the floor of the ``activations`` mode).
+Roles: ``host`` (a silo hosting :class:`EchoGrain` and :class:`LocalEchoGrain`),
+``caller`` (a silo that hosts neither, so every call to an echo grain crosses to a hosting
+silo), ``responder`` and ``requester`` (the floor: our NATS connection doing raw
+request/reply), ``local`` (a silo of its own, no clustering: the floor of the
+``activations`` modes).
 
 Each process prints one JSON line ``{"ready": ...}`` once it runs, then reads one JSON
 command per line on stdin and answers each with a JSON line on stdout (``failover``
 answers twice). End of stdin stops it (the parent also kills it in a ``finally``).
+
+With ``CLUSTER_BENCH_PROFILE=<dir>`` the process runs under cProfile (timer: the process's
+CPU time, so that time spent preempted is charged to nothing) and writes
+``<dir>/<role>[-<name>].prof`` when it exits and on the command ``{"cmd": "profile"}``
+(any role; the parent sends it before it kills a child that it does not stop).
 """
 
 from __future__ import annotations
@@ -26,10 +32,20 @@ from typing import Any
 import trio
 import trio_grains_nats as tgn
 
-from trio_grains import Grain, ProviderConfig, SiloConfig, open_silo
+from trio_grains import (
+    Grain,
+    PreferLocalPlacement,
+    ProviderConfig,
+    SiloConfig,
+    open_silo,
+    placement,
+)
 
 PAYLOAD = b"x" * 64
 FLOOR_SUBJECT = "bench.cluster.rr"
+#: the cProfile profiler of this process and where it writes (``CLUSTER_BENCH_PROFILE``)
+PROFILER: Any = None
+PROFILE_PATH = ""
 
 
 class EchoGrain(Grain):
@@ -40,18 +56,46 @@ class EchoGrain(Grain):
         return self.runtime_identity
 
 
+@placement(PreferLocalPlacement())
+class LocalEchoGrain(Grain):
+    """:class:`EchoGrain` placed on the silo that makes the first call, as the grains that
+    a stream item or a reminder tick activates are."""
+
+    async def echo(self, data: bytes) -> bytes:
+        return data
+
+    async def where(self) -> str:
+        return self.runtime_identity
+
+
+GRAINS: dict[str, type[Grain]] = {"echo": EchoGrain, "local-echo": LocalEchoGrain}
+
+
 def say(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
 async def commands() -> Any:
-    """The JSON commands on stdin, until end of file."""
+    """The JSON commands on stdin, until end of file (``profile`` answered here)."""
     while True:
         line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
         if not line:
             return
         if line.strip():
-            yield json.loads(line)
+            cmd = json.loads(line)
+            if cmd.get("cmd") == "profile":
+                say({"profile": dump_profile()})
+            else:
+                yield cmd
+
+
+def dump_profile() -> str | None:
+    """Write this process's profile so far (profiling goes on); its path, None if off."""
+    if PROFILER is None:
+        return None
+    PROFILER.dump_stats(PROFILE_PATH)  # (this disables the profiler)
+    PROFILER.enable()
+    return PROFILE_PATH
 
 
 async def run_many(n: int, in_flight: int, one_call: Any) -> float:
@@ -86,15 +130,17 @@ async def echo_calls(silo: Any, prefix: str, n: int, in_flight: int) -> float:
     return await run_many(n, in_flight, one_call)
 
 
-async def activate(silo: Any, prefix: str, n: int, in_flight: int) -> tuple[float, Counter[str]]:
-    """First calls on *n* new keys ``<prefix>0`` ... by *in_flight* tasks (each takes the
-    next key); the wall time, and the silos the activations went to."""
+async def activate(
+    silo: Any, prefix: str, n: int, in_flight: int, grain: type[Grain] = EchoGrain
+) -> tuple[float, Counter[str]]:
+    """First calls on *n* new keys ``<prefix>0`` ... of *grain* by *in_flight* tasks (each
+    takes the next key); the wall time, and the silos the activations went to."""
     where: Counter[str] = Counter()
     keys = iter(range(n))
 
     async def worker() -> None:
         for i in keys:
-            where[await silo.get_grain(EchoGrain, f"{prefix}{i}").where()] += 1
+            where[await silo.get_grain(grain, f"{prefix}{i}").where()] += 1
 
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -116,7 +162,7 @@ async def silo_main(url: str, cluster_id: str, name: str, host: bool) -> None:
         cluster_id=cluster_id,
         clustering=ProviderConfig(provider="nats", options={"servers": url}),
     )
-    async with open_silo(config, grains=[EchoGrain] if host else []) as silo:
+    async with open_silo(config, grains=list(GRAINS.values()) if host else []) as silo:
         cluster = silo.cluster
         assert cluster is not None
         say(
@@ -130,16 +176,34 @@ async def silo_main(url: str, cluster_id: str, name: str, host: bool) -> None:
             async for cmd in commands():
                 what = cmd["cmd"]
                 if what == "stats":
-                    stats = silo.statistics()
+                    # (the catalog's counters, not silo.statistics(), whose count by type
+                    # walks every activation: not part of what a round costs)
+                    cpu = time.process_time()
+                    catalog = silo.catalog
+                    peer = None if cluster.distributed is None else cluster.distributed.messenger
                     say(
                         {
-                            "activations": stats.activations,
-                            "activations_created": stats.activations_created,
+                            "activations": len(catalog.activations()),
+                            "activations_created": catalog.activations_created,
                             "sent": cluster.messenger.sent,
                             "received": cluster.messenger.received,
-                            "cpu": time.process_time(),
+                            # the in-cluster directory's messages (requests and answers)
+                            "directory_sent": None if peer is None else peer.sent,
+                            "cpu": cpu,
                         }
                     )
+                elif what == "directory":  # this silo's share of the in-cluster directory
+                    directory = cluster.distributed
+                    if directory is None:  # (the provider's directory: nothing held here)
+                        say({"entries": None, "by_silo": {}})
+                    else:
+                        by_silo = Counter(e.silo_id for e in directory.partition.entries.values())
+                        say(
+                            {
+                                "entries": directory.partition.statistics().entries,
+                                "by_silo": dict(by_silo),  # activation's silo -> entries
+                            }
+                        )
                 elif what == "wait_silo":  # until this silo sees *silo* active
                     await wait_active(cluster, cmd["silo"])
                     say({"ok": True})
@@ -151,14 +215,17 @@ async def silo_main(url: str, cluster_id: str, name: str, host: bool) -> None:
                     say({"where": dict(where)})
                 elif what == "activate":  # first calls on new keys (activations)
                     cpu = time.process_time()
-                    created = silo.statistics().activations_created
-                    seconds, where = await activate(silo, cmd["prefix"], cmd["n"], cmd["in_flight"])
+                    created = silo.catalog.activations_created
+                    grain = GRAINS[cmd.get("grain", "echo")]
+                    seconds, where = await activate(
+                        silo, cmd["prefix"], cmd["n"], cmd["in_flight"], grain
+                    )
                     say(
                         {
                             "seconds": seconds,
                             "cpu": time.process_time() - cpu,
                             "where": dict(where),
-                            "created_here": silo.statistics().activations_created - created,
+                            "created_here": silo.catalog.activations_created - created,
                         }
                     )
                 elif what == "calls":
@@ -259,18 +326,21 @@ async def requester_main(url: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    global PROFILER, PROFILE_PATH
     role, url = argv[0], argv[1]
     profile_dir = os.environ.get("CLUSTER_BENCH_PROFILE")
-    if profile_dir:  # cProfile this process; the stats go to <dir>/<role>.prof at exit
+    if profile_dir:  # cProfile this process: <dir>/<role>[-<name>].prof (exit, "profile")
         import cProfile
 
-        profiler = cProfile.Profile()
-        profiler.enable()
+        name = f"{role}-{argv[3]}" if len(argv) > 3 else role
+        PROFILE_PATH = os.path.join(profile_dir, f"{name}.prof")
+        PROFILER = cProfile.Profile(time.process_time)  # CPU: preemption is not charged
+        PROFILER.enable()
         try:
             run_role(role, url, argv)
         finally:
-            profiler.disable()
-            profiler.dump_stats(os.path.join(profile_dir, f"{role}.prof"))
+            PROFILER.disable()
+            PROFILER.dump_stats(PROFILE_PATH)
     else:
         run_role(role, url, argv)
 

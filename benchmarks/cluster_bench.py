@@ -10,13 +10,18 @@ reads their JSON answers, and kills every child in a ``finally``.
   live on a second silo process. Floor: our NATS connection (``trio_grains_nats``) doing
   raw request/reply between two processes, 100 requests in flight, 64-byte payloads, the
   responder echoing each request. calls/s, target ratio >= 0.7.
-* ``activations``: new grains activated per second across a 2-silo cluster: one of two
-  silo processes, both hosting ``EchoGrain``, makes N first calls on new keys (100 in
-  flight), so random placement spreads the activations over both, each registering in the
-  cluster's grain directory (the NATS clustering provider's default directory). Floor: one
-  silo's local activation rate, as the ``local-calls`` mode ``activation-rate`` measures it
-  (N first calls one after another on a silo of its own, no clustering), in a child process
-  of the same kind. activations/s, target ratio >= 0.25.
+* ``activations``: new grains activated per second across a 2-silo cluster: both silo
+  processes make first calls on new keys at the same time, each on its own half of N (100
+  in flight per silo), on ``LocalEchoGrain`` (prefer-local placement), so every activation
+  is on the silo that made its first call and registers in the grain directory (the
+  default: in-cluster, about half of the entries owned by the other silo). ours = N / the
+  parent's wall time from sending the first command to reading the second answer. Floor:
+  one silo's local activation rate, as the ``local-calls`` mode ``activation-rate``
+  measures it (N first calls one after another on a silo of its own, no clustering), in a
+  child process of the same kind. activations/s, target ratio >= 0.25.
+* ``activations-spread``: one of the two silos makes all N first calls on ``EchoGrain``
+  (random placement), so about half of them are also cross-silo calls; the same floor.
+  activations/s, reported (no target).
 * ``failover``: seconds from SIGKILL of a silo process to the first successful call on one
   of its grains from a surviving caller silo (default ``heartbeat_interval`` /
   ``dead_after``). ``ours`` = seconds (median of the rounds), ``floor`` = the configured
@@ -202,7 +207,172 @@ def _calls(opts: Options, emit: Emit, url: str, cluster_id: str) -> None:
 # --- activations ----------------------------------------------------------------------------
 
 
+def _local_floor(
+    local: Child, n: int, cpu_us: dict[float, dict[str, float]]
+) -> Callable[[], float]:
+    """The floor of both activations modes: *n* first calls one after another on the
+    ``local`` child (a silo of its own); its CPU per activation goes to *cpu_us*."""
+    rounds = 0
+
+    def floor() -> float:
+        nonlocal rounds
+        rounds += 1
+        answer = local.ask(cmd="activate", prefix=f"r{rounds}-", n=n, in_flight=1)
+        cpu_us[answer["seconds"]] = {"local_silo": round(answer["cpu"] / n * 1e6, 1)}
+        log(f"    cpu per activation: local silo {answer['cpu'] / n * 1e6:.1f} us")
+        return float(answer["seconds"])
+
+    return floor
+
+
+def _dump_profiles(*children: Child) -> None:
+    """With ``CLUSTER_BENCH_PROFILE``: each child writes its profile now (for children that
+    are killed, not stopped)."""
+    if os.environ.get("CLUSTER_BENCH_PROFILE"):
+        for child in children:
+            log(f"  profile of {child.role}: {child.ask(cmd='profile')['profile']}")
+
+
 def _activations(opts: Options, emit: Emit, url: str, monitor_port: int, cluster_id: str) -> None:
+    """Both silos activate new ``LocalEchoGrain``s (prefer-local placement) at once, each
+    its own half of N keys; every activation registers in the grain directory."""
+    n = ACTIVATIONS[1 if opts.quick else 0]
+    half = n // 2
+    warm = WARM_ACTIVATIONS[1 if opts.quick else 0]
+    with ExitStack() as stack:
+        silo_a = _start(stack, "host", url, cluster_id, "silo-a")
+        silo_b = _start(stack, "host", url, cluster_id, "silo-b")
+        silos = {"a": silo_a, "b": silo_b}
+        ids = {tag: child.ready["ready"] for tag, child in silos.items()}
+        silo_a.ask(silo=ids["b"], cmd="wait_silo")
+        silo_b.ask(silo=ids["a"], cmd="wait_silo")
+        local = _start(stack, "local", url)
+
+        def both(prefix: str, count: int) -> tuple[float, dict[str, dict[str, Any]]]:
+            """Each silo activates *count* new grains ``<prefix><tag>-<i>``, both at once:
+            the parent's wall time from sending the first command to reading the second
+            answer, and the answers."""
+            t0 = time.perf_counter()
+            for tag, child in silos.items():
+                child.send(
+                    cmd="activate",
+                    grain="local-echo",
+                    prefix=f"{prefix}{tag}-",
+                    n=count,
+                    in_flight=IN_FLIGHT,
+                )
+            answers = {tag: child.read() for tag, child in silos.items()}
+            seconds = time.perf_counter() - t0
+            for tag, answer in answers.items():
+                # each silo created exactly its own activations: none crossed
+                assert answer["where"] == {ids[tag]: count}, (tag, answer)
+                assert answer["created_here"] == count, (tag, answer)
+            return seconds, answers
+
+        # warm-up of both (code paths, the directory), then the measured rounds
+        both("w-", warm // 2)
+        local.ask(cmd="activate", prefix="w-", n=warm, in_flight=1)
+        nats_pid = server_pid()
+        rounds = 0
+        msgs = [0, 0]
+        # seconds of a round -> what it cost (ours, floor)
+        cpu_us: dict[float, dict[str, float]] = {}
+        floor_cpu_us: dict[float, dict[str, float]] = {}
+        silo_seconds: dict[float, dict[str, float]] = {}
+        directory_msgs = [0]
+
+        def ours() -> float:
+            nonlocal rounds
+            rounds += 1
+            before = {tag: child.ask(cmd="stats") for tag, child in silos.items()}
+            server_cpu = cpu_seconds(nats_pid) if nats_pid else 0.0
+            in0, out0 = msg_counts(monitor_port)
+            seconds, answers = both(f"r{rounds}-", half)
+            in1, out1 = msg_counts(monitor_port)
+            server_cpu = (cpu_seconds(nats_pid) if nats_pid else 0.0) - server_cpu
+            after = {tag: child.ask(cmd="stats") for tag, child in silos.items()}
+            for tag in silos:  # no grain call crossed: only the directory's messages
+                assert after[tag]["sent"] == before[tag]["sent"], (tag, before, after)
+            total = half * len(silos)
+            msgs[0] += in1 - in0
+            msgs[1] += out1 - out0
+            directory_msgs[0] += sum(
+                (after[t]["directory_sent"] or 0) - (before[t]["directory_sent"] or 0)
+                for t in silos
+            )
+            cpu = {f"silo_{t}": after[t]["cpu"] - before[t]["cpu"] for t in silos}
+            cpu["nats_server"] = server_cpu
+            cpu["total"] = sum(cpu.values())
+            cpu_us[seconds] = {k: round(v / total * 1e6, 1) for k, v in cpu.items()}
+            silo_seconds[seconds] = {
+                f"silo_{t}": round(a["seconds"], 4) for t, a in answers.items()
+            }
+            log(
+                f"    {total} activations in {seconds:.3f} s (silo a's own "
+                f"{answers['a']['seconds']:.3f} s, b's {answers['b']['seconds']:.3f} s); cpu per "
+                f"activation: silo a {cpu['silo_a'] / total * 1e6:.1f} us, silo b "
+                f"{cpu['silo_b'] / total * 1e6:.1f} us, nats-server "
+                f"{server_cpu / total * 1e6:.1f} us; nats msgs per activation in "
+                f"{(in1 - in0) / total:.2f}, out {(out1 - out0) / total:.2f}"
+            )
+            return seconds
+
+        floor = _local_floor(local, 2 * half, floor_cpu_us)
+        t_ours, t_floor = _best_of(opts, ours, floor, "activations")
+        total = 2 * half * rounds + 2 * (warm // 2)
+        stats = {tag: child.ask(cmd="stats") for tag, child in silos.items()}
+        directory = {tag: child.ask(cmd="directory") for tag, child in silos.items()}
+        created = sum(s["activations_created"] for s in stats.values())
+        assert created == total, (created, total)
+        entries = [d["entries"] for d in directory.values()]
+        # per silo: the share of its activations whose entry another silo holds
+        registered_remotely: dict[str, float] | None = None
+        if None not in entries:  # the in-cluster directory: it holds every activation
+            assert sum(entries) == total, (directory, total)
+            registered_remotely = {}
+            for tag in silos:  # and each silo's activations are there
+                held = {t: d["by_silo"].get(ids[tag], 0) for t, d in directory.items()}
+                assert sum(held.values()) == stats[tag]["activations_created"], (tag, directory)
+                remote = sum(count for t, count in held.items() if t != tag)
+                registered_remotely[f"silo_{tag}"] = round(remote / sum(held.values()), 3)
+        log(f"  directory: {directory}")
+        ours_per_round = 2 * half
+        emit(
+            result(
+                "cluster",
+                "activations",
+                ours_per_round / t_ours,
+                ours_per_round / t_floor,
+                unit="activations/s",
+                target=">= 0.25 (ratio)",
+                n=ours_per_round,
+                in_flight=IN_FLIGHT,
+                in_flight_per="silo",
+                silos=2,
+                placement="prefer-local",
+                wall_time="parent: first command sent -> second answer read",
+                silo_seconds=silo_seconds[t_ours],
+                registered_remotely=registered_remotely,
+                directory_entries=None if None in entries else sum(entries),
+                cpu_us_per_activation=cpu_us[t_ours],
+                floor_cpu_us_per_activation=floor_cpu_us[t_floor],
+                msgs_in_per_activation=round(msgs[0] / (ours_per_round * rounds), 3),
+                msgs_out_per_activation=round(msgs[1] / (ours_per_round * rounds), 3),
+                directory_msgs_per_activation=round(
+                    directory_msgs[0] / (ours_per_round * rounds), 3
+                ),
+                floor_in_flight=1,
+                grain_directory=default_grain_directory(),
+            )
+        )
+        _dump_profiles(silo_a, silo_b, local)
+        # (no clean stop: leaving would unregister every activation; the server goes next)
+
+
+def _activations_spread(
+    opts: Options, emit: Emit, url: str, monitor_port: int, cluster_id: str
+) -> None:
+    """One silo makes the first calls; random placement puts about half on the other."""
     n = ACTIVATIONS[1 if opts.quick else 0]
     warm = WARM_ACTIVATIONS[1 if opts.quick else 0]
     with ExitStack() as stack:
@@ -255,31 +425,23 @@ def _activations(opts: Options, emit: Emit, url: str, monitor_port: int, cluster
             )
             return float(answer["seconds"])
 
-        floor_round = 0
-
-        def floor() -> float:
-            nonlocal floor_round
-            floor_round += 1
-            answer = local.ask(cmd="activate", prefix=f"r{floor_round}-", n=n, in_flight=1)
-            floor_cpu_us[answer["seconds"]] = {"local_silo": round(answer["cpu"] / n * 1e6, 1)}
-            log(f"    cpu per activation: local silo {answer['cpu'] / n * 1e6:.1f} us")
-            return float(answer["seconds"])
-
-        t_ours, t_floor = _best_of(opts, ours, floor, "activations")
+        floor = _local_floor(local, n, floor_cpu_us)
+        t_ours, t_floor = _best_of(opts, ours, floor, "activations-spread")
         created = caller.ask(cmd="stats")["activations_created"]
         created += other.ask(cmd="stats")["activations_created"]
         assert created == warm + n * rounds, (created, warm + n * rounds)
         emit(
             result(
                 "cluster",
-                "activations",
+                "activations-spread",
                 n / t_ours,
                 n / t_floor,
                 unit="activations/s",
-                target=">= 0.25 (ratio)",
+                target="(none: reported)",
                 n=n,
                 in_flight=IN_FLIGHT,
                 silos=2,
+                placement="random",
                 on_caller_silo=round(spread.get(caller_id, 0) / (n * rounds), 3),
                 cpu_us_per_activation=cpu_us[t_ours],
                 floor_cpu_us_per_activation=floor_cpu_us[t_floor],
@@ -289,6 +451,7 @@ def _activations(opts: Options, emit: Emit, url: str, monitor_port: int, cluster
                 grain_directory=default_grain_directory(),
             )
         )
+        _dump_profiles(caller, other, local)
         # (no clean stop: leaving would unregister every activation; the server goes next)
 
 
@@ -339,7 +502,7 @@ def _failover(opts: Options, emit: Emit, url: str, cluster_id: str) -> None:
             child.stop()
 
 
-@benchmark("cluster", modes=("calls", "activations", "failover"))
+@benchmark("cluster", modes=("calls", "activations", "activations-spread", "failover"))
 def cluster_bench(opts: Options, emit: Emit) -> None:
     """cross-silo grain calls, activations across silos, and failover after SIGKILL"""
     monitor_port = free_port()
@@ -352,5 +515,7 @@ def cluster_bench(opts: Options, emit: Emit) -> None:
             _calls(opts, emit, url, "bc" + uuid.uuid4().hex[:8])
         if opts.wants("activations"):
             _activations(opts, emit, url, monitor_port, "ba" + uuid.uuid4().hex[:8])
+        if opts.wants("activations-spread"):
+            _activations_spread(opts, emit, url, monitor_port, "bs" + uuid.uuid4().hex[:8])
         if opts.wants("failover"):
             _failover(opts, emit, url, "bf" + uuid.uuid4().hex[:8])

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 REQUIRED = ["benchmark", "mode", "ours", "floor", "ratio"]
@@ -144,15 +145,40 @@ def test_scale_quick_prints_cpu_and_messages_per_order() -> None:
         assert line[key] > 0, line  # every order is at least a publish and a delivery
 
 
-def test_cluster_activations_quick_prints_one_line() -> None:
-    proc = _run("cluster", "--quick", "--rounds", "1", "--mode", "activations")
+def _cluster_line(mode: str) -> dict[str, Any]:
+    """The one line of ``cluster --quick --rounds 1 --mode <mode>``, its common keys checked."""
+    proc = _run("cluster", "--quick", "--rounds", "1", "--mode", mode)
     assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(text) for text in proc.stdout.splitlines() if text.strip()]
-    assert [line["mode"] for line in lines] == ["activations"], proc.stdout
+    lines: list[dict[str, Any]] = [
+        json.loads(text) for text in proc.stdout.splitlines() if text.strip()
+    ]
+    assert [line["mode"] for line in lines] == [mode], proc.stdout
     (line,) = lines
     assert list(line)[:5] == REQUIRED, line
     assert line["benchmark"] == "cluster"
     _check_numbers(line)
     assert line["unit"] == "activations/s"
     assert line["silos"] == 2
-    assert 0 < line["on_caller_silo"] < 1, line  # placement used both silos
+    return line
+
+
+def test_cluster_activations_quick_prints_one_line() -> None:
+    # Both silos activate their own half at once (prefer-local placement).
+    line = _cluster_line("activations")
+    assert line["placement"] == "prefer-local"
+    assert set(line["silo_seconds"]) == {"silo_a", "silo_b"}, line
+    assert set(line["cpu_us_per_activation"]) == {"silo_a", "silo_b", "nats_server", "total"}, line
+    assert line["floor_cpu_us_per_activation"], line
+    if line["grain_directory"] == "in-cluster":  # the directory holds every activation
+        assert line["directory_entries"] >= line["n"], line
+        remote = line["registered_remotely"]
+        assert set(remote) == {"silo_a", "silo_b"}, line
+        assert all(0 < share < 1 for share in remote.values()), line  # both owners used
+
+
+def test_cluster_activations_spread_quick_prints_one_line() -> None:
+    # One silo makes every first call; random placement uses both silos.
+    line = _cluster_line("activations-spread")
+    assert line["placement"] == "random"
+    assert line["target"] == "(none: reported)"
+    assert 0 < line["on_caller_silo"] < 1, line
