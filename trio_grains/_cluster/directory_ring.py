@@ -236,7 +236,7 @@ class DirectoryPartition:
 
     def _stamp(self, entry: DirectoryEntry) -> DirectoryEntry:
         self._revision += 1
-        return attrs.evolve(entry, revision=self._revision)
+        return DirectoryEntry(entry.grain_id, entry.silo_id, entry.activation_id, self._revision)
 
     # -- serving (only while recovered) ---------------------------------------------------------
 

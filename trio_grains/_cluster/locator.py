@@ -23,7 +23,13 @@ from collections.abc import Callable
 from .._exceptions import SiloUnavailableError
 from .._grain import GrainClassRegistry
 from .._ids import GrainId
-from .._placement import PlacementRegistry, PlacementStrategy, PlacementTarget, SiloInfo
+from .._placement import (
+    PlacementRegistry,
+    PlacementStrategy,
+    PlacementTarget,
+    PreferLocalPlacement,
+    SiloInfo,
+)
 from .directory import CachedDirectory, DirectoryCache, GrainDirectory
 from .envelope import LOCATE
 from .membership import MembershipTable
@@ -125,10 +131,14 @@ class Locator:
         checked that the class declares none of its own).
         """
         placed = None
-        hosted_here = self.hosted is not None and self.hosted.get(grain_id.type) is not None
-        if self.self_id is not None and hosted_here:
-            if prefer_local:
-                return self.self_id, 0
+        info = None if self.hosted is None else self.hosted.get(grain_id.type)
+        if self.self_id is not None and info is not None:
+            strategy = info.placement or self.default_strategy
+            if prefer_local or (
+                strategy.__class__ is PreferLocalPlacement
+                and self.view.status_of(self.self_id) is SiloStatus.ACTIVE
+            ):
+                return self.self_id, 0  # (what the director would say, without asking)
             try:
                 placed = self.place(grain_id)
             except SiloUnavailableError:
