@@ -279,28 +279,43 @@ class Messenger:
         that cannot be sent costs that message, not the turn or task that sent it."""
         try:
             self.transport.send_nowait(address, data)
-            self.sent += 1
-        except trio.WouldBlock:
-            self._backlog_send.send_nowait((address, data))
-        except TransportClosedError:
-            pass  # the silo is stopping; the caller learns it from membership
-        except MessageTooLargeError:
-            self._drop("too_large", data, f"to {address[:80]!r}: larger than the transport carries")
         except Exception as exc:
+            self._not_sent(address, data, exc)
+        else:
+            self.sent += 1
+
+    def _not_sent(self, address: str, data: bytes, exc: Exception) -> None:
+        """What :meth:`send_nowait` does when the transport raised *exc*."""
+        if isinstance(exc, trio.WouldBlock):
+            self._backlog_send.send_nowait((address, data))
+        elif isinstance(exc, TransportClosedError):
+            pass  # the silo is stopping; the caller learns it from membership
+        elif isinstance(exc, MessageTooLargeError):
+            self._drop("too_large", data, f"to {address[:80]!r}: larger than the transport carries")
+        else:
             self._drop("send_failed", data, f"to {address[:80]!r}: {exc!r}")
 
     def reply(self, request: env.Request, status: int, payload: bytes) -> None:
         data = env.encode_reply(request.call_id, status, payload, self.endpoint_id)
-        if len(data) > self.transport.max_message_size:
+        try:
+            # (the transport checks the size: it sends nothing too large)
+            self.transport.send_nowait(request.reply_to, data)
+        except MessageTooLargeError:
             error = MessageTooLargeError(
                 f"the result of {request.grain_id}.{request.method}() is {len(data)} bytes, "
                 f"more than the transport carries ({self.transport.max_message_size}): "
                 "return a key to stored data instead"
             )
-            data = env.encode_reply(
-                request.call_id, env.ERROR, self.encode_exception(error), self.endpoint_id
+            self.send_nowait(
+                request.reply_to,
+                env.encode_reply(
+                    request.call_id, env.ERROR, self.encode_exception(error), self.endpoint_id
+                ),
             )
-        self.send_nowait(request.reply_to, data)
+        except Exception as exc:
+            self._not_sent(request.reply_to, data, exc)
+        else:
+            self.sent += 1
 
     def reply_error(self, request: env.Request, exc: BaseException) -> None:
         if request.reply_to:

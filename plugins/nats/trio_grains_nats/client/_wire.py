@@ -182,7 +182,7 @@ class Wire:
     ) -> None:
         if self._closed or self._draining:
             self._check_open()
-        subj = self._encode_subject(subject)
+        subj = self._subject_cache.get(subject) or self._encode_subject(subject)
         size = len(payload)
         if size > self._max_payload:
             raise ValueError(
