@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -50,7 +51,9 @@ class FakeHost:
         self.terms: list[tuple[ReceivedItem, str]] = []
         self.published: list[tuple[StreamId, EncodedItem]] = []
         self.in_progress_calls: list[list[ReceivedItem]] = []
+        self.in_progress_times: list[float] = []
         self.receives = 0
+        self.asked: list[int] = []  # max_items of every receive call
         self.refuse_publish = False
         self._send, self._items = trio.open_memory_channel[ReceivedItem](math.inf)
         self._sequence = 0
@@ -72,6 +75,7 @@ class FakeHost:
 
     async def receive(self, max_items: int, /) -> list[ReceivedItem]:
         self.receives += 1
+        self.asked.append(max_items)
         batch = [await self._items.receive()]
         while len(batch) < max_items:
             try:
@@ -95,6 +99,7 @@ class FakeHost:
     async def in_progress(self, items: Sequence[ReceivedItem], /) -> None:
         await trio.lowlevel.checkpoint()
         self.in_progress_calls.append(list(items))
+        self.in_progress_times.append(trio.current_time())
 
     def targets(self, stream_id: StreamId, /) -> list[Target]:
         return self.subscribers
@@ -364,3 +369,119 @@ async def test_held_items_are_kept_alive_while_their_handlers_run(
         assert all(call == [item] for call in host.in_progress_calls)
         gate.set()
         await until(lambda: host.acked == [item])
+
+
+async def test_renewals_go_only_to_items_held_an_interval_and_often_enough(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host = FakeHost(options(), progress_interval=10.0)
+    recorder = Recorder()
+    host.subscribers.append(recorder.target())
+    slow, quick = recorder.block(1), recorder.block(2)
+    async with agent_of(host):
+        start = trio.current_time()
+        held = host.put("slow", 1)
+        await trio.sleep(5)
+        host.put("quick", 2)
+        await trio.sleep(7)  # held across t = 10 s, but less than an interval
+        quick.set()
+        await until(lambda: len(host.acked) == 1)
+        await trio.sleep(97)
+        slow.set()
+        await until(lambda: len(host.acked) == 2)
+        await trio.sleep(100)  # acked: renewed no more
+    assert host.in_progress_calls
+    assert all(call == [held] for call in host.in_progress_calls)
+    # renewed once held an interval, then at most 1.5 intervals apart (ack_wait is 3)
+    times = [start, *host.in_progress_times]
+    assert times[1] - start >= 10
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 15
+    assert len(host.in_progress_calls) == 10  # 109 s held: one renewal per 10 s after 10 s
+
+
+async def test_asks_for_a_batch_and_receives_until_it_is_filled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host, _ = recorded(batch_size=4, max_in_flight=8)
+    async with agent_of(host):
+        for n in range(5):  # one at a time: each receive returns one item
+            host.put(f"k{n}", n)
+            await until(lambda: len(host.acked) == n + 1)  # noqa: B023
+        await trio.testing.wait_all_tasks_blocked()
+    assert host.asked == [4, 3, 2, 1, 4, 3]
+
+
+async def test_a_full_window_asks_again_only_for_a_refill(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host, recorder = recorded(batch_size=4, max_in_flight=8)
+    gates = [recorder.block(n) for n in range(12)]
+    async with agent_of(host) as agent:
+        for n in range(12):
+            host.put(f"k{n}", n)
+        await until(lambda: len(recorder.calls) == 8)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (host.asked, agent.free) == ([4, 4], 0)
+        for gate in gates[:3]:
+            gate.set()
+        await until(lambda: len(host.acked) == 3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert host.asked == [4, 4]  # 3 free slots: less than a refill (4)
+        gates[3].set()
+        await until(lambda: len(recorder.calls) == 12)
+        assert host.asked == [4, 4, 4]
+        for gate in gates[4:]:
+            gate.set()
+        await until(lambda: len(host.acked) == 12)
+        await trio.testing.wait_all_tasks_blocked()
+    assert host.asked == [4, 4, 4, 4]  # the last one waits for items that never come
+
+
+async def test_keys_wait_for_a_worker_in_the_order_they_came(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host, recorder = recorded(max_concurrent_keys=2)
+    gates = {value: recorder.block(value) for value in (1, 2, 3, 4)}
+    async with agent_of(host):
+        for value, key in ((1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "a")):
+            host.put(key, value)
+        await until(lambda: len(recorder.calls) == 2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert recorder.values() == [1, 2]  # two workers
+        gates[2].set()  # b's worker takes c, the next key waiting
+        await until(lambda: len(recorder.calls) == 3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert recorder.values() == [1, 2, 3]
+        gates[1].set()  # a's worker goes on with a's next item (5), then takes d
+        await until(lambda: len(recorder.calls) == 5)
+        gates[3].set()
+        gates[4].set()
+        await until(lambda: len(host.acked) == 5)
+    assert recorder.values() == [1, 2, 3, 5, 4]
+
+
+async def test_stop_gives_back_keys_no_worker_took(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host, recorder = recorded(max_concurrent_keys=1, drain_timeout=5.0)
+    gate = recorder.block(1)
+    async with trio.open_nursery() as nursery:
+        agent = PartitionAgent(host)
+        nursery.start_soon(agent.run)
+        running, waiting = host.put("a", 1), host.put("b", 2)
+        await recorder.started[1].wait()
+        stopped = trio.Event()
+
+        async def stop() -> None:
+            await agent.stop()
+            stopped.set()
+
+        nursery.start_soon(stop)
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        with trio.fail_after(60):
+            await stopped.wait()
+    assert host.acked == [running]
+    assert host.naks == [(waiting, 0.0)]
+    assert recorder.values() == [1]
+    assert agent.held == {}

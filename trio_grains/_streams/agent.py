@@ -8,11 +8,11 @@ the provider or the handles: the provider builds one :class:`AgentHost` per owne
 partition and hands it to the agent, as Orleans' ``PersistentStreamPullingManager``
 creates each pulling agent against the narrow ``IQueueAdapterReceiver`` of its queue.
 
-A :class:`PartitionAgent` holds at most ``max_in_flight`` items (the semaphore window is the
-backpressure), queues them per stream key, and runs one worker task per key with items, up
-to ``max_concurrent_keys`` of them at a time. A worker hands an item to every subscriber
-(:meth:`PartitionAgent.process`), retrying failed subscribers in place with backoff, then
-acks it, or after ``max_deliveries`` attempts publishes a
+A :class:`PartitionAgent` holds at most ``max_in_flight`` items (the window is the
+backpressure), queues them per stream key, and runs the keys with items on at most
+``max_concurrent_keys`` worker tasks, one key per worker at a time. A worker hands an
+item to every subscriber (:meth:`PartitionAgent.process`), retrying failed subscribers in
+place with backoff, then acks it, or after ``max_deliveries`` attempts publishes a
 :class:`~trio_grains._streams.model.DeadLetter` and terminates it. A
 :class:`~trio_grains.RejectedItemError` or an undecodable item is dead-lettered at once; an
 unavailable silo (failover) is retried without counting.
@@ -320,6 +320,26 @@ class PartitionAgent:
     ``drain_timeout`` seconds, sends the acks due and gives every item still held back
     (``nak(item, 0)``). ``held`` (items received, not yet settled) and ``lag`` are read
     by the provider's statistics.
+
+    How it spends the window of ``max_in_flight`` items (*free* counts what is left):
+
+    * it asks for ``min(batch_size, free)`` items once a refill's worth of slots is free
+      (``batch_size``, or half the window if that is smaller), then calls ``receive``
+      for what is still owed of that ask until it is filled, and only then asks again.
+      So an adapter that turns asks into requests (JetStream: a pull request for
+      ``max_items``) makes one per ask, each for a refill or more: a saturated agent
+      does not pull one item each time one is acked, and what an adapter has on its way
+      always fits the window, and is taken as soon as it comes. The window may stay up
+      to a refill short of full.
+    * a key with items is run by one of at most ``max_concurrent_keys`` worker tasks,
+      which takes the next waiting key when its own has no items left (a task per key
+      would cost a task spawn per item when every item has a key of its own, as orders
+      do). A key's items go through one worker in order; no two workers run one key.
+    * items held for a while are renewed (``in_progress``) every
+      ``progress_interval``, not all held items: the agent looks every half interval,
+      and renews the items it saw two looks ago (held at least one interval, at most
+      one and a half without a renewal). Items handled within an interval, which is
+      nearly all of them, cost no message.
     """
 
     def __init__(self, host: AgentHost) -> None:
@@ -327,14 +347,24 @@ class PartitionAgent:
         self.partition = host.partition
         self.options = host.options
         self.held: dict[int, ReceivedItem] = {}
+        #: per key with items held: its items in order (the first one is being handled,
+        #: or waits for a worker)
         self.queues: dict[StreamId, collections.deque[ReceivedItem]] = {}
-        self.slots = trio.Semaphore(self.options.max_in_flight)
-        self.keys = trio.CapacityLimiter(self.options.max_concurrent_keys)
-        self.overdraft = 0
+        #: keys with items and no worker, in the order their first item came
+        self._ready: collections.deque[tuple[StreamId, collections.deque[ReceivedItem]]] = (
+            collections.deque()
+        )
+        self._workers = 0  # worker tasks started (they run until the agent stops)
+        self._idle_workers = trio.lowlevel.ParkingLot()
+        self.free = self.options.max_in_flight  # slots of the window not held
+        self.overdraft = 0  # items held beyond the window (an adapter returned too many)
+        #: free slots a receive waits for
+        self.refill = max(1, min(self.options.batch_size, self.options.max_in_flight // 2))
+        self._room = trio.lowlevel.ParkingLot()
         self.lag: int | None = None
         self.stopping = False
         self.receiving = trio.CancelScope()
-        self.idle = trio.Event()
+        self._drained = trio.Event()  # stopping, and no key has items left
         self.done = trio.Event()
         #: items whose handlers returned, waiting for the acker's next adapter.ack call
         self.acks: list[ReceivedItem] = []
@@ -351,9 +381,15 @@ class PartitionAgent:
                     workers.start_soon(self._keep_alive, interval)
                 with self.receiving:
                     await self._pull(workers)
-                if self.queues:
+                # Keys no worker has started are not started now: their items go back.
+                queues = self.queues
+                for stream_id, queue in self._ready:
+                    if queues.get(stream_id) is queue:
+                        del queues[stream_id]
+                self._ready.clear()
+                if queues:
                     with trio.move_on_after(self.options.drain_timeout):
-                        await self.idle.wait()
+                        await self._drained.wait()
                 workers.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -370,62 +406,92 @@ class PartitionAgent:
 
     async def _pull(self, workers: trio.Nursery) -> None:
         host = self.host
+        batch_size = self.options.batch_size
+        max_workers = self.options.max_concurrent_keys
+        held, queues, ready = self.held, self.queues, self._ready
         failures = 0
+        owed = 0  # items of the last ask not received yet (never more than free)
         while True:
-            await self.slots.acquire()
-            wanted = min(self.options.batch_size, self.slots.value + 1)
+            if not owed:
+                while self.free < self.refill:
+                    await self._room.park()
+                owed = min(batch_size, self.free)
             try:
-                batch = await host.receive(wanted)
+                batch = await host.receive(owed)
                 failures = 0
             except Exception:
-                self._release_slot()
+                owed = 0
                 failures += 1
                 log.exception("receive from partition %d failed", self.partition)
                 await trio.sleep(min(self.options.max_backoff, 0.1 * 2**failures))
                 continue
-            if not batch:
-                self._release_slot()
+            if not batch:  # not what the contract says: do not spin on it
+                await trio.lowlevel.checkpoint()
                 continue
             # No checkpoint from here on: a cancellation must not lose received items.
-            for n, item in enumerate(batch):
-                if n:
-                    try:
-                        self.slots.acquire_nowait()
-                    except trio.WouldBlock:  # the adapter returned more than asked for
-                        self.overdraft += 1
+            owed = max(0, owed - len(batch))
+            for item in batch:
+                if self.free:
+                    self.free -= 1
+                else:  # the adapter returned more than asked for
+                    self.overdraft += 1
                 seq = item.token.sequence
-                if seq in self.held:  # the adapter redelivered what we still work on
+                if seq in held:  # the adapter redelivered what we still work on
                     self._release_slot()
                     continue
-                self.held[seq] = item
-                self.lag = item.pending
+                held[seq] = item
                 if item.attempt > 1:
                     host.counts["redelivered"] += 1
-                queue = self.queues.get(item.stream_id)
+                queue = queues.get(item.stream_id)
                 if queue is None:
-                    queue = self.queues[item.stream_id] = collections.deque()
-                    self.idle = trio.Event()
-                    workers.start_soon(self._drain_key, item.stream_id, queue)
+                    queue = queues[item.stream_id] = collections.deque()
+                    ready.append((item.stream_id, queue))
                 queue.append(item)
+            self.lag = batch[-1].pending
+            if ready:
+                waiting = len(ready) - len(self._idle_workers.unpark(count=len(ready)))
+                while waiting > 0 and self._workers < max_workers:
+                    workers.start_soon(self._work)
+                    self._workers += 1
+                    waiting -= 1
 
-    async def _drain_key(self, stream_id: StreamId, queue: collections.deque[ReceivedItem]) -> None:
-        try:
-            async with self.keys:
+    async def _work(self) -> None:
+        """A worker: runs the waiting keys one after the other, each until it has no items."""
+        ready, queues = self._ready, self.queues
+        while True:
+            while not ready:
+                await self._idle_workers.park()
+            stream_id, queue = ready.popleft()
+            try:
                 while queue and not self.stopping:
                     await self.process(queue[0])
                     queue.popleft()
-        finally:
-            if self.queues.get(stream_id) is queue and (not queue or self.stopping):
-                del self.queues[stream_id]
-            if not self.queues:
-                self.idle.set()
+            finally:
+                if queues.get(stream_id) is queue and (not queue or self.stopping):
+                    del queues[stream_id]
+                if self.stopping and not queues:
+                    self._drained.set()
 
     async def _keep_alive(self, interval: float) -> None:
+        """Renew the items held for a while: every *interval* / 2, those seen held two
+        looks ago (or renewed then) and held still."""
+        seen: dict[int, int] = {}  # sequence -> the look that saw it first, or renewed it
+        look = 0
         while True:
-            await trio.sleep(interval)
-            if self.held:
+            await trio.sleep(interval / 2)
+            look += 1
+            due: list[ReceivedItem] = []
+            now: dict[int, int] = {}
+            for seq, item in self.held.items():
+                since = seen.get(seq, look)
+                if look - since >= 2:
+                    due.append(item)
+                    since = look
+                now[seq] = since
+            seen = now
+            if due:
                 try:
-                    await self.host.in_progress(list(self.held.values()))
+                    await self.host.in_progress(due)
                 except Exception:
                     log.exception("in_progress on partition %d failed", self.partition)
 
@@ -567,8 +633,10 @@ class PartitionAgent:
     def _release_slot(self) -> None:
         if self.overdraft:
             self.overdraft -= 1
-        else:
-            self.slots.release()
+            return
+        self.free += 1
+        if self.free >= self.refill and self._room:
+            self._room.unpark_all()
 
     def ack(self, item: ReceivedItem) -> None:
         """Ack *item*, whose handlers all returned: the acker task sends it (with every

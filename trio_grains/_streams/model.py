@@ -203,8 +203,10 @@ class StreamAdapter(abc.ABC):
     and must be delivered before newer items of their keys (JetStream: ``ack_wait``)."""
 
     progress_interval: float | None = None
-    """Seconds between :meth:`in_progress` calls for items the core still holds, or
-    ``None`` when the adapter has no ack wait to renew."""
+    """How often an item the core holds needs :meth:`in_progress` (seconds), or ``None``
+    when the adapter has no ack wait to renew. The core renews the items it has held this
+    long or longer, so that none goes more than 1.5 times this without a renewal: make
+    it at most a third of the ack wait."""
 
     @property
     def max_item_size(self) -> int | None:

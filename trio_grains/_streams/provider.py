@@ -5,10 +5,10 @@ around the provider's :class:`~trio_grains._streams.model.StreamAdapter`:
 
 * one *pulling agent* per owned partition (all of them in a single silo;
   :meth:`StreamProvider.set_owned_partitions` is the hook for partition balancing) calls
-  ``receive`` in a loop. It holds at most ``max_in_flight`` items (a semaphore window: the
+  ``receive`` in a loop. It holds at most ``max_in_flight`` items (a window: the
   backpressure; a slow grain slows the pulling, nothing piles up in memory);
-* items are queued per stream key; one worker task per key with items delivers them in
-  order, up to ``max_concurrent_keys`` keys of a partition at a time;
+* items are queued per stream key; a key's items are delivered in order by one of at
+  most ``max_concurrent_keys`` worker tasks of the partition;
 * an item goes to every subscriber of its stream (implicit subscriptions of its
   namespace, explicit ones of its stream id). Grains are called as turns through the
   catalog, activating them. The item is acked only after every handler returned; acks of

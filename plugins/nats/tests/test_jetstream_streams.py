@@ -4,12 +4,14 @@ silos delivering through it, dead letters, publish dedup, the embedded server, o
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import cattrs
+import msgpack
 import pytest
 import trio
 from trio_grains_nats import connect
@@ -301,3 +303,55 @@ async def test_receive_raises_when_the_consumer_is_gone(nats_url: str) -> None:
             await nc.jetstream().delete_consumer(f"T{tag.upper()}", f"t{tag}-p1")
         with trio.fail_after(10), pytest.raises(StreamError, match=f"t{tag}-p1"):
             await adapter.receive(1, 10)
+
+
+# --- pull requests ------------------------------------------------------------------------
+
+WINDOW_GATES: dict[int, trio.Event] = {}
+
+
+@implicit_subscription("jswindow")
+class JsWindowGrain(Grain):
+    async def on_stream_item(self, item: int, token: SequenceToken) -> None:
+        await WINDOW_GATES[item].wait()
+        HANDLED.append((self.primary_key, item, token))
+
+
+async def test_a_full_window_pulls_a_batch_at_a_time(nats_url: str) -> None:
+    """20 items through a window of 8 held items, asked for 4 at a time: 5 pull requests
+    for 4 items each, and a 6th that waits for more. The window fills up (the handlers
+    wait at gates) and is then handed back one ack at a time: it still pulls 4 at a
+    time, not one item per ack."""
+    tag = _tag()
+    WINDOW_GATES.clear()
+    WINDOW_GATES.update((n, trio.Event()) for n in range(20))
+    options = _options(nats_url, tag, partitions=1, fetch_expires=3)
+    async with open_jetstream_stream_adapter(_context(), options) as adapter:
+        for n in range(20):
+            item = EncodedItem(msgpack.packb(n), f"{tag}-{n}")
+            await adapter.publish_batch(StreamId("jswindow", f"k{n}"), 0, [item])
+    requests: list[dict[str, Any]] = []
+    async with connect(nats_url) as nc:
+        sub = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.T{tag.upper()}.t{tag}-p0")
+
+        async def watch() -> None:
+            async for msg in sub:
+                requests.append(json.loads(msg.data))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await nc.flush()
+            config = _silo_config(
+                nats_url, tag, partitions=1, fetch_expires=3, batch_size=4, max_in_flight=8
+            )
+            async with open_silo(config, grains=[JsWindowGrain]) as silo:
+                provider = silo.get_stream_provider()
+                await until(lambda: provider.statistics().in_flight == 8)
+                for n in range(20):
+                    WINDOW_GATES[n].set()
+                    await until(lambda: provider.statistics().acked == n + 1)  # noqa: B023
+                await until(lambda: len(requests) >= 6)
+                await trio.sleep(0.2)  # and no more
+                assert [r["batch"] for r in requests] == [4] * 6
+            nursery.cancel_scope.cancel()
+    assert [n for _, n, _ in HANDLED] == list(range(20))
