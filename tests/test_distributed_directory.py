@@ -382,3 +382,15 @@ async def test_a_push_that_failed_is_sent_again_while_heartbeats_renew_the_view(
         for i in range(20):
             await first.get_grain(StormGrain, f"after{i}").hit()
         assert not DOUBLE
+
+
+async def test_a_silo_of_another_directory_kind_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_test_cluster(1, grains=[StormGrain]) as cluster:
+        await cluster.start_silo(grain_directory="provider")
+        with trio.fail_after(10):
+            while "the same grain_directory" not in caplog.text:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        errors = [r for r in caplog.records if "the same grain_directory" in r.getMessage()]
+        assert errors[0].levelname == "ERROR"

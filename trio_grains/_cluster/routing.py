@@ -135,6 +135,8 @@ class SiloCluster:
         peer_transport: Transport | None = None,
     ) -> None:
         self.silo_id = silo_id
+        self.cluster_id = config.cluster_id
+        self._warned: set[str] = set()  # silos of another grain directory kind
         self.roles = config.roles
         self.registry = registry
         self.codec = codec
@@ -254,6 +256,7 @@ class SiloCluster:
             self.on_view(view)
 
     def on_view(self, view: MembershipView) -> None:
+        self._check_directory_kinds(view)
         self.locator.set_view(view)  # calls _silo_gone for the silos that died or left
         if self.distributed is not None:
             self.distributed.on_view(view)
@@ -261,6 +264,23 @@ class SiloCluster:
             self.metrics.membership_changes += 1
         for listener in self.view_listeners:
             listener(view)
+
+    def _check_directory_kinds(self, view: MembershipView) -> None:
+        """Say it (once per silo) when a silo of the cluster registers its activations
+        in another grain directory than this one: single activation needs one."""
+        in_cluster = self.distributed is not None
+        for entry in view.alive():
+            if bool(entry.peer_address) != in_cluster and entry.silo_id not in self._warned:
+                self._warned.add(entry.silo_id)
+                log.error(
+                    "silo %s uses grain_directory = %r but silo %s does not: a grain may "
+                    "be activated once in each directory. Give every silo of cluster %r "
+                    "the same grain_directory",
+                    self.silo_id,
+                    "in-cluster" if in_cluster else "provider",
+                    entry.silo_id,
+                    self.cluster_id,
+                )
 
     async def _refresh_view(self) -> None:
         """Re-read membership (the in-cluster directory found a ring other than ours)."""

@@ -10,7 +10,9 @@ for), ``heartbeat_interval``, ``dead_after``, and for the directory race ``race`
 Once this silo sees ``silos`` active silos it writes ``<dir>/<label>.ready`` (its silo
 id). With ``race``, it then waits for ``<dir>/race.go`` (a wall-clock start time), makes
 ``calls`` concurrent first calls to each race grain at that moment, and writes the
-results to ``<dir>/race-<label>.json``. Either way it then runs until it is killed.
+results to ``<dir>/race-<label>.json``. Either way it then runs until it is killed,
+and whenever ``<dir>/dump-<n>`` appears it writes its share of the in-cluster grain
+directory to ``<dir>/<label>.directory-<n>.json`` (``[[grain, silo, activation], ...]``).
 """
 
 from __future__ import annotations
@@ -94,7 +96,21 @@ async def main() -> None:
         race_settings = SETTINGS.get("race")
         if race_settings is not None:
             await race(silo, race_settings["keys"], race_settings["calls"])
-        await trio.sleep_forever()
+        await dump_directory_on_request(silo)
+
+
+async def dump_directory_on_request(silo: Silo) -> None:
+    """Write this silo's directory share each time the test asks (``dump-<n>``)."""
+    assert silo.cluster is not None
+    distributed = silo.cluster.distributed
+    assert distributed is not None
+    n = 0
+    while True:
+        await wait_for_file(DIR / f"dump-{n}")
+        entries = distributed.partition.entries.values()
+        rows = [[str(e.grain_id), e.silo_id, e.activation_id] for e in entries]
+        write_atomically(DIR / f"{LABEL}.directory-{n}.json", json.dumps(rows))
+        n += 1
 
 
 if __name__ == "__main__":

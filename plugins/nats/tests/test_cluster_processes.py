@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import sqlite3
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import trio
 from _processes import Processes, processes, read_if_exists
-from trio_grains_nats import Connection
-from trio_grains_nats.directory import KvGrainDirectory
 
-from trio_grains import DirectoryEntry
+from trio_grains import DirectoryEntry, GrainId
 
 HERE = Path(__file__).parent
 SILO_SCRIPT = HERE / "_cluster_silo.py"
@@ -64,11 +64,21 @@ def read_states(db: Path, grain_type: str) -> dict[str, dict[str, Any]]:
     return {key: msgpack.unpackb(data) for key, data in rows}
 
 
-async def directory_entries(nc: Connection, cluster: str) -> dict[str, list[DirectoryEntry]]:
-    directory = await KvGrainDirectory.open(nc.jetstream(), cluster)
+_dumps = itertools.count()
+
+
+async def directory_entries(
+    procs: Processes, labels: Iterable[str]
+) -> dict[str, list[DirectoryEntry]]:
+    """The in-cluster directory's entries: every live silo's share, as it dumps it."""
+    n = next(_dumps)
+    (procs.dir / f"dump-{n}").write_text("")
     found: dict[str, list[DirectoryEntry]] = collections.defaultdict(list)
-    for entry in await directory.entries():
-        found[str(entry.grain_id)].append(entry)
+    with trio.fail_after(30):
+        for label in labels:
+            rows = json.loads(await wait_for_file(procs, procs.dir / f"{label}.directory-{n}.json"))
+            for grain, silo, activation in rows:
+                found[grain].append(DirectoryEntry(GrainId.parse(grain), silo, activation))
     return found
 
 
@@ -99,7 +109,7 @@ async def start_silos(procs: Processes, settings: dict[str, dict[str, Any]]) -> 
 
 
 async def test_ten_thousand_grains_then_a_silo_is_killed_mid_load(
-    nats_url: str, nc: Connection, tmp_path: Path
+    nats_url: str, tmp_path: Path
 ) -> None:
     cluster = f"p{uuid.uuid4().hex[:8]}"
     db = tmp_path / "grains.db"
@@ -135,7 +145,7 @@ async def test_ten_thousand_grains_then_a_silo_is_killed_mid_load(
         assert {(s["seq"], s["count"]) for s in states.values()} == {(1, 1)}
         # ... and in the directory: one entry per grain, on a live silo, naming the
         # activation that wrote the state
-        entries = await directory_entries(nc, cluster)
+        entries = await directory_entries(procs, labels)
         assert len(entries) == GRAINS
         live = set(silo_ids.values())
         for i in range(GRAINS):
@@ -197,16 +207,17 @@ async def test_ten_thousand_grains_then_a_silo_is_killed_mid_load(
             seq = acked.get(i, 1)
             assert (state["seq"], state["count"]) == (seq, seq), (i, state, seq)
             assert state["activations"] == (2 if i in on_victim else 1), (i, state)
-        entries = await directory_entries(nc, cluster)
+        survivors = ("a", "c")
+        entries = await directory_entries(procs, survivors)
         for i in range(LOAD_GRAINS):
             (entry,) = entries[f"cell/c{i}"]
             assert entry.silo_id in live - {victim}
             assert entry.activation_id == states[f"c{i}"]["owner"]
-        # the dead silo's other entries are removed by a survivor (its janitor)
+        # the dead silo's other entries are gone (every owner drops its own share's)
         with trio.fail_after(30):
             while any(e.silo_id == victim for es in entries.values() for e in es):
                 await trio.sleep(0.2)
-                entries = await directory_entries(nc, cluster)
+                entries = await directory_entries(procs, survivors)
         t_janitor = time.monotonic()
         assert len(entries) == GRAINS - sum(
             1 for i in range(LOAD_GRAINS, GRAINS) if warm["where"][i] == victim
@@ -230,7 +241,7 @@ RACE_CALLS = 50  # from each silo, to each race grain, at once
 
 
 async def test_concurrent_first_calls_from_three_silo_processes_make_one_activation(
-    nats_url: str, nc: Connection, tmp_path: Path
+    nats_url: str, tmp_path: Path
 ) -> None:
     cluster = f"p{uuid.uuid4().hex[:8]}"
     db = tmp_path / "grains.db"
@@ -252,7 +263,7 @@ async def test_concurrent_first_calls_from_three_silo_processes_make_one_activat
             assert report["late_by"] < 0.25, report["late_by"]
         live = set(silo_ids.values())
         states = read_states(db, "race")
-        entries = await directory_entries(nc, cluster)
+        entries = await directory_entries(procs, labels)
         for key in RACE_KEYS:
             results = [r for report in reports.values() for r in report["results"][key]]
             assert len(results) == RACE_CALLS * 3

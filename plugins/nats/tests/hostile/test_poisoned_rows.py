@@ -135,7 +135,8 @@ async def test_poisoned_rows_are_skipped_counted_and_do_not_stop_the_cluster(
             await silo.get_grain(VaultGrain, "poisoned").read()
 
         # A new silo joins while the rows are there (this is what a restart does).
-        async with open_silo(env.silo_config("silo-new"), grains=_grains()) as newcomer:
+        newcomer_config = env.silo_config("silo-new", grain_directory="provider")
+        async with open_silo(newcomer_config, grains=_grains()) as newcomer:
             env.silos.append(newcomer)
             await eventually(
                 lambda: all(s.statistics().active_silos == 2 for s in env.silos),
