@@ -51,6 +51,7 @@ from trio_grains import (
 )
 
 from ._kv_buckets import (
+    MAX_SUBJECT_LENGTH,
     check_subject_length,
     open_bucket,
     open_on_connection,
@@ -167,6 +168,12 @@ class NatsKvStorage(GrainStorage):
     _kv: KeyValue
     #: Keys with a write whose caller was cancelled after sending it, and its late ack.
     _in_doubt: dict[str, LateReply] = attrs.field(factory=dict, init=False)
+    #: Keys up to this long fit any subject (``check_subject_length`` need not look).
+    _short_keys: int = attrs.field(init=False)
+
+    @_short_keys.default
+    def _short_keys_default(self) -> int:
+        return MAX_SUBJECT_LENGTH - len(self._kv.bucket) - len("$KV..")
 
     @classmethod
     async def open(
@@ -206,8 +213,9 @@ class NatsKvStorage(GrainStorage):
             key = record_key(state_name, grain_id)
         except ValueError as exc:
             raise StorageError(f"no KV key for state {state_name!r} of {grain_id}: {exc}") from exc
-        what = f"state {state_name!r} of {grain_id}"
-        check_subject_length(self._kv.bucket, key, what, "use a shorter grain key")
+        if len(key) > self._short_keys:  # named only when it is too long (a read, a write)
+            what = f"state {state_name!r} of {grain_id}"
+            check_subject_length(self._kv.bucket, key, what, "use a shorter grain key")
         return key
 
     def _failed(self, what: str, exc: NatsError) -> StorageError:

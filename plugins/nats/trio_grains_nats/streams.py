@@ -444,11 +444,13 @@ class JetStreamStreamAdapter(StreamAdapter):
                 f"key>: {str(exc)[:300]}"
             )
         headers = msg.headers
-        if headers:
+        if not headers:
+            headers, msg_id = {}, ""
+        elif len(headers) == 1 and MSG_ID in headers:  # the usual case: no copy
+            headers, msg_id = {}, headers[MSG_ID]
+        else:
             headers = dict(headers)
             msg_id = headers.pop(MSG_ID, "")
-        else:
-            headers, msg_id = {}, ""
         return ReceivedItem(
             stream_id=stream_id,
             data=msg.data,
@@ -547,30 +549,38 @@ class JetStreamStreamAdapter(StreamAdapter):
             self._take(part, msg)
         part.reply = None
         given_back, part.buffer = list(part.buffer), collections.deque()
-        await self._send([item.handle for item in given_back], _NAK)
+        await self._send(given_back, _NAK)
 
     # --- acknowledgements ----------------------------------------------------------------------
 
-    async def _send(self, replies: Sequence[str | None], body: bytes) -> None:
+    async def _send(self, items: Sequence[ReceivedItem], body: bytes) -> None:
+        """Publish *body* on the reply subject of each of *items*: into the connection's
+        buffer without a wait per message, unless the buffer is full (then as room comes)."""
+        nc = self._nc
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            for reply in replies:
+            for item in items:
+                reply = item.handle
                 if reply:
-                    await self._nc.publish(reply, body)
+                    try:
+                        nc.publish_nowait(reply, body)
+                    except trio.WouldBlock:
+                        await nc.publish(reply, body)
         except NatsError as exc:
             raise StreamError(f"acknowledging stream items failed: {exc}") from exc
 
     async def ack(self, items: Sequence[ReceivedItem]) -> None:
-        await self._send([item.handle for item in items], _ACK)
+        await self._send(items, _ACK)
 
     async def nak(self, item: ReceivedItem, delay: float) -> None:
         body = _NAK if delay <= 0 else b'-NAK {"delay": %d}' % int(delay * 1e9)
-        await self._send([item.handle], body)
+        await self._send((item,), body)
 
     async def term(self, item: ReceivedItem, reason: str) -> None:
-        await self._send([item.handle], _TERM)
+        await self._send((item,), _TERM)
 
     async def in_progress(self, items: Sequence[ReceivedItem]) -> None:
-        await self._send([item.handle for item in items], _WPI)
+        await self._send(items, _WPI)
 
     # --- rewinding -----------------------------------------------------------------------------
 
