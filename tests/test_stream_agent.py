@@ -485,3 +485,38 @@ async def test_stop_gives_back_keys_no_worker_took(
     assert host.naks == [(waiting, 0.0)]
     assert recorder.values() == [1]
     assert agent.held == {}
+
+
+async def test_asks_only_while_few_keys_wait_for_a_worker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # one worker, asks of 2: it stops asking once 1 + 2 keys wait for the worker
+    host, recorder = recorded(max_concurrent_keys=1, batch_size=2, max_in_flight=100)
+    gate = recorder.block(0)
+    async with agent_of(host) as agent:
+        for n in range(20):
+            host.put(f"k{n}", n)
+        await recorder.started[0].wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert host.asked == [2, 2]
+        assert len(agent.held) == 4  # the others wait in the stream, not in the silo
+        gate.set()
+        await until(lambda: len(host.acked) == 20)
+    assert recorder.values() == list(range(20))
+
+
+async def test_a_key_with_many_items_still_fills_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host, recorder = recorded(max_concurrent_keys=1, batch_size=2, max_in_flight=8)
+    gate = recorder.block(0)
+    async with agent_of(host) as agent:
+        for n in range(12):
+            host.put("hot" if n < 10 else f"k{n}", n)
+        await recorder.started[0].wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert host.asked == [2, 2, 2, 2]  # no key waits for a worker: it asks on
+        assert len(agent.held) == 8
+        gate.set()
+        await until(lambda: len(host.acked) == 12)
+    assert recorder.values() == list(range(12))

@@ -331,6 +331,14 @@ class PartitionAgent:
       does not pull one item each time one is acked, and what an adapter has on its way
       always fits the window, and is taken as soon as it comes. The window may stay up
       to a refill short of full.
+    * it asks only while fewer than ``batch_size + max_concurrent_keys`` keys wait for a
+      worker. Beyond that, more items would not be handled sooner, only wait in the silo
+      instead of in the stream: there, an item that waits longer than the adapter's ack
+      wait needs renewals (a message each), and a partition handed over gives them all
+      back. With every key holding one item (orders), a partition holds its running
+      keys' items and about ``2 * batch_size + max_concurrent_keys`` more; the rest of
+      the window is used when keys have many items each, so that a key whose items queue
+      up does not hold back the keys behind it.
     * a key with items is run by one of at most ``max_concurrent_keys`` worker tasks,
       which takes the next waiting key when its own has no items left (a task per key
       would cost a task spawn per item when every item has a key of its own, as orders
@@ -360,7 +368,9 @@ class PartitionAgent:
         self.overdraft = 0  # items held beyond the window (an adapter returned too many)
         #: free slots a receive waits for
         self.refill = max(1, min(self.options.batch_size, self.options.max_in_flight // 2))
-        self._room = trio.lowlevel.ParkingLot()
+        #: keys waiting for a worker that stop the asking
+        self.enough_waiting = self.options.batch_size + self.options.max_concurrent_keys
+        self._room = trio.lowlevel.ParkingLot()  # the puller, waiting for free slots
         self.lag: int | None = None
         self.stopping = False
         self.receiving = trio.CancelScope()
@@ -413,7 +423,7 @@ class PartitionAgent:
         owed = 0  # items of the last ask not received yet (never more than free)
         while True:
             if not owed:
-                while self.free < self.refill:
+                while self.free < self.refill or len(ready) >= self.enough_waiting:
                     await self._room.park()
                 owed = min(batch_size, self.free)
             try:
@@ -462,6 +472,8 @@ class PartitionAgent:
             while not ready:
                 await self._idle_workers.park()
             stream_id, queue = ready.popleft()
+            if self._room and len(ready) < self.enough_waiting and self.free >= self.refill:
+                self._room.unpark_all()
             try:
                 while queue and not self.stopping:
                     await self.process(queue[0])
@@ -635,7 +647,7 @@ class PartitionAgent:
             self.overdraft -= 1
             return
         self.free += 1
-        if self.free >= self.refill and self._room:
+        if self._room and self.free >= self.refill and len(self._ready) < self.enough_waiting:
             self._room.unpark_all()
 
     def ack(self, item: ReceivedItem) -> None:
