@@ -394,3 +394,18 @@ async def test_a_silo_of_another_directory_kind_is_reported(
                 await trio.sleep(0.05)
         errors = [r for r in caplog.records if "the same grain_directory" in r.getMessage()]
         assert errors[0].levelname == "ERROR"
+
+
+async def test_a_client_calls_the_silo_that_answered_directly_afterwards() -> None:
+    async with open_test_cluster(3, grains=[StormGrain]) as cluster:
+
+        def forwarded() -> int:
+            return sum(s.statistics().calls_forwarded for s in cluster.silos)
+
+        where = {await cluster.get_grain(StormGrain, f"c{i}").hit() for i in range(30)}
+        assert len(where) > 1  # placed on several silos, some through a forward
+        before = forwarded()
+        for _ in range(3):
+            for i in range(30):
+                await cluster.get_grain(StormGrain, f"c{i}").hit()
+        assert forwarded() == before  # every later call went straight to its silo

@@ -27,7 +27,7 @@ import cattrs
 import trio
 
 from ._calls import TimeoutWheel
-from ._cluster.directory import MemoryGrainDirectory
+from ._cluster.directory import DirectoryEntry, MemoryGrainDirectory
 from ._cluster.locator import Locator
 from ._cluster.membership import MembershipTable
 from ._cluster.messenger import Messenger
@@ -60,6 +60,10 @@ from ._tracing import Tracer, open_tracer
 __all__ = ["Client", "ClientConfig", "ClientStatistics", "open_client"]
 
 log = logging.getLogger("trio_grains.client")
+
+#: the activation id of a directory cache entry a client learnt from an answer (it knows
+#: the silo, not the activation)
+ANSWERED_BY = "answered-by-silo"
 
 G = TypeVar("G", bound=GrainInterface)
 
@@ -311,6 +315,11 @@ async def open_client(
             locator.address_of,
             tracer=tracer,
         )  # (a client's endpoint takes no requests, so its reply-address limit never applies)
+
+        def located(grain_id: GrainId, silo_id: str) -> None:
+            locator.directory.cache.put(DirectoryEntry(grain_id, silo_id, ANSWERED_BY))
+
+        messenger.on_located = located
         client._tracer = tracer
         client._locator, client._messenger = locator, messenger
         locator.set_view(await backend.membership.snapshot())

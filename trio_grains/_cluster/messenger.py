@@ -91,6 +91,9 @@ class Messenger:
         self.on_request = on_request
         #: a caller cancelled its call: ``on_cancel(reply_to, call_id)`` (a silo's)
         self.on_cancel = on_cancel
+        #: a call sent to be placed by its receiver was answered by silo ``silo_id``:
+        #: ``on_located(grain_id, silo_id)`` (a client's: it caches where the grain is)
+        self.on_located: Callable[[Any, str], None] | None = None
         #: call id -> (call, silo it went to, whether that silo may forward it)
         self._pending: dict[int, tuple[Call, str, bool]] = {}
         self._backlog_send, self._backlog = trio.open_memory_channel[tuple[str, bytes]](math.inf)
@@ -394,7 +397,12 @@ class Messenger:
             ):
                 self._drop("unexpected_reply", data, "not a reply to a pending call of ours")
                 return
-            entry[0].finish(outcome.Value((reply.status, reply.payload)))
+            call = entry[0]
+            if entry[2] and self.on_located is not None and reply.status != env.REROUTE:
+                # A call the receiver placed (LOCATE): the grain is where the answer came
+                # from, so the next call can go there directly.
+                self.on_located(call.target, reply.silo_id)
+            call.finish(outcome.Value((reply.status, reply.payload)))
         elif kind is env.Cancel:
             cancel = cast("env.Cancel", message)
             if self.on_cancel is not None:
