@@ -124,6 +124,10 @@ _HEADER_FRAMING = len(b"NATS/1.0\r\n\r\n") + len(MSG_ID)
 """Bytes of a published message's headers that ``EncodedItem.size`` does not count: the
 header block's first and last line, and the name of the msg-id header."""
 
+_STREAM_IDS_CACHED = 1024
+"""Subjects whose stream ids are kept (the cache is emptied when full): for keys with many
+items; with a key per item (orders), what is kept outlives young garbage collections."""
+
 _SUBJECT_IN_REASON = 200
 """Characters of a subject quoted in the reason of an unreadable item."""
 
@@ -408,7 +412,7 @@ class JetStreamStreamAdapter(StreamAdapter):
         if stream_id is None:
             namespace, _, key = subject[self._strip :].split(".")
             stream_id = StreamId(namespace, unescape_token(key))
-            if len(self._stream_ids) >= 10_000:
+            if len(self._stream_ids) >= _STREAM_IDS_CACHED:
                 self._stream_ids.clear()
             self._stream_ids[subject] = stream_id
         return stream_id
