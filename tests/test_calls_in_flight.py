@@ -236,6 +236,35 @@ async def test_a_finished_call_leaves_the_wheel_and_is_not_failed_later(
     assert results == ["in time"]
 
 
+async def test_a_call_added_again_waits_its_whole_timeout_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wheel = TimeoutWheel(10, timeout_error)
+    expired: dict[str, float] = {}
+
+    async def wait(call: Call) -> None:
+        with pytest.raises(TimeoutError):
+            await wait_reply(call)
+        expired[call.describe()] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wheel.run)
+        first, again = make_call("first"), make_call("again")
+        wheel.add(again)
+        wheel.add(first)
+        nursery.start_soon(wait, first)
+        nursery.start_soon(wait, again)
+        await trio.sleep(6)
+        wheel.add(again)  # behind first now, with a new deadline
+        assert wheel.pending() == 2
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert list(expired) == ["first", "again"]
+    assert 10 <= expired["first"] <= 10 + 10 / 16
+    assert 16 <= expired["again"] <= 16 + 10 / 16
+    assert wheel.pending() == 0
+
+
 async def test_a_cancelled_caller_leaves_the_wheel(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

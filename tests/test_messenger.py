@@ -323,6 +323,17 @@ async def test_a_cancelled_caller_tells_the_callee_and_its_late_reply_is_dropped
         assert client.messenger.dropped == {**no_drops(), "unexpected_reply": 1}
 
 
+async def test_a_caller_cancelled_before_it_calls_sends_nothing(net: Net) -> None:
+    async with net.node("client-1") as client, net.node("silo-1") as silo:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await client.messenger.call("silo-1", GRAIN, ECHO, ("a",), {})
+        assert scope.cancelled_caught
+        assert (client.messenger.sent, client.messenger.pending()) == (0, 0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert silo.messenger.received == 0
+
+
 async def test_calls_to_a_failed_silo_fail_and_idempotent_ones_are_rerouted(net: Net) -> None:
     results: dict[str, object] = {}
 

@@ -13,6 +13,7 @@ import trio
 from nats.js.api import StorageType
 from trio_grains_nats import connect
 from trio_grains_nats.clustering import (
+    RECEIVE_BATCH,
     NatsCluster,
     NatsTransport,
     open_nats_cluster,
@@ -87,6 +88,24 @@ async def test_addresses_and_endpoint_ids(nats_url: str) -> None:
                 empty.send_nowait(empty.address, b"x" * (empty.max_message_size + 1))
         async with cluster.open_endpoint(""):  # free again once closed
             pass
+
+
+async def test_an_endpoint_hands_out_bounded_batches_in_order(nats_url: str) -> None:
+    async with (
+        open_nats_cluster(_context(_cluster_id()), _options(nats_url)) as cluster,
+        cluster.open_endpoint("a") as a,
+        cluster.open_endpoint("b") as b,
+    ):
+        sent = [b"%d" % i for i in range(RECEIVE_BATCH * 2 + 5)]
+        for message in sent:
+            a.send_nowait(b.address, message)
+        got: list[bytes] = []
+        with trio.fail_after(BOUND):
+            while len(got) < len(sent):
+                batch = await b.receive_batch()
+                assert 0 < len(batch) <= RECEIVE_BATCH
+                got += batch
+        assert got == sent
 
 
 async def test_default_subject_prefix_is_per_cluster(nats_url: str) -> None:
