@@ -31,8 +31,8 @@ from ._cluster.directory import DirectoryEntry, MemoryGrainDirectory
 from ._cluster.locator import Locator
 from ._cluster.membership import MembershipTable
 from ._cluster.messenger import Messenger
-from ._cluster.routing import call_anywhere
-from ._cluster.silo_entries import MembershipView
+from ._cluster.routing import LEFT_GRACE, call_anywhere
+from ._cluster.silo_entries import MembershipView, SiloStatus
 from ._config import (
     PluginsConfig,
     ProviderConfig,
@@ -60,6 +60,13 @@ from ._tracing import Tracer, open_tracer
 __all__ = ["Client", "ClientConfig", "ClientStatistics", "open_client"]
 
 log = logging.getLogger("trio_grains.client")
+
+
+async def fail_after_leaving(messenger: Messenger, silo_id: str) -> None:
+    """Fail the calls still waiting on *silo_id*, which left the cluster, after a grace."""
+    await trio.sleep(LEFT_GRACE)
+    messenger.fail_calls_to(silo_id, "left")
+
 
 #: the activation id of a directory cache entry a client learnt from an answer (it knows
 #: the silo, not the activation)
@@ -291,9 +298,13 @@ async def open_client(
         wheel = TimeoutWheel(config.response_timeout, _timeout_error)
         messenger: Messenger | None = None
 
-        def silo_gone(silo_id: str, _view: MembershipView) -> None:
-            if messenger is not None:
-                messenger.fail_calls_to(silo_id, "died or left")
+        def silo_gone(silo_id: str, view: MembershipView) -> None:
+            if messenger is None:
+                return
+            if view.status_of(silo_id) is SiloStatus.DEAD:
+                messenger.fail_calls_to(silo_id, "died")
+            else:  # it left: it answers what it holds while it lingers
+                nursery.start_soon(fail_after_leaving, messenger, silo_id)
 
         locator = Locator(
             membership=backend.membership,

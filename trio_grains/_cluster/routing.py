@@ -69,6 +69,9 @@ __all__ = ["MAX_ATTEMPTS", "SiloCluster", "call_anywhere"]
 log = logging.getLogger("trio_grains.cluster")
 
 MAX_ATTEMPTS = 8  # locate-and-call attempts (or forwards) before a call gives up
+#: seconds the calls still waiting on a silo that left the cluster (not one declared dead)
+#: are given before they fail: a leaving silo answers for up to a second after it left
+LEFT_GRACE = 2.0
 _FORWARDED_REMEMBERED = 10_000  # (caller, call id) -> silo of calls forwarded from here
 _GRAIN_ID_CACHE_SIZE = 10_000
 
@@ -313,8 +316,11 @@ class SiloCluster:
 
     def _silo_gone(self, silo_id: str, view: MembershipView) -> None:
         dead = view.status_of(silo_id) is SiloStatus.DEAD
-        self.messenger.fail_calls_to(silo_id, "died" if dead else "left")
-        self._fail_forwarded_to(silo_id, "died" if dead else "left")
+        if dead or self._nursery is None:
+            self.messenger.fail_calls_to(silo_id, "died" if dead else "left")
+            self._fail_forwarded_to(silo_id, "died" if dead else "left")
+        else:  # it left: it answers what it holds while it lingers
+            self._nursery.start_soon(self._fail_after_leaving, silo_id)
         # One janitor per cluster. A silo that left cleanly has unregistered its grains
         # (this finds nothing); one whose row expired unseen has not.
         active = view.active()
@@ -323,6 +329,11 @@ class SiloCluster:
                 self._janitor_send.send_nowait(silo_id)
             except trio.WouldBlock:
                 log.warning("janitor is behind; entries of %s are removed lazily", silo_id)
+
+    async def _fail_after_leaving(self, silo_id: str) -> None:
+        await trio.sleep(LEFT_GRACE)
+        self.messenger.fail_calls_to(silo_id, "left")
+        self._fail_forwarded_to(silo_id, "left")
 
     def _fail_forwarded_to(self, silo_id: str, why: str) -> None:
         """Tell the callers of the calls forwarded from here to *silo_id* that it is gone:
