@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import json
 import sqlite3
 import sys
@@ -64,20 +63,19 @@ def read_states(db: Path, grain_type: str) -> dict[str, dict[str, Any]]:
     return {key: msgpack.unpackb(data) for key, data in rows}
 
 
-_dumps = itertools.count()
-
-
 async def directory_entries(
     procs: Processes, labels: Iterable[str]
 ) -> dict[str, list[DirectoryEntry]]:
     """The in-cluster directory's entries: every live silo's share, as it dumps it."""
-    n = next(_dumps)
+    n = len(list(procs.dir.glob("dump-*")))  # (the silos count their dumps from 0)
     (procs.dir / f"dump-{n}").write_text("")
     found: dict[str, list[DirectoryEntry]] = collections.defaultdict(list)
     with trio.fail_after(30):
         for label in labels:
-            rows = json.loads(await wait_for_file(procs, procs.dir / f"{label}.directory-{n}.json"))
-            for grain, silo, activation in rows:
+            path = procs.dir / f"{label}.directory-{n}.json"
+            while (text := read_if_exists(path)) is None:  # noqa: ASYNC110 - another process
+                await trio.sleep(0.01)
+            for grain, silo, activation in json.loads(text):
                 found[grain].append(DirectoryEntry(GrainId.parse(grain), silo, activation))
     return found
 
