@@ -403,3 +403,15 @@ def test_bad_arguments() -> None:
         PartitionBalancer("events", 0, "a", MemoryGrainDirectory(), pullers.set_owned_for("a"))
     with pytest.raises(ValueError, match="retry_interval"):
         new_balancer("a", MemoryGrainDirectory(), pullers, retry_interval=0)
+
+
+@pytest.mark.parametrize("partitions", [8, 16, 30])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 6])
+def test_partitions_are_shared_out_no_silo_above_its_share_rounded_up(
+    partitions: int, count: int
+) -> None:
+    for attempt in range(20):
+        silos = [f"silo-{attempt}-{i}" for i in range(count)]
+        shares = [owned_partitions(s, silos, partitions) for s in silos]
+        assert sorted(p for share in shares for p in share) == list(range(partitions))
+        assert max(len(share) for share in shares) <= -(-partitions // count)
