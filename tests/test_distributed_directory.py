@@ -409,3 +409,19 @@ async def test_a_client_calls_the_silo_that_answered_directly_afterwards() -> No
             for i in range(30):
                 await cluster.get_grain(StormGrain, f"c{i}").hit()
         assert forwarded() == before  # every later call went straight to its silo
+
+
+def test_a_view_with_the_same_owners_reuses_the_ring_points() -> None:
+    from trio_grains._cluster.silo_entries import MembershipView, SiloEntry, SiloStatus
+
+    def view(version: int, *extra: SiloEntry) -> MembershipView:
+        owners = [SiloEntry(s, f"addr.{s}", SiloStatus.ACTIVE) for s in ("a", "b")]
+        return MembershipView({e.silo_id: e for e in (*owners, *extra)}, version)
+
+    first = DirectoryRing.of(view(1))
+    joining = SiloEntry("c", "addr.c", SiloStatus.JOINING)
+    second = DirectoryRing.of(view(2, joining), first)
+    assert second.key == first.key
+    assert second.members == {"a", "b", "c"}
+    assert all(second.owner_of(g) == first.owner_of(g) for g in GRAINS[:200])
+    assert second._points is first._points  # not made again

@@ -80,12 +80,17 @@ class DirectoryRing:
     _silos: list[str] = attrs.field(repr=False)
 
     @classmethod
-    def of(cls, view: MembershipView) -> DirectoryRing:
+    def of(cls, view: MembershipView, previous: DirectoryRing | None = None) -> DirectoryRing:
+        """The ring of *view*; *previous*'s points are reused when the owners are the
+        same (views come with every heartbeat: the points are made only on a change)."""
         alive = view.alive()
         owners = [e.silo_id for e in alive if e.status is SiloStatus.ACTIVE]
         if not owners:
             owners = [e.silo_id for e in alive if e.status is SiloStatus.JOINING]
-        return cls.for_owners(owners, (e.silo_id for e in alive))
+        members = frozenset(e.silo_id for e in alive)
+        if previous is not None and previous.owners == tuple(sorted(owners)):
+            return attrs.evolve(previous, members=members | frozenset(previous.owners))
+        return cls.for_owners(owners, members)
 
     @classmethod
     def for_owners(cls, owners: Iterable[str], members: Iterable[str] = ()) -> DirectoryRing:

@@ -199,7 +199,7 @@ class DistributedGrainDirectory(GrainDirectory):
         dead = {s for s, e in view.entries.items() if e.status is SiloStatus.DEAD}
         if dead:
             self.partition.remove_silos(dead)
-        ring = DirectoryRing.of(view)
+        ring = DirectoryRing.of(view, self.ring)
         changed = ring.key != self.ring.key
         self.partition.adopt(ring, self._local_entries() if changed else (), view.version)
         self.ring = self.partition.ring
