@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import cattrs
 import msgpack
 import pytest
 import trio
@@ -425,3 +426,38 @@ def test_a_view_with_the_same_owners_reuses_the_ring_points() -> None:
     assert second.members == {"a", "b", "c"}
     assert all(second.owner_of(g) == first.owner_of(g) for g in GRAINS[:200])
     assert second._points is first._points  # not made again
+
+
+async def test_a_registration_before_the_directory_serves_is_sent_alone() -> None:
+    from trio_grains._cluster.distributed_directory import (
+        OK,
+        DirectoryAnswer,
+        DistributedGrainDirectory,
+        WireEntry,
+    )
+    from trio_grains._serialization import Codec
+
+    sent: list[list[WireEntry]] = []
+
+    class Owner:  # the messenger, as the other silo answers through it
+        async def call(
+            self, silo: str, target: GrainId, op: object, args: object, kwargs: dict
+        ) -> object:  # type: ignore[type-arg]
+            sent.append(kwargs["entries"])
+            return DirectoryAnswer(OK, kwargs["ring"], entries=kwargs["entries"])
+
+    directory = DistributedGrainDirectory(
+        "a",
+        Owner(),  # type: ignore[arg-type]
+        Codec(cattrs.Converter()),
+        local_entries=list,
+        refresh=trio.lowlevel.checkpoint,
+        refused=lambda _entry: None,
+        max_grain_id_length=2048,
+    )
+    ring = DirectoryRing.for_owners(["a", "b"])
+    directory.ring = ring  # (not running: no view, no nursery)
+    i = next(i for i in range(len(GRAINS)) if ring.owner_of(gid(i)) == "b")
+    stored = await directory.register(entry(i, "a"))
+    assert stored.same_activation(entry(i, "a"))
+    assert sent == [[WireEntry.of(entry(i, "a"))]]

@@ -276,13 +276,13 @@ class DistributedGrainDirectory(GrainDirectory):
                 batch = self._batches.get(owner)
                 if batch is None or batch.ring.key != ring.key or len(batch.entries) >= MAX_BATCH:
                     batch = _Batch(ring)
-                    if self._nursery is None:  # (not serving yet: no batching)
-                        await self._send_batch(owner, batch, [WireEntry.of(entry)])
-                    else:
+                    if self._nursery is not None:
                         self._batches[owner] = batch
                         self._nursery.start_soon(self._send_batch, owner, batch)
                 index = len(batch.entries)
                 batch.entries.append(WireEntry.of(entry))
+                if self._nursery is None:  # (not serving yet: no batching)
+                    await self._send_batch(owner, batch)
                 await batch.done.wait()
                 if batch.error is not None:
                     raise batch.error
@@ -310,15 +310,11 @@ class DistributedGrainDirectory(GrainDirectory):
         )
         await self.partition.wait_recovered()
 
-    async def _send_batch(
-        self, owner: str, batch: _Batch, entries: list[WireEntry] | None = None
-    ) -> None:
+    async def _send_batch(self, owner: str, batch: _Batch) -> None:
         """Send *batch* (started in the nursery: it runs once the tasks that are runnable
         now have added their registrations)."""
         if self._batches.get(owner) is batch:
             del self._batches[owner]  # sealed: later registrations make a new batch
-        if entries is not None:
-            batch.entries.extend(entries)
         try:
             answer = await self._ask(owner, REGISTER, batch.ring, {"entries": batch.entries})
             if answer is not None and len(answer.entries) == len(batch.entries):
