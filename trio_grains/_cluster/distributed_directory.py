@@ -173,6 +173,7 @@ class DistributedGrainDirectory(GrainDirectory):
         self._nursery: trio.Nursery | None = None
         self._refreshing: trio.Event | None = None
         self._deferred = 0
+        self._dead: set[str] = set()  # the silos the last view showed DEAD
         #: registrations waiting to be sent, and unregistrations, by owner
         self._batches: dict[str, _Batch] = {}
         self._unregisters: dict[str, list[WireEntry]] = {}
@@ -197,8 +198,10 @@ class DistributedGrainDirectory(GrainDirectory):
             return
         self.view_version = view.version
         dead = {s for s, e in view.entries.items() if e.status is SiloStatus.DEAD}
-        if dead:
-            self.partition.remove_silos(dead)
+        newly_dead = dead - self._dead
+        self._dead = dead  # (a DEAD row stays in views for a while: scan the share once)
+        if newly_dead:
+            self.partition.remove_silos(newly_dead)
         ring = DirectoryRing.of(view, self.ring)
         changed = ring.key != self.ring.key
         self.partition.adopt(ring, self._local_entries() if changed else (), view.version)
